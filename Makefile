@@ -1,0 +1,33 @@
+# The two set-up commands are `make demo` and `make test`; each installs what it needs first.
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup setup-ad demo test lint typecheck pytest bench clean
+
+setup:
+	@scripts/bootstrap
+
+setup-ad:
+	@scripts/bootstrap --ad
+
+demo: setup
+	@$(BIN)/python -m scimsync.demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup-ad
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

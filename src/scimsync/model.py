@@ -1,0 +1,157 @@
+"""The values that flow between the stages: read -> map -> plan -> apply."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+Kind = Literal["user", "group"]
+
+# A flat SCIM attribute path ("userName", "emails.work", "name.givenName") -> value.
+ScimValues = Mapping[str, str | bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceUser:
+    """A user as the directory holds it. Attribute names are lower-case."""
+
+    guid: str
+    dn: str
+    attributes: Mapping[str, tuple[str, ...]]
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGroup:
+    """A group in scope; member_guids are the users it gives membership to (flattened if nested)."""
+
+    guid: str
+    dn: str
+    name: str
+    member_guids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredUser:
+    """What the target should hold for one source user, after mapping."""
+
+    source_id: str
+    user_name: str
+    active: bool
+    values: ScimValues
+    create_only: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredGroup:
+    source_id: str
+    display_name: str
+    member_source_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MappingFailure:
+    """A source record that could not be mapped; reported, never pushed."""
+
+    kind: Kind
+    source_id: str
+    name: str
+    cause: str
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    LINK = "link"
+    UPDATE = "update"
+    DISABLE = "disable"
+    DELETE = "delete"
+    RENAME = "rename"
+    ADD_MEMBERS = "add_members"
+    REMOVE_MEMBERS = "remove_members"
+
+
+DEPROVISIONING = frozenset({Action.DISABLE, Action.DELETE})
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One change at the target. `values` holds only what this operation writes."""
+
+    action: Action
+    kind: Kind
+    source_id: str
+    name: str
+    target_id: str | None = None
+    values: ScimValues = field(default_factory=dict)
+    members: tuple[str, ...] = ()  # source ids of users, for add/remove_members
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "action": self.action.value,
+            "kind": self.kind,
+            "source_id": self.source_id,
+            "name": self.name,
+        }
+        if self.target_id is not None:
+            out["target_id"] = self.target_id
+        if self.values:
+            out["values"] = dict(self.values)
+        if self.members:
+            out["members"] = list(self.members)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedUser:
+    """What the store recorded after the last successful write of a user."""
+
+    source_id: str
+    target_id: str
+    user_name: str
+    active: bool
+    values: ScimValues  # the flat values last pushed (the fingerprint's input)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedGroup:
+    source_id: str
+    target_id: str
+    display_name: str
+    member_source_ids: frozenset[str]  # the member set last pushed
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    """An object found at the target by its matching key, not yet linked."""
+
+    target_id: str
+    name: str
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A desired record the planner refuses to push, with the reason."""
+
+    kind: Kind
+    source_id: str
+    name: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    operations: tuple[Operation, ...]
+    conflicts: tuple[Conflict, ...] = ()
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.operations:
+            counts[op.action.value] = counts.get(op.action.value, 0) + 1
+        return counts
+
+    @property
+    def deprovisioning(self) -> tuple[Operation, ...]:
+        return tuple(op for op in self.operations if op.action in DEPROVISIONING)

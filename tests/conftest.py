@@ -1,0 +1,9 @@
+"""Shared pytest set-up: each real server's fixtures live in tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.slapd",
+    "tests.fixtures.samba",
+    "tests.fixtures.emulator",
+    "tests.fixtures.postgres",
+    "tests.fixtures.scim2",
+]
