@@ -136,7 +136,9 @@ class SourceConfig(Strict):
             object.__setattr__(self, "member_attribute", "member")
         if self.account_status is None and ad:
             object.__setattr__(
-                self, "account_status", AccountStatus(attribute="userAccountControl", ad_bitmask=True)
+                self,
+                "account_status",
+                AccountStatus(attribute="userAccountControl", ad_bitmask=True),
             )
         return self
 
@@ -316,9 +318,8 @@ class Config(Strict):
     ) -> dict[str, str | MappingRule] | None:
         for key in mapping or {}:
             if key not in SCIM_USER_ATTRIBUTES:
-                raise ValueError(
-                    f"unknown SCIM attribute {key!r}; expected one of {', '.join(SCIM_USER_ATTRIBUTES)}"
-                )
+                known = ", ".join(SCIM_USER_ATTRIBUTES)
+                raise ValueError(f"unknown SCIM attribute {key!r}; expected one of {known}")
         return mapping
 
     @property
@@ -362,6 +363,8 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out or "(top level)"
 
 
+_SECRET_KEYS = {"token", "bind_password"}
+
 _INPUT_WORDS = {
     "missing": "missing required key",
     "extra_forbidden": "unknown key",
@@ -377,7 +380,7 @@ def _describe(error: Any) -> str:
         message = _INPUT_WORDS[kind]
     else:
         message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if kind not in ("value_error", "assertion_error"):
+        if kind not in ("value_error", "assertion_error") and not set(loc) & _SECRET_KEYS:
             given = error.get("input")
             if given is not None and not isinstance(given, dict | list):
                 message += f", got {given!r}"
