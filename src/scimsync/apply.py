@@ -1,0 +1,316 @@
+"""The executor: the only code that writes to the target.
+
+Order: users (link, create, update), groups (link, create, rename), memberships,
+user deprovisioning, group deletion. Each operation's intent is committed before its
+call and its result after, so a crash between the two is seen by the next cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from scimsync import log
+from scimsync.fingerprint import of_desired
+from scimsync.model import Action, LinkedGroup, LinkedUser, Operation, Plan
+from scimsync.target import RemoteGroup, Target
+from scimsync.target.errors import ScimError, Unauthorized
+
+if TYPE_CHECKING:
+    from scimsync.config import Config
+    from scimsync.engine import Desired
+    from scimsync.state import Store
+
+logger = log.get(__name__)
+
+PHASES: tuple[tuple[str, frozenset[Action]], ...] = (
+    ("users", frozenset({Action.LINK, Action.CREATE, Action.UPDATE})),
+    ("groups", frozenset({Action.LINK, Action.CREATE, Action.RENAME})),
+    ("memberships", frozenset({Action.ADD_MEMBERS, Action.REMOVE_MEMBERS})),
+    ("deprovisioning", frozenset({Action.DISABLE, Action.DELETE})),
+    ("group deletions", frozenset({Action.DELETE})),
+)
+
+
+def phase_of(op: Operation) -> int:
+    if op.kind == "user":
+        return 0 if op.action in PHASES[0][1] else 3
+    if op.action in PHASES[2][1]:
+        return 2
+    return 4 if op.action is Action.DELETE else 1
+
+
+class Progress(Protocol):
+    def start(self, total: int) -> None: ...
+    def advance(self, op: Operation, ok: bool) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    op: Operation
+    cause: str
+
+
+@dataclass
+class Outcome:
+    applied: Counter[str] = field(default_factory=Counter)
+    failed: list[Failure] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(
+        self,
+        target: Target,
+        store: Store,
+        cycle_id: str,
+        config: Config,
+        desired: Desired,
+        *,
+        progress: Progress | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.target = target
+        self.store = store
+        self.cycle_id = cycle_id
+        self.config = config
+        self.desired = desired
+        self.progress = progress
+        self.now = now
+        self.users = store.linked_users()
+        self.groups = store.linked_groups()
+        self.outcome = Outcome()
+
+    async def apply(self, plan: Plan) -> Outcome:
+        phases: list[list[Operation]] = [[] for _ in PHASES]
+        for op in plan.operations:
+            phases[phase_of(op)].append(op)
+        if self.progress:
+            self.progress.start(len(plan.operations))
+        try:
+            for ops in phases:
+                await self._run_concurrently(ops)
+        finally:
+            if self.progress:
+                self.progress.finish()
+        return self.outcome
+
+    async def _run_concurrently(self, ops: Sequence[Operation]) -> None:
+        """A pool of workers, not a task per operation: memory stays flat at 100k operations."""
+        if not ops:
+            return
+        queue: asyncio.Queue[Operation] = asyncio.Queue()
+        for op in ops:
+            queue.put_nowait(op)
+
+        async def worker() -> None:
+            while not queue.empty():
+                await self._apply_one(queue.get_nowait())
+
+        workers = min(self.config.target.max_concurrency, len(ops))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    async def _apply_one(self, op: Operation) -> None:
+        intent = self.store.intend(self.cycle_id, op.action.value, op.kind, op.source_id, op.name)
+        target_id = op.target_id
+        try:
+            target_id = await self._call(op)
+        except Unauthorized:
+            raise  # the key is wrong for every record: end the cycle
+        except ScimError as exc:
+            self._failed(op, str(exc))
+        except MissingLink as exc:
+            self._failed(op, str(exc))
+        else:
+            self.outcome.applied[op.action.value] += 1
+            self.store.clear_failure(op.kind, op.source_id)
+            self.store.audit(
+                self.cycle_id, op.action.value, op.kind, op.source_id, target_id, True,
+                name=op.name,
+            )
+            if self.progress:
+                self.progress.advance(op, True)
+        self.store.done(intent)
+
+    def _failed(self, op: Operation, cause: str) -> None:
+        self.outcome.failed.append(Failure(op, cause))
+        self.store.audit(
+            self.cycle_id, op.action.value, op.kind, op.source_id, op.target_id, False, cause,
+            name=op.name,
+        )
+        record = self.desired.users.get(op.source_id) if op.kind == "user" else None
+        group = self.desired.groups.get(op.source_id) if op.kind == "group" else None
+        subject = record or group
+        self.store.record_failure(
+            op.kind, op.source_id, op.name, op.action.value, cause,
+            source_fingerprint=of_desired(subject) if subject else "",
+            now=self.now(), max_retries=self.config.options.max_retries,
+        )
+        logger.warning("operation failed", action=op.action.value, kind=op.kind, name=op.name,
+                       cause=cause)
+        if self.progress:
+            self.progress.advance(op, False)
+
+    # --- one operation -----------------------------------------------------------------
+
+    async def _call(self, op: Operation) -> str | None:
+        handler = _HANDLERS[(op.kind, op.action)]
+        return await handler(self, op)
+
+    def _user_target_ids(self, source_ids: Iterable[str]) -> list[str]:
+        ids = []
+        for source_id in source_ids:
+            link = self.users.get(source_id)
+            if link is None:
+                raise MissingLink(f"member {source_id} has no target account (not yet created)")
+            ids.append(link.target_id)
+        return ids
+
+    def _save_user(self, link: LinkedUser) -> None:
+        self.users[link.source_id] = link
+        self.store.save_user(link)
+
+    def _save_group(self, link: LinkedGroup) -> None:
+        self.groups[link.source_id] = link
+        self.store.save_group(link)
+
+    def _pushed(self, op: Operation, before: dict[str, str | bool]) -> dict[str, str | bool]:
+        values = {**before, **{k: v for k, v in op.values.items() if k != "active"}}
+        for key in op.removed:
+            values.pop(key, None)
+        return values
+
+    async def _create_user(self, op: Operation) -> str:
+        desired = self.desired.users[op.source_id]
+        remote = await self.target.create_user(op.values, desired.active)
+        self._save_user(
+            LinkedUser(op.source_id, remote.id, desired.user_name, desired.active,
+                       self._pushed(op, {}))
+        )
+        return remote.id
+
+    async def _link_user(self, op: Operation) -> str:
+        assert op.target_id is not None
+        desired = self.desired.users[op.source_id]
+        changed = {k: v for k, v in op.values.items() if k not in ("active", "userName")}
+        if changed or op.removed:
+            await self.target.update_user(op.target_id, changed, op.removed)
+        active = bool(op.values.get("active", desired.active))
+        if "active" in op.values:
+            await self.target.set_active(op.target_id, active)
+        self._save_user(
+            LinkedUser(op.source_id, op.target_id, desired.user_name, active, self._pushed(op, {}))
+        )
+        return op.target_id
+
+    async def _update_user(self, op: Operation) -> str:
+        link = self.users[op.source_id]
+        changed = {k: v for k, v in op.values.items() if k != "active"}
+        if changed or op.removed:
+            await self.target.update_user(link.target_id, changed, op.removed)
+        active = link.active
+        if "active" in op.values:
+            active = bool(op.values["active"])
+            await self.target.set_active(link.target_id, active)
+        self._save_user(
+            LinkedUser(link.source_id, link.target_id, link.user_name, active,
+                       self._pushed(op, dict(link.values)))
+        )
+        return link.target_id
+
+    async def _disable_user(self, op: Operation) -> str:
+        link = self.users[op.source_id]
+        await self.target.set_active(link.target_id, False)
+        self._save_user(
+            LinkedUser(link.source_id, link.target_id, link.user_name, False, link.values)
+        )
+        return link.target_id
+
+    async def _delete_user(self, op: Operation) -> str:
+        link = self.users[op.source_id]
+        await self.target.delete_user(link.target_id)
+        self.users.pop(op.source_id, None)
+        self.store.forget("user", op.source_id)
+        return link.target_id
+
+    async def _create_group(self, op: Operation) -> str:
+        remote = await self.target.create_group(op.name)
+        self._save_group(LinkedGroup(op.source_id, remote.id, op.name, frozenset()))
+        return remote.id
+
+    async def _link_group(self, op: Operation) -> str:
+        assert op.target_id is not None
+        remote = await self.target.get_group(op.target_id)
+        ours = {link.target_id: sid for sid, link in self.users.items()}
+        members = frozenset(ours[tid] for tid in remote.member_ids if tid in ours)
+        self._save_group(LinkedGroup(op.source_id, op.target_id, op.name, members))
+        return op.target_id
+
+    async def _rename_group(self, op: Operation) -> str:
+        link = self.groups[op.source_id]
+        if self.config.options.group_rename == "recreate":
+            try:
+                await self.target.rename_group(link.target_id, op.name)
+                target_id = link.target_id
+            except ScimError as exc:
+                if exc.scim_type != "mutability":
+                    raise
+                old = await self.target.get_group(link.target_id)
+                new: RemoteGroup = await self.target.recreate_group(old, op.name)
+                target_id = new.id
+        else:
+            await self.target.rename_group(link.target_id, op.name)
+            target_id = link.target_id
+        self._save_group(LinkedGroup(link.source_id, target_id, op.name, link.member_source_ids))
+        return target_id
+
+    async def _add_members(self, op: Operation) -> str:
+        link = self.groups[op.source_id]
+        await self.target.add_members(link.target_id, self._user_target_ids(op.members))
+        self._save_group(
+            LinkedGroup(link.source_id, link.target_id, link.display_name,
+                        link.member_source_ids | frozenset(op.members))
+        )
+        return link.target_id
+
+    async def _remove_members(self, op: Operation) -> str:
+        link = self.groups[op.source_id]
+        known = [m for m in op.members if m in self.users]
+        ids = self._user_target_ids(known) + list(op.target_members)
+        await self.target.remove_members(link.target_id, ids)
+        self._save_group(
+            LinkedGroup(link.source_id, link.target_id, link.display_name,
+                        link.member_source_ids - frozenset(op.members))
+        )
+        return link.target_id
+
+    async def _delete_group(self, op: Operation) -> str:
+        link = self.groups[op.source_id]
+        await self.target.delete_group(link.target_id)
+        self.groups.pop(op.source_id, None)
+        self.store.forget("group", op.source_id)
+        return link.target_id
+
+
+class MissingLink(Exception):
+    """A membership names a user the target does not hold (its create failed)."""
+
+
+_Handler = Callable[[Executor, Operation], Awaitable[str | None]]
+_HANDLERS: dict[tuple[str, Action], _Handler] = {
+    ("user", Action.CREATE): Executor._create_user,
+    ("user", Action.LINK): Executor._link_user,
+    ("user", Action.UPDATE): Executor._update_user,
+    ("user", Action.DISABLE): Executor._disable_user,
+    ("user", Action.DELETE): Executor._delete_user,
+    ("group", Action.CREATE): Executor._create_group,
+    ("group", Action.LINK): Executor._link_group,
+    ("group", Action.RENAME): Executor._rename_group,
+    ("group", Action.ADD_MEMBERS): Executor._add_members,
+    ("group", Action.REMOVE_MEMBERS): Executor._remove_members,
+    ("group", Action.DELETE): Executor._delete_group,
+}

@@ -1,0 +1,243 @@
+"""The command line: parse, call the engine, print, choose the exit code. No logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn
+
+import typer
+from rich.console import Console
+
+from scimsync import config as config_module
+from scimsync import engine, log, report
+from scimsync.config import Config, ConfigError
+from scimsync.directory import DirectoryError
+from scimsync.mapping import MappingConfigError
+from scimsync.state import StateError, Store
+from scimsync.target.errors import ScimError, TargetUnreachable
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Provision users and groups from an LDAP directory to Atlassian Cloud over SCIM 2.0.",
+)
+emulate_app = typer.Typer(no_args_is_help=True, help="Run a local SCIM server for trials.")
+app.add_typer(emulate_app, name="emulate")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+class Settings:
+    config_path: Path | None = None
+    log_format: log.LogFormat = "text"
+
+
+settings = Settings()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file [default: $SCIMSYNC_CONFIG or ./scimsync.yaml]"),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text or json")
+    ] = "text",
+) -> None:
+    if log_format not in ("text", "json"):
+        fail(EXIT_CONFIG, f"--log-format: expected text or json, got {log_format!r}")
+    settings.config_path = config
+    settings.log_format = "json" if log_format == "json" else "text"
+    log.configure(settings.log_format)
+
+
+def fail(code: int, message: str) -> NoReturn:
+    err.print(f"scimsync: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn every error a user can cause into one line and the exit code design.md gives it."""
+    try:
+        yield
+    except (ConfigError, MappingConfigError) as exc:
+        fail(EXIT_CONFIG, str(exc))
+    except (DirectoryError, TargetUnreachable, StateError) as exc:
+        fail(EXIT_UNREACHABLE, str(exc))
+    except ScimError as exc:  # 401 and other cycle-ending answers
+        fail(EXIT_UNREACHABLE, str(exc))
+
+
+def load_config() -> Config:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", config_module.InsecureConfigWarning)
+        loaded = config_module.load(settings.config_path)
+    for warning in caught:
+        err.print(f"scimsync: warning: {warning.message}", markup=False)
+    return loaded
+
+
+def open_store(cfg: Config, *, must_exist: bool = False) -> Store | None:
+    """The store, or None for `plan` before the first sync (plan writes nothing anywhere)."""
+    if must_exist and cfg.state.startswith("sqlite:///"):
+        path = Path(cfg.state.removeprefix("sqlite:///"))
+        if not path.exists():
+            return None
+    return Store.open(cfg.state, cfg.channel)
+
+
+@app.command()
+def check() -> None:
+    """Validate the config, bind to the directory, call the target."""
+    with user_errors():
+        cfg = load_config()
+        out.print(f"config      {config_module.locate(settings.config_path)}: ok")
+        summary = engine.check_directory(cfg)
+        report.print_directory_check(out, summary)
+        target = asyncio.run(engine.check_target(cfg))
+        report.print_target_check(out, target)
+
+
+@app.command()
+def plan(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object")] = False,
+    user: Annotated[str | None, typer.Option("--user", help="Only this userName")] = None,
+) -> None:
+    """Dry run: what a sync would do now. Writes nothing anywhere."""
+    with user_errors():
+        cfg = load_config()
+        store = open_store(cfg, must_exist=True)
+        try:
+            prepared = asyncio.run(engine.dry_run(cfg, store, only_user=user))
+        finally:
+            if store:
+                store.close()
+    if as_json:
+        out.print(json.dumps(report.plan_json(prepared), ensure_ascii=False), markup=False)
+    else:
+        report.print_plan(out, prepared)
+
+
+@app.command()
+def sync(
+    allow_deletions: Annotated[
+        bool, typer.Option("--allow-deletions", help="Apply deletions held by max_deletions, once")
+    ] = False,
+    user: Annotated[str | None, typer.Option("--user", help="Provision one user (and its groups) now")] = None,
+) -> None:
+    """One cycle: read, plan, apply."""
+    with user_errors():
+        cfg = load_config()
+        with Store.open(cfg.state, cfg.channel) as store, store.lock():
+            progress = report.progress_for(err, enabled=settings.log_format == "text")
+            cycle = asyncio.run(
+                engine.sync(
+                    cfg, store, only_user=user, allow_deletions=allow_deletions, progress=progress
+                )
+            )
+    report.print_cycle(out, cycle)
+    raise typer.Exit(cycle.exit_code)
+
+
+@app.command()
+def run() -> None:
+    """Daemon: a cycle every `interval` seconds; SIGTERM finishes the operation in flight."""
+    from scimsync import daemon
+
+    with user_errors():
+        cfg = load_config()
+        raise typer.Exit(daemon.run(cfg))
+
+
+@app.command()
+def status() -> None:
+    """Last cycles, pending and quarantined failures, deletions held back."""
+    with user_errors():
+        cfg = load_config()
+        with Store.open(cfg.state, cfg.channel) as store:
+            report.print_status(out, store)
+
+
+@app.command()
+def audit(
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO time or a duration such as 2h, 3d")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+) -> None:
+    """The audit log: every operation with its cycle, result and cause."""
+    with user_errors():
+        start = parse_since(since) if since else None
+        cfg = load_config()
+        with Store.open(cfg.state, cfg.channel) as store:
+            report.print_audit(out, store.audit_log(since=start, limit=limit))
+
+
+@app.command()
+def reset(
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Also retry quarantined and backed-off records now")
+    ] = False,
+) -> None:
+    """Forget watermarks so the next cycle is a full reconciliation."""
+    with user_errors():
+        cfg = load_config()
+        with Store.open(cfg.state, cfg.channel) as store:
+            store.reset()
+            out.print("next cycle: full reconciliation")
+            if failed:
+                out.print(f"failed records released: {store.reset_failures()}")
+
+
+@emulate_app.command("atlassian")
+def emulate_atlassian(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)],
+    token: Annotated[str, typer.Option("--token", envvar="SCIMSYNC_EMULATOR_TOKEN")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    rename: Annotated[str, typer.Option("--rename", help="allowed or immutable")] = "allowed",
+    rate: Annotated[float | None, typer.Option("--rate", help="requests/s before 429")] = None,
+    latency_ms: Annotated[float, typer.Option("--latency-ms")] = 0.0,
+    fault_rate: Annotated[float, typer.Option("--fault-rate", min=0.0, max=1.0)] = 0.0,
+    data: Annotated[Path | None, typer.Option("--data", help="Keep the data in this file")] = None,
+) -> None:
+    """A local server that behaves as Atlassian's SCIM API documents."""
+    from scimsync import emulator
+
+    if rename not in ("allowed", "immutable"):
+        fail(EXIT_CONFIG, f"--rename: expected allowed or immutable, got {rename!r}")
+    mode: Literal["allowed", "immutable"] = "immutable" if rename == "immutable" else "allowed"
+    emulator.serve(
+        port, token, host=host, rename=mode, rate=rate, latency_ms=latency_ms,
+        fault_rate=fault_rate, data_file=data,
+    )
+
+
+def parse_since(value: str) -> datetime:
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(EXIT_CONFIG, f"--since: expected an ISO time or a duration such as 2h, got {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("scimsync: interrupted")
+        sys.exit(130)

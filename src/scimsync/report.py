@@ -1,0 +1,191 @@
+"""What the commands print: tables on a terminal, plain lines elsewhere, JSON when asked."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from scimsync.model import Operation
+
+if TYPE_CHECKING:
+    from scimsync.apply import Progress
+    from scimsync.engine import CycleReport, DirectoryCheck, Prepared, TargetCheck
+    from scimsync.state import AuditRecord, Store
+
+PLAN_ORDER = ("create", "link", "update", "rename", "add_members", "remove_members", "disable",
+              "delete")
+
+
+def plan_json(prepared: Prepared) -> dict[str, object]:
+    """The shape design.md promises: operations, summary; plus what is held and refused."""
+    verdict = prepared.verdict
+    return {
+        "operations": [op.to_json() for op in prepared.plan.operations],
+        "summary": prepared.plan.summary(),
+        "held": [op.to_json() for op in verdict.held],
+        "held_reason": verdict.reason,
+        "conflicts": [
+            {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
+            for c in prepared.plan.conflicts
+        ],
+        "mapping_failures": [
+            {"kind": f.kind, "source_id": f.source_id, "name": f.name, "cause": f.cause}
+            for f in prepared.desired.failures
+        ],
+    }
+
+
+def _describe(op: Operation) -> str:
+    detail = ""
+    if op.members:
+        detail = f" ({len(op.members)} member{'s' if len(op.members) != 1 else ''})"
+    elif op.values:
+        keys = sorted(k for k in op.values if k != "active")
+        if keys:
+            detail = f" ({', '.join(keys)})"
+        elif "active" in op.values:
+            detail = " (active)" if op.values["active"] else " (inactive)"
+    return f"{op.action.value:<15}{op.kind:<6}{op.name}{detail}"
+
+
+def print_plan(console: Console, prepared: Prepared) -> None:
+    the_plan = prepared.plan
+    for op in the_plan.operations:
+        console.print(_describe(op), markup=False)
+    for conflict in the_plan.conflicts:
+        console.print(f"{'conflict':<15}{conflict.kind:<6}{conflict.name}: {conflict.cause}",
+                      markup=False)
+    for failure in prepared.desired.failures:
+        console.print(f"{'unmappable':<15}{failure.kind:<6}{failure.name}: {failure.cause}",
+                      markup=False)
+    summary = the_plan.summary()
+    counts = ", ".join(f"{summary[a]} {a}" for a in PLAN_ORDER if a in summary)
+    console.print(f"plan: {counts or 'no changes'}", markup=False)
+    if prepared.verdict.blocked:
+        console.print(
+            f"held by the safety threshold: {len(prepared.verdict.held)} operations "
+            f"({prepared.verdict.reason}); `sync --allow-deletions` applies them once",
+            markup=False,
+        )
+
+
+def print_cycle(console: Console, cycle: CycleReport) -> None:
+    applied = cycle.outcome.applied
+    counts = ", ".join(f"{applied[a]} {a}" for a in PLAN_ORDER if applied.get(a))
+    console.print(f"cycle {cycle.cycle_id}: {counts or 'no changes'}", markup=False)
+    for failure in cycle.outcome.failed:
+        console.print(f"failed  {failure.op.action.value} {failure.op.kind} {failure.op.name}: "
+                      f"{failure.cause}", markup=False)
+    for conflict in cycle.prepared.plan.conflicts:
+        console.print(f"conflict  {conflict.kind} {conflict.name}: {conflict.cause}", markup=False)
+    for unmapped in cycle.prepared.desired.failures:
+        console.print(f"unmappable  {unmapped.kind} {unmapped.name}: {unmapped.cause}",
+                      markup=False)
+    verdict = cycle.prepared.verdict
+    if verdict.blocked:
+        console.print(
+            f"stopped by the safety threshold: {verdict.reason}; {len(verdict.held)} operations "
+            "held (see `scimsync status`); `scimsync sync --allow-deletions` applies them once",
+            markup=False,
+        )
+
+
+def print_directory_check(console: Console, check: DirectoryCheck) -> None:
+    console.print(f"directory   {check.server}: bound", markup=False)
+    console.print(
+        f"  in scope: {check.users} users ({check.disabled} disabled), {check.groups} groups, "
+        f"{check.memberships} memberships",
+        markup=False,
+    )
+    for failure in check.unmappable[:10]:
+        console.print(f"  unmappable user {failure.name}: {failure.cause}", markup=False)
+
+
+def print_target_check(console: Console, check: TargetCheck) -> None:
+    console.print(f"target      {check.url}: the API key works", markup=False)
+    console.print(f"  {check.features}; {check.users} users visible", markup=False)
+
+
+def print_status(console: Console, store: Store) -> None:
+    runs = store.runs(limit=5)
+    table = Table("cycle", "started", "finished", "mode", "result", "applied", box=None)
+    for run in runs:
+        applied = ", ".join(f"{n} {a}" for a, n in sorted(run.summary.items())) or "-"
+        table.add_row(run.cycle_id[:12], _time(run.started_at), _time(run.finished_at),
+                      run.mode, run.result or "running", applied)
+    console.print(f"linked: {store.count_linked('user')} users, "
+                  f"{store.count_linked('group')} groups", markup=False)
+    console.print(table if runs else "no cycles yet")
+    failures = store.failures()
+    pending = [f for f in failures.values() if not f.quarantined]
+    quarantined = [f for f in failures.values() if f.quarantined]
+    console.print(f"pending retries: {len(pending)}; quarantined: {len(quarantined)}",
+                  markup=False)
+    for f in sorted(failures.values(), key=lambda f: (not f.quarantined, f.name)):
+        state = "quarantined" if f.quarantined else f"retry after {_time(f.next_retry_at)}"
+        console.print(f"  {f.kind} {f.name}: {f.cause} [{f.attempts} attempts, {state}]",
+                      markup=False)
+    staged = store.staged_deletions()
+    if staged:
+        console.print(f"held by the safety threshold: {len(staged)} operations "
+                      "(`scimsync sync --allow-deletions` applies them)", markup=False)
+        for op in staged:
+            console.print(f"  {op['action']} {op['kind']} {op['name']}", markup=False)
+
+
+def print_audit(console: Console, rows: Sequence[AuditRecord]) -> None:
+    for row in rows:
+        outcome = "ok" if row.success else f"FAILED: {row.cause}"
+        console.print(
+            f"{_time(row.at)} {row.cycle_id[:12]} {row.event:<15}{row.kind:<6}"
+            f"{row.name or row.source_id} -> {row.target_id or '-'} {outcome}",
+            markup=False,
+        )
+
+
+def _time(value: object) -> str:
+    if value is None:
+        return "-"
+    text = value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else str(value)
+    return text.replace("+00:00", "Z")
+
+
+class ConsoleProgress:
+    """A bar on a terminal; one line per thousand operations otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar: RichProgress | None = None
+        self.task: TaskID | None = None
+        self.done: Counter[bool] = Counter()
+        self.total = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if total and self.console.is_terminal:
+            self.bar = RichProgress(TextColumn("applying"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("apply", total=total)
+
+    def advance(self, op: Operation, ok: bool) -> None:
+        self.done[ok] += 1
+        count = sum(self.done.values())
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task)
+        elif count % 1000 == 0:
+            self.console.print(f"applied {count}/{self.total}", markup=False)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def progress_for(console: Console, *, enabled: bool) -> Progress | None:
+    return ConsoleProgress(console) if enabled else None
