@@ -72,6 +72,7 @@ class Executor:
         desired: Desired,
         *,
         progress: Progress | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.target = target
@@ -80,6 +81,7 @@ class Executor:
         self.config = config
         self.desired = desired
         self.progress = progress
+        self.should_stop = should_stop
         self.now = now
         self.users = store.linked_users()
         self.groups = store.linked_groups()
@@ -93,6 +95,8 @@ class Executor:
             self.progress.start(len(plan.operations))
         try:
             for ops in phases:
+                if self.should_stop():
+                    break
                 await self._run_concurrently(ops)
         finally:
             if self.progress:
@@ -108,7 +112,8 @@ class Executor:
             queue.put_nowait(op)
 
         async def worker() -> None:
-            while not queue.empty():
+            # A stop request lets each worker finish the operation it holds, no more.
+            while not queue.empty() and not self.should_stop():
                 await self._apply_one(queue.get_nowait())
 
         workers = min(self.config.target.max_concurrency, len(ops))

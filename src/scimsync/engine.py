@@ -228,6 +228,7 @@ async def sync(
     only_user: str | None = None,
     allow_deletions: bool = False,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CycleReport:
     """One cycle. Directory and target errors propagate before anything is written."""
@@ -247,7 +248,8 @@ async def sync(
                 conflict.cause, name=conflict.name,
             )
         executor = Executor(
-            target, store, cycle_id, config, prepared.desired, progress=progress, now=now
+            target, store, cycle_id, config, prepared.desired,
+            progress=progress, should_stop=should_stop, now=now,
         )
         try:
             report.outcome = await executor.apply(verdict.allowed)
