@@ -1,0 +1,266 @@
+"""A throwaway OpenLDAP slapd on a free loopback port, in a temporary directory.
+
+The configuration follows /work/shared/reference/test-servers/start-slapd.sh: mdb with
+memberof, syncprov and accesslog (for change detection), a self-signed certificate for
+ldaps:// and StartTLS, and a read-only service account `cn=reader` that, unlike the rootdn,
+is subject to the size limit (500 per search; paged searches unlimited) so tests prove paging.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import ldap
+import ldap.modlist
+from ldif import LDIFRecordList
+
+SUFFIX = "dc=example,dc=com"
+ADMIN_DN = "cn=admin,dc=example,dc=com"
+ADMIN_PASSWORD = "secret"
+READER_DN = "cn=reader,dc=example,dc=com"
+READER_PASSWORD = "reader-secret"
+SIZE_LIMIT = 500
+
+_CONF = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+moduleload syncprov
+moduleload accesslog
+moduleload memberof
+pidfile {d}/slapd.pid
+argsfile {d}/slapd.args
+TLSCertificateFile {d}/cert.pem
+TLSCertificateKeyFile {d}/key.pem
+# test-only ACL: everyone may read (incl. cn=accesslog), only the rootdn writes
+access to * by * read
+
+database mdb
+suffix "cn=accesslog"
+rootdn "{admin}"
+directory {d}/accesslog
+maxsize 104857600
+index default eq
+index entryCSN,objectClass,reqEnd,reqResult,reqStart,reqDN eq
+overlay syncprov
+syncprov-nopresent TRUE
+syncprov-reloadhint TRUE
+
+database mdb
+suffix "{suffix}"
+rootdn "{admin}"
+rootpw {admin_password}
+directory {d}/data
+maxsize 1073741824
+# slapd.conf(5) "limits": size.pr/size.prtotal lift the cap for paged searches only,
+# as AD's MaxPageSize does; the rootdn is never limited.
+limits users size.soft={limit} size.hard={limit} size.pr=unlimited size.prtotal=unlimited
+index objectClass,entryCSN,entryUUID eq
+index uid,cn,mail,member,uniqueMember eq
+overlay memberof
+memberof-refint TRUE
+overlay syncprov
+syncprov-checkpoint 100 10
+syncprov-sessionlog 1000
+overlay accesslog
+logdb cn=accesslog
+logops writes
+logsuccess TRUE
+logpurge 07+00:00 01+00:00
+"""
+
+_BASE_ENTRIES: list[tuple[str, dict[str, list[bytes]]]] = [
+    (
+        SUFFIX,
+        {
+            "objectClass": [b"top", b"dcObject", b"organization"],
+            "o": [b"Example"],
+            "dc": [b"example"],
+        },
+    ),
+    (
+        READER_DN,
+        {
+            "objectClass": [b"organizationalRole", b"simpleSecurityObject"],
+            "cn": [b"reader"],
+            "userPassword": [READER_PASSWORD.encode()],
+        },
+    ),
+]
+
+
+class SlapdError(RuntimeError):
+    """slapd could not be configured or started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Slapd:
+    """Start with `start()` or `with Slapd() as server:`; `stop()` waits for the process to exit."""
+
+    base_dn = SUFFIX
+    admin_dn = ADMIN_DN
+    admin_password = ADMIN_PASSWORD
+    bind_dn = READER_DN  # what a scimsync config binds as: read-only and size-limited
+    password = READER_PASSWORD
+    size_limit = SIZE_LIMIT
+
+    def __init__(self, workdir: Path | None = None, ready_timeout: float = 15.0) -> None:
+        self._own_dir = workdir is None
+        self.dir = Path(tempfile.mkdtemp(prefix="scimsync-slapd-")) if workdir is None else workdir
+        self.port = free_port()
+        self.tls_port = free_port()
+        self._ready_timeout = ready_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "cert.pem"  # self-signed: the certificate is its own CA
+
+    def start(self) -> Self:
+        for sub in ("data", "accesslog"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self._make_certificate()
+        conf = self.dir / "slapd.conf"
+        conf.write_text(
+            _CONF.format(
+                d=self.dir,
+                admin=ADMIN_DN,
+                admin_password=ADMIN_PASSWORD,
+                suffix=SUFFIX,
+                limit=SIZE_LIMIT,
+            )
+        )
+        self._run(["slaptest", "-u", "-f", str(conf)], "slaptest")
+        # -d 0 keeps slapd in the foreground so we own the process and can wait for it.
+        self._process = subprocess.Popen(
+            ["slapd", "-d", "0", "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/"],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "slapd.log").open("wb"),
+        )
+        self._pid = self._process.pid
+        self._wait_ready()
+        self.add_entries(_BASE_ENTRIES)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- loading data -----------------------------------------------------------------
+
+    def admin(self) -> ldap.ldapobject.LDAPObject:
+        """A connection bound as the rootdn (unlimited, may write)."""
+        conn = ldap.initialize(self.url)
+        conn.protocol_version = 3
+        conn.simple_bind_s(ADMIN_DN, ADMIN_PASSWORD)
+        return conn
+
+    def add_entries(self, entries: Iterable[tuple[str, Mapping[str, Sequence[bytes]]]]) -> int:
+        """Add entries (dn, {attr: [bytes]}) in order, pipelined; returns how many."""
+        conn = self.admin()
+        try:
+            pending: list[int] = []
+            count = 0
+            for dn, attrs in entries:
+                pending.append(conn.add_ext(dn, ldap.modlist.addModlist(dict(attrs))))
+                count += 1
+                if len(pending) >= 200:
+                    for msgid in pending:
+                        conn.result3(msgid)
+                    pending.clear()
+            for msgid in pending:
+                conn.result3(msgid)
+            return count
+        finally:
+            conn.unbind_s()
+
+    def load_ldif(self, path: Path | str) -> int:
+        with Path(path).open("rb") as stream:
+            parser = LDIFRecordList(stream)
+            parser.parse()
+        return self.add_entries(parser.all_records)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _make_certificate(self) -> None:
+        self._run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout", str(self.dir / "key.pem"), "-out", str(self.ca_file),
+            ],
+            "openssl",
+        )  # fmt: skip
+
+    def _run(self, argv: list[str], what: str) -> None:
+        done = subprocess.run(argv, capture_output=True, check=False)
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            raise SlapdError(f"{what} failed: {' '.join(tail) or done.returncode}")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._ready_timeout
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                log = (self.dir / "slapd.log").read_text(errors="replace").strip()
+                raise SlapdError(f"slapd exited with {self._process.returncode}: {log[-300:]}")
+            try:
+                conn = ldap.initialize(self.url)
+                conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 1.0)
+                conn.simple_bind_s("", "")
+                conn.unbind_s()
+                return
+            except ldap.SERVER_DOWN:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise SlapdError(f"slapd not answering on {self.url}") from None
+                time.sleep(0.05)  # poll interval while waiting for the listener
