@@ -1,0 +1,90 @@
+"""What the store hands back: plain frozen records, plus the fingerprint and backoff rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from scimsync.model import Kind, ScimValues
+
+BACKOFF_BASE = timedelta(minutes=1)
+BACKOFF_CAP = timedelta(hours=24)
+
+
+def canonical_json(value: object) -> str:
+    """Compact JSON with sorted keys: the stored form and the fingerprint's input."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fingerprint(values: ScimValues) -> str:
+    """sha256 of the canonical JSON of `values`, hex, first 32 characters."""
+    return hashlib.sha256(canonical_json(dict(values)).encode()).hexdigest()[:32]
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before retry number `attempts` + 1: 1 min, 2, 4, ... capped at 24 h."""
+    if attempts < 1:
+        return timedelta(0)
+    # Past 2**11 minutes the cap applies anyway; bounding the exponent avoids huge ints.
+    delay: timedelta = BACKOFF_BASE * 2 ** min(attempts - 1, 16)
+    return min(delay, BACKOFF_CAP)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    cycle_id: str
+    mode: str
+    started_at: datetime
+    finished_at: datetime | None
+    result: str | None  # None while the run is in progress (or crashed)
+    summary: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    cycle_id: str
+    at: datetime
+    event: str
+    kind: Kind
+    source_id: str
+    target_id: str | None
+    success: bool
+    cause: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntentRecord:
+    """An operation started but never confirmed: the process died during the call."""
+
+    intent_id: int
+    cycle_id: str
+    action: str
+    kind: Kind
+    source_id: str
+    name: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    kind: Kind
+    source_id: str
+    name: str
+    action: str
+    cause: str
+    source_fingerprint: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    next_retry_at: datetime | None  # None once quarantined
+    quarantined: bool
+
+    def retry_due(self, now: datetime, source_fingerprint: str | None = None) -> bool:
+        """Whether the engine should try again: the delay has passed, or the source changed."""
+        if source_fingerprint is not None and source_fingerprint != self.source_fingerprint:
+            return True
+        return self.next_retry_at is not None and now >= self.next_retry_at

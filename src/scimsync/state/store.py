@@ -1,0 +1,702 @@
+"""The state store: links, pushed member sets, runs, audit, intents, failures, watermarks.
+
+One Store serves one channel. Each method is one short transaction; batch
+methods write in chunks with executemany, so an initial sync of 100,000 users
+neither holds a lock for long nor loses more than one chunk to a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from scimsync.model import Kind, LinkedGroup, LinkedUser
+from scimsync.state import tables as t
+from scimsync.state.connect import create_engine, is_memory, parse_url, safe_url
+from scimsync.state.errors import StateError
+from scimsync.state.locking import postgres_lock, sqlite_lock
+from scimsync.state.migrate import upgrade
+from scimsync.state.records import (
+    AuditRecord,
+    FailureRecord,
+    IntentRecord,
+    RunRecord,
+    backoff,
+    canonical_json,
+    fingerprint,
+)
+
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+WRITE_CHUNK = 1000  # rows per executemany transaction
+READ_CHUNK = 500  # ids per IN (...) query; well below SQLite's bound-parameter limit
+MAX_CAUSE = 2000  # characters of a failure cause kept; the rest is noise in a log
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _clip(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_CAUSE]
+
+
+def describe(exc: BaseException, url: URL) -> str:
+    """The driver's first line of complaint, with the password blotted out just in case."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    line = lines[0].strip() if lines else type(orig).__name__
+    if url.password:
+        line = line.replace(str(url.password), "***")
+    return line
+
+
+class Store:
+    """Everything scimsync remembers about one channel between cycles."""
+
+    def __init__(
+        self, engine: Engine, url: URL, channel: str, channel_id: int, clock: Clock
+    ) -> None:
+        self._engine = engine
+        self._url = url
+        self._channel = channel
+        self._channel_id = channel_id
+        self._clock = clock
+        # Executor threads share one Store; one transaction at a time keeps SQLite
+        # (and the single in-memory connection) free of self-inflicted lock waits.
+        self._guard = threading.RLock()
+
+    # -- opening and closing -------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, channel: str, *, clock: Clock = utc_now) -> Store:
+        """Connect, migrate the schema to the newest revision and register the channel."""
+        parsed = parse_url(url)
+        where = safe_url(parsed)
+        try:
+            engine = create_engine(parsed)
+        except ArgumentError as exc:
+            raise StateError(f"cannot open the store at {where}: {exc}") from None
+        try:
+            upgrade(engine, where)
+            channel_id = _ensure_channel(engine, channel)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise StateError(f"cannot open the store at {where}: {describe(exc, parsed)}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, parsed, channel, channel_id, clock)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self._url)!r}, channel={self._channel!r})"
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    @property
+    def where(self) -> str:
+        """The store's URL without its password, for messages."""
+        return safe_url(self._url)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the channel for this instance; raises ChannelLocked if another holds it."""
+        if self._engine.dialect.name == "postgresql":
+            return self._wrap_errors(postgres_lock(self._engine, self._channel))
+        return sqlite_lock(self._engine, self._url, self._channel, is_memory(self._url))
+
+    # -- links ---------------------------------------------------------------
+
+    def linked_users(self) -> dict[str, LinkedUser]:
+        with self._read() as conn:
+            rows = conn.execute(self._links_query("user"))
+            return {row.source_id: _user(row) for row in rows}
+
+    def linked_users_by_ids(self, source_ids: Collection[str]) -> dict[str, LinkedUser]:
+        found: dict[str, LinkedUser] = {}
+        with self._read() as conn:
+            for chunk in _chunks(source_ids, READ_CHUNK):
+                query = self._links_query("user").where(t.links.c.source_id.in_(chunk))
+                found.update((row.source_id, _user(row)) for row in conn.execute(query))
+        return found
+
+    def user_fingerprints(self) -> dict[str, str]:
+        """source_id -> fingerprint of the values last pushed, without loading the values."""
+        query = sa.select(t.links.c.source_id, t.links.c.fingerprint).where(
+            t.links.c.channel_id == self._channel_id, t.links.c.kind == "user"
+        )
+        with self._read() as conn:
+            return {row.source_id: row.fingerprint for row in conn.execute(query)}
+
+    def linked_groups(self) -> dict[str, LinkedGroup]:
+        with self._read() as conn:
+            heads = list(conn.execute(self._links_query("group")))
+            members = self._members(conn, None)
+        return {row.source_id: _group(row, members.get(row.source_id, ())) for row in heads}
+
+    def linked_groups_by_ids(self, source_ids: Collection[str]) -> dict[str, LinkedGroup]:
+        found: dict[str, LinkedGroup] = {}
+        with self._read() as conn:
+            for chunk in _chunks(source_ids, READ_CHUNK):
+                query = self._links_query("group").where(t.links.c.source_id.in_(chunk))
+                heads = list(conn.execute(query))
+                members = self._members(conn, [row.source_id for row in heads])
+                for row in heads:
+                    found[row.source_id] = _group(row, members.get(row.source_id, ()))
+        return found
+
+    def count_linked(self, kind: Kind) -> int:
+        query = (
+            sa.select(sa.func.count())
+            .select_from(t.links)
+            .where(t.links.c.channel_id == self._channel_id, t.links.c.kind == kind)
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def save_user(self, user: LinkedUser) -> None:
+        self.save_users([user])
+
+    def save_users(self, users: Iterable[LinkedUser]) -> None:
+        """Upsert users, WRITE_CHUNK per transaction."""
+        for chunk in _chunks(users, WRITE_CHUNK):
+            rows = [self._user_row(user) for user in chunk]
+            with self._write() as conn:
+                conn.execute(self._upsert_link(), rows)
+
+    def save_group(self, group: LinkedGroup) -> None:
+        self.save_groups([group])
+
+    def save_groups(self, groups: Iterable[LinkedGroup]) -> None:
+        """Upsert groups; member rows change only where the set differs from what is stored."""
+        for chunk in _chunks(groups, 100):
+            with self._write() as conn:
+                conn.execute(self._upsert_link(), [self._group_row(g) for g in chunk])
+                stored = self._members(conn, [g.source_id for g in chunk])
+                gone: list[dict[str, Any]] = []
+                new: list[dict[str, Any]] = []
+                for group in chunk:
+                    before = stored.get(group.source_id, set())
+                    after = group.member_source_ids
+                    gone += [self._member_row(group.source_id, m) for m in before - after]
+                    new += [self._member_row(group.source_id, m) for m in after - before]
+                for rows in _chunks(gone, WRITE_CHUNK):
+                    conn.execute(_delete_member, rows)
+                for rows in _chunks(new, WRITE_CHUNK):
+                    conn.execute(self._insert(t.members).on_conflict_do_nothing(), rows)
+
+    def forget(self, kind: Kind, source_id: str) -> None:
+        """Drop a link after the object was deleted at the target."""
+        links, members = t.links.c, t.members.c
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.links).where(
+                    links.channel_id == self._channel_id,
+                    links.kind == kind,
+                    links.source_id == source_id,
+                )
+            )
+            # A deleted group has no members; a deleted user is in no group any more.
+            column = members.group_id if kind == "group" else members.member_id
+            conn.execute(
+                sa.delete(t.members).where(
+                    members.channel_id == self._channel_id, column == source_id
+                )
+            )
+
+    # -- runs and audit ------------------------------------------------------
+
+    def begin_run(self, mode: str) -> str:
+        cycle_id = uuid.uuid4().hex
+        with self._write() as conn:
+            conn.execute(
+                sa.insert(t.runs).values(
+                    cycle_id=cycle_id,
+                    channel_id=self._channel_id,
+                    mode=mode,
+                    started_at=self._clock(),
+                )
+            )
+        return cycle_id
+
+    def finish_run(self, cycle_id: str, result: str, summary: Mapping[str, int]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                sa.update(t.runs)
+                .where(t.runs.c.channel_id == self._channel_id, t.runs.c.cycle_id == cycle_id)
+                .values(
+                    finished_at=self._clock(),
+                    result=result,
+                    summary_json=canonical_json(dict(summary)),
+                )
+            )
+
+    def runs(self, limit: int = 10) -> list[RunRecord]:
+        """The newest runs first."""
+        query = (
+            sa.select(t.runs)
+            .where(t.runs.c.channel_id == self._channel_id)
+            .order_by(t.runs.c.started_at.desc(), t.runs.c.cycle_id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [
+                RunRecord(
+                    cycle_id=row.cycle_id,
+                    mode=row.mode,
+                    started_at=row.started_at,
+                    finished_at=row.finished_at,
+                    result=row.result,
+                    summary=json.loads(row.summary_json) if row.summary_json else {},
+                )
+                for row in conn.execute(query)
+            ]
+
+    def audit(  # noqa: PLR0917 (the engine's interface)
+        self,
+        cycle_id: str,
+        event: str,
+        kind: Kind,
+        source_id: str,
+        target_id: str | None,
+        success: bool,
+        cause: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        record = AuditRecord(
+            cycle_id, self._clock(), event, kind, source_id, target_id, success, cause, name
+        )
+        self.audit_many([record])
+
+    def audit_many(self, records: Iterable[AuditRecord]) -> None:
+        """Append audit entries as given (their `at` included), WRITE_CHUNK per transaction."""
+        for chunk in _chunks(records, WRITE_CHUNK):
+            rows = [
+                {
+                    "channel_id": self._channel_id,
+                    "cycle_id": r.cycle_id,
+                    "at": r.at,
+                    "event": r.event,
+                    "kind": r.kind,
+                    "source_id": r.source_id,
+                    "target_id": r.target_id,
+                    "name": r.name,
+                    "success": r.success,
+                    "cause": _clip(r.cause),
+                }
+                for r in chunk
+            ]
+            with self._write() as conn:
+                conn.execute(sa.insert(t.audit), rows)
+
+    def audit_log(
+        self,
+        since: datetime | None = None,
+        limit: int | None = None,
+        cycle_id: str | None = None,
+    ) -> list[AuditRecord]:
+        """Entries at or after `since`, oldest first; with `limit`, the newest `limit` of them."""
+        c = t.audit.c
+        query = sa.select(t.audit).where(c.channel_id == self._channel_id)
+        if since is not None:
+            query = query.where(c.at >= since)
+        if cycle_id is not None:
+            query = query.where(c.cycle_id == cycle_id)
+        query = query.order_by(c.at.desc(), c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            rows = list(conn.execute(query))
+        return [
+            AuditRecord(
+                cycle_id=row.cycle_id,
+                at=row.at,
+                event=row.event,
+                kind=cast(Kind, row.kind),
+                source_id=row.source_id,
+                target_id=row.target_id,
+                success=row.success,
+                cause=row.cause,
+                name=row.name,
+            )
+            for row in reversed(rows)
+        ]
+
+    def prune_audit(self, before: datetime) -> int:
+        """Delete audit entries older than `before`; returns how many went."""
+        c = t.audit.c
+        with self._write() as conn:
+            result = conn.execute(
+                sa.delete(t.audit).where(c.channel_id == self._channel_id, c.at < before)
+            )
+            return result.rowcount
+
+    # -- crash safety --------------------------------------------------------
+
+    def intend(self, cycle_id: str, action: str, kind: Kind, source_id: str, name: str) -> int:
+        """Record an operation about to be sent; committed before this returns."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.insert(t.intents).values(
+                    channel_id=self._channel_id,
+                    cycle_id=cycle_id,
+                    action=action,
+                    kind=kind,
+                    source_id=source_id,
+                    name=name,
+                    at=self._clock(),
+                )
+            )
+            inserted = result.inserted_primary_key
+            assert inserted is not None  # an INSERT of one row always has one
+            return int(inserted[0])
+
+    def done(self, intent_id: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.intents).where(
+                    t.intents.c.channel_id == self._channel_id, t.intents.c.id == intent_id
+                )
+            )
+
+    def open_intents(self) -> list[IntentRecord]:
+        """Operations whose outcome was never recorded: the process died mid-call."""
+        query = (
+            sa.select(t.intents)
+            .where(t.intents.c.channel_id == self._channel_id)
+            .order_by(t.intents.c.id)
+        )
+        with self._read() as conn:
+            return [
+                IntentRecord(
+                    intent_id=row.id,
+                    cycle_id=row.cycle_id,
+                    action=row.action,
+                    kind=cast(Kind, row.kind),
+                    source_id=row.source_id,
+                    name=row.name,
+                    at=row.at,
+                )
+                for row in conn.execute(query)
+            ]
+
+    # -- failures ------------------------------------------------------------
+
+    def record_failure(  # noqa: PLR0917 (the engine's interface)
+        self,
+        kind: Kind,
+        source_id: str,
+        name: str,
+        action: str,
+        cause: str,
+        source_fingerprint: str,
+        now: datetime,
+        max_retries: int,
+    ) -> FailureRecord:
+        """Count one more failed attempt and schedule the retry, or quarantine.
+
+        A changed source_fingerprint starts the count again: the object was edited,
+        so the earlier failures say nothing about the next attempt.
+        """
+        c = t.failures.c
+        key = (c.channel_id == self._channel_id, c.kind == kind, c.source_id == source_id)
+        with self._write() as conn:
+            row = conn.execute(sa.select(t.failures).where(*key)).first()
+            same_source = row is not None and row.source_fingerprint == source_fingerprint
+            attempts = row.attempts + 1 if row is not None and same_source else 1
+            first = row.first_failed_at if row is not None and same_source else now
+            quarantined = attempts >= max_retries
+            record = FailureRecord(
+                kind=kind,
+                source_id=source_id,
+                name=name,
+                action=action,
+                cause=_clip(cause) or "",
+                source_fingerprint=source_fingerprint,
+                attempts=attempts,
+                first_failed_at=first,
+                last_failed_at=now,
+                next_retry_at=None if quarantined else now + backoff(attempts),
+                quarantined=quarantined,
+            )
+            values = {
+                "channel_id": self._channel_id,
+                "kind": kind,
+                "source_id": source_id,
+                "name": name,
+                "action": action,
+                "cause": record.cause,
+                "source_fingerprint": source_fingerprint,
+                "attempts": attempts,
+                "first_failed_at": first,
+                "last_failed_at": now,
+                "next_retry_at": record.next_retry_at,
+                "quarantined": quarantined,
+            }
+            conn.execute(self._upsert(t.failures, ["channel_id", "kind", "source_id"]), values)
+        return record
+
+    def clear_failure(self, kind: Kind, source_id: str) -> None:
+        c = t.failures.c
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.failures).where(
+                    c.channel_id == self._channel_id, c.kind == kind, c.source_id == source_id
+                )
+            )
+
+    def failures(self) -> dict[tuple[Kind, str], FailureRecord]:
+        query = sa.select(t.failures).where(t.failures.c.channel_id == self._channel_id)
+        with self._read() as conn:
+            records = [_failure(row) for row in conn.execute(query)]
+        return {(r.kind, r.source_id): r for r in records}
+
+    def reset_failures(self) -> int:
+        """Forget every failure, quarantined or not, so the next cycle retries; returns how many."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.delete(t.failures).where(t.failures.c.channel_id == self._channel_id)
+            )
+            return result.rowcount
+
+    # -- staged deletions ----------------------------------------------------
+
+    def stage_deletions(self, cycle_id: str, operations: Sequence[Mapping[str, object]]) -> None:
+        """Replace the deletions held back by the safety threshold (an empty list clears them)."""
+        now = self._clock()
+        rows = [
+            {
+                "channel_id": self._channel_id,
+                "position": position,
+                "cycle_id": cycle_id,
+                "staged_at": now,
+                "operation_json": canonical_json(dict(op)),
+            }
+            for position, op in enumerate(operations)
+        ]
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.staged_deletions).where(
+                    t.staged_deletions.c.channel_id == self._channel_id
+                )
+            )
+            for chunk in _chunks(rows, WRITE_CHUNK):
+                conn.execute(sa.insert(t.staged_deletions), chunk)
+
+    def staged_deletions(self) -> list[dict[str, object]]:
+        c = t.staged_deletions.c
+        query = (
+            sa.select(c.operation_json).where(c.channel_id == self._channel_id).order_by(c.position)
+        )
+        with self._read() as conn:
+            return [json.loads(text) for text in conn.execute(query).scalars()]
+
+    # -- watermarks ----------------------------------------------------------
+
+    def watermark(self, key: str) -> str | None:
+        c = t.watermarks.c
+        query = sa.select(c.value).where(c.channel_id == self._channel_id, c.key == key)
+        with self._read() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    def set_watermark(self, key: str, value: str) -> None:
+        row = {"channel_id": self._channel_id, "key": key, "value": value}
+        with self._write() as conn:
+            conn.execute(self._upsert(t.watermarks, ["channel_id", "key"]), row)
+
+    def clear_watermarks(self) -> None:
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.watermarks).where(t.watermarks.c.channel_id == self._channel_id)
+            )
+
+    def reset(self) -> None:
+        """Forget the watermarks, so the next cycle is a full reconciliation."""
+        self.clear_watermarks()
+
+    # -- plumbing ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        with (
+            self._guard,
+            self._wrap_errors(contextlib.nullcontext()),
+            self._engine.connect() as conn,
+        ):
+            if write:
+                conn.execution_options(scimsync_write=True)
+            with conn.begin():
+                yield conn
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._transaction(write=False)
+
+    def _write(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._transaction(write=True)
+
+    @contextlib.contextmanager
+    def _wrap_errors(self, inner: contextlib.AbstractContextManager[T]) -> Iterator[T]:
+        try:
+            with inner as value:
+                yield value
+        except DBAPIError as exc:
+            raise StateError(f"state store {self.where}: {describe(exc, self._url)}") from None
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        if self._engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def _upsert(self, table: sa.Table, key: list[str]) -> sa.Insert:
+        stmt = self._insert(table)
+        update = {col.name: stmt.excluded[col.name] for col in table.c if col.name not in key}
+        return stmt.on_conflict_do_update(index_elements=key, set_=update)
+
+    def _upsert_link(self) -> sa.Insert:
+        return self._upsert(t.links, ["channel_id", "kind", "source_id"])
+
+    def _links_query(self, kind: Kind) -> sa.Select[Any]:
+        return sa.select(t.links).where(
+            t.links.c.channel_id == self._channel_id, t.links.c.kind == kind
+        )
+
+    def _members(self, conn: Connection, group_ids: list[str] | None) -> dict[str, set[str]]:
+        """group source_id -> stored member source_ids; all groups when group_ids is None."""
+        c = t.members.c
+        out: dict[str, set[str]] = {}
+        base = sa.select(c.group_id, c.member_id).where(c.channel_id == self._channel_id)
+        queries = (
+            [base]
+            if group_ids is None
+            else [base.where(c.group_id.in_(ids)) for ids in _chunks(group_ids, READ_CHUNK)]
+        )
+        for query in queries:
+            for group_id, member_id in conn.execute(query):
+                out.setdefault(group_id, set()).add(member_id)
+        return out
+
+    def _user_row(self, user: LinkedUser) -> dict[str, Any]:
+        values = canonical_json(dict(user.values))
+        return {
+            "channel_id": self._channel_id,
+            "kind": "user",
+            "source_id": user.source_id,
+            "target_id": user.target_id,
+            "name": user.user_name,
+            "active": user.active,
+            "values_json": values,
+            "fingerprint": fingerprint(user.values),
+        }
+
+    def _group_row(self, group: LinkedGroup) -> dict[str, Any]:
+        return {
+            "channel_id": self._channel_id,
+            "kind": "group",
+            "source_id": group.source_id,
+            "target_id": group.target_id,
+            "name": group.display_name,
+            "active": True,
+            "values_json": None,
+            "fingerprint": None,
+        }
+
+    def _member_row(self, group_id: str, member_id: str) -> dict[str, Any]:
+        return {"channel_id": self._channel_id, "group_id": group_id, "member_id": member_id}
+
+
+_delete_member = sa.delete(t.members).where(
+    t.members.c.channel_id == sa.bindparam("channel_id"),
+    t.members.c.group_id == sa.bindparam("group_id"),
+    t.members.c.member_id == sa.bindparam("member_id"),
+)
+
+
+def _ensure_channel(engine: Engine, channel: str) -> int:
+    c = t.channels.c
+    with engine.connect() as conn:
+        conn.execution_options(scimsync_write=True)
+        with conn.begin():
+            found = conn.execute(sa.select(c.id).where(c.name == channel)).scalar_one_or_none()
+            if found is not None:
+                return int(found)
+            insert = (
+                postgresql.insert(t.channels)
+                if engine.dialect.name == "postgresql"
+                else sqlite.insert(t.channels)
+            )
+            # Two instances may register the same channel at once; the loser reads the winner's id.
+            conn.execute(insert.values(name=channel).on_conflict_do_nothing())
+            return int(conn.execute(sa.select(c.id).where(c.name == channel)).scalar_one())
+
+
+def _user(row: sa.Row[Any]) -> LinkedUser:
+    return LinkedUser(
+        source_id=row.source_id,
+        target_id=row.target_id,
+        user_name=row.name,
+        active=row.active,
+        values=json.loads(row.values_json or "{}"),
+    )
+
+
+def _group(row: sa.Row[Any], members: Iterable[str]) -> LinkedGroup:
+    return LinkedGroup(
+        source_id=row.source_id,
+        target_id=row.target_id,
+        display_name=row.name,
+        member_source_ids=frozenset(members),
+    )
+
+
+def _failure(row: sa.Row[Any]) -> FailureRecord:
+    return FailureRecord(
+        kind=cast(Kind, row.kind),
+        source_id=row.source_id,
+        name=row.name,
+        action=row.action,
+        cause=row.cause,
+        source_fingerprint=row.source_fingerprint,
+        attempts=row.attempts,
+        first_failed_at=row.first_failed_at,
+        last_failed_at=row.last_failed_at,
+        next_retry_at=row.next_retry_at,
+        quarantined=row.quarantined,
+    )
