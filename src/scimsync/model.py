@@ -86,6 +86,8 @@ class Operation:
     target_id: str | None = None
     values: ScimValues = field(default_factory=dict)
     members: tuple[str, ...] = ()  # source ids of users, for add/remove_members
+    removed: tuple[str, ...] = ()  # update: attributes that no longer map to a value
+    target_members: tuple[str, ...] = ()  # remove_members: target ids of users not ours
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -100,6 +102,10 @@ class Operation:
             out["values"] = dict(self.values)
         if self.members:
             out["members"] = list(self.members)
+        if self.removed:
+            out["removed"] = list(self.removed)
+        if self.target_members:
+            out["target_members"] = list(self.target_members)
         return out
 
 
