@@ -1,0 +1,501 @@
+"""The state store against real SQLite files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from scimsync.model import LinkedGroup, LinkedUser
+from scimsync.state import (
+    AuditRecord,
+    ChannelLocked,
+    StateError,
+    Store,
+    backoff,
+    fingerprint,
+)
+from scimsync.state.migrate import VERSION_TABLE, head_revision
+from scimsync.state.tables import metadata
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(store_url: str, clock: Clock) -> Iterator[Store]:
+    with Store.open(store_url, "main", clock=clock) as opened:
+        yield opened
+
+
+def user(source_id: str, name: str = "", active: bool = True, **values: str | bool) -> LinkedUser:
+    name = name or f"{source_id}@example.com"
+    return LinkedUser(source_id, f"t-{source_id}", name, active, {"userName": name, **values})
+
+
+# -- schema ------------------------------------------------------------------
+
+
+def test_migrates_an_empty_database_and_reopens_without_changes(store_url: str) -> None:
+    Store.open(store_url, "main").close()
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            assert context.get_current_revision() == head_revision()
+            # The hand-written migration and tables.py describe the same schema.
+            assert compare_metadata(context, metadata) == []
+            tables = set(sa.inspect(conn).get_table_names())
+        assert {"links", "members", "runs", "audit", "intents", "failures"} <= tables
+        with Store.open(store_url, "main") as again:
+            again.save_user(user("u1"))
+            assert again.count_linked("user") == 1
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store.open(f"sqlite:///{path}", "main").close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_in_memory_sqlite_keeps_its_data_for_the_store_lifetime() -> None:
+    with Store.open("sqlite://", "main") as store:
+        store.save_user(user("u1"))
+        assert list(store.linked_users()) == ["u1"]
+
+
+# -- links -------------------------------------------------------------------
+
+
+def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
+    store.save_user(user("u1", title="Engineer"))
+    store.save_user(user("u2"))
+    store.save_user(user("u1", "alice@example.com", active=False, title="Manager"))
+
+    users = store.linked_users()
+    assert set(users) == {"u1", "u2"}
+    assert users["u1"] == LinkedUser(
+        "u1",
+        "t-u1",
+        "alice@example.com",
+        False,
+        {"userName": "alice@example.com", "title": "Manager"},
+    )
+    assert store.count_linked("user") == 2
+    assert store.count_linked("group") == 0
+    assert store.user_fingerprints()["u1"] == fingerprint(users["u1"].values)
+    assert store.linked_users_by_ids(["u2", "missing"]) == {"u2": users["u2"]}
+
+    store.forget("user", "u1")
+    assert set(store.linked_users()) == {"u2"}
+
+
+def test_values_keep_booleans_and_unicode(store: Store) -> None:
+    values: dict[str, str | bool] = {
+        "displayName": "Zoë Ångström",
+        "emails.work": "z@example.com",
+        "active": False,
+    }
+    store.save_user(LinkedUser("u1", "t1", "zoe", True, values))
+    assert store.linked_users()["u1"].values == values
+
+
+def test_fingerprint_ignores_key_order_and_sees_any_change() -> None:
+    assert fingerprint({"a": "1", "b": True}) == fingerprint({"b": True, "a": "1"})
+    assert fingerprint({"a": "1"}) != fingerprint({"a": "2"})
+    assert fingerprint({"a": True}) != fingerprint({"a": "true"})
+    assert len(fingerprint({})) == 32
+
+
+def test_batch_save_and_lookup_by_many_ids(store: Store) -> None:
+    store.save_users(user(f"u{i}") for i in range(2500))
+    assert store.count_linked("user") == 2500
+    wanted = [f"u{i}" for i in range(0, 2500, 2)]
+    found = store.linked_users_by_ids(wanted)
+    assert sorted(found) == sorted(wanted)
+    assert found["u42"].user_name == "u42@example.com"
+
+
+class MemberWrites:
+    """Counts the member rows each statement writes, as sent to the database driver."""
+
+    def __init__(self) -> None:
+        self.inserted = 0
+        self.deleted = 0
+
+    def __call__(
+        self,
+        _conn: object,
+        _cursor: object,
+        statement: str,
+        parameters: object,
+        _context: object,
+        executemany: bool,
+    ) -> None:
+        rows = len(parameters) if executemany and isinstance(parameters, list) else 1
+        text = " ".join(statement.split()).upper()
+        if text.startswith("INSERT INTO MEMBERS"):
+            self.inserted += rows
+        elif text.startswith("DELETE FROM MEMBERS"):
+            self.deleted += rows
+
+
+@pytest.fixture
+def member_writes() -> Iterator[MemberWrites]:
+    counter = MemberWrites()
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", counter)
+    try:
+        yield counter
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", counter)
+
+
+def test_group_member_changes_write_only_the_difference(
+    store: Store, member_writes: MemberWrites
+) -> None:
+    first = frozenset(f"u{i}" for i in range(3000))
+    store.save_group(LinkedGroup("g1", "tg1", "Engineers", first))
+    store.save_group(LinkedGroup("g2", "tg2", "Others", frozenset({"u1"})))
+    assert member_writes.inserted == 3001
+
+    second = (first - {"u0", "u1"}) | {"x1", "x2", "x3"}
+    member_writes.inserted = 0
+    store.save_group(LinkedGroup("g1", "tg1", "Engineering", second))
+    assert (member_writes.inserted, member_writes.deleted) == (3, 2)
+
+    groups = store.linked_groups()
+    assert groups["g1"] == LinkedGroup("g1", "tg1", "Engineering", second)
+    assert groups["g2"].member_source_ids == {"u1"}
+    assert store.linked_groups_by_ids(["g2"]) == {"g2": groups["g2"]}
+    assert store.count_linked("group") == 2
+
+
+def test_forget_drops_a_group_members_and_a_user_memberships(store: Store) -> None:
+    store.save_users([user("u1"), user("u2")])
+    store.save_group(LinkedGroup("g1", "tg1", "A", frozenset({"u1", "u2"})))
+    store.save_group(LinkedGroup("g2", "tg2", "B", frozenset({"u2"})))
+
+    store.forget("user", "u2")
+    groups = store.linked_groups()
+    assert groups["g1"].member_source_ids == {"u1"}
+    assert groups["g2"].member_source_ids == frozenset()
+
+    store.forget("group", "g1")
+    store.save_group(LinkedGroup("g1", "tg1-new", "A", frozenset()))
+    assert store.linked_groups()["g1"].member_source_ids == frozenset()
+
+
+# -- runs and audit ----------------------------------------------------------
+
+
+def test_runs_newest_first_with_results_and_summary(store: Store, clock: Clock) -> None:
+    first = store.begin_run("full")
+    clock.advance(seconds=30)
+    store.finish_run(first, "ok", {"create": 3, "update": 1})
+    clock.advance(minutes=1)
+    second = store.begin_run("incremental")
+
+    runs = store.runs()
+    assert [r.cycle_id for r in runs] == [second, first]
+    assert len(first) == 32 and first != second
+    assert runs[1].mode == "full"
+    assert runs[1].started_at == T0
+    assert runs[1].finished_at == T0 + timedelta(seconds=30)
+    assert runs[1].result == "ok"
+    assert runs[1].summary == {"create": 3, "update": 1}
+    assert runs[0].result is None and runs[0].finished_at is None
+    assert store.runs(limit=1) == runs[:1]
+
+
+def test_audit_log_since_and_limit(store: Store, clock: Clock) -> None:
+    cycle = store.begin_run("full")
+    store.audit(cycle, "create", "user", "u1", "t1", True, name="alice")
+    clock.advance(minutes=5)
+    store.audit(cycle, "update", "user", "u2", "t2", False, cause="HTTP 400: bad email")
+    clock.advance(minutes=5)
+    store.audit(cycle, "create", "group", "g1", None, True)
+
+    everything = store.audit_log()
+    assert [(a.event, a.source_id) for a in everything] == [
+        ("create", "u1"),
+        ("update", "u2"),
+        ("create", "g1"),
+    ]
+    assert everything[0] == AuditRecord(
+        cycle, T0, "create", "user", "u1", "t1", True, None, "alice"
+    )
+    assert everything[1].success is False and everything[1].cause == "HTTP 400: bad email"
+
+    since = store.audit_log(since=T0 + timedelta(minutes=5))
+    assert [a.source_id for a in since] == ["u2", "g1"]
+    assert [a.source_id for a in store.audit_log(limit=2)] == ["u2", "g1"]
+    assert store.audit_log(since=T0 + timedelta(hours=1)) == []
+
+    assert store.prune_audit(before=T0 + timedelta(minutes=10)) == 2
+    assert [a.source_id for a in store.audit_log()] == ["g1"]
+
+
+def test_times_must_carry_a_zone(store: Store) -> None:
+    naive = datetime(2026, 1, 1)  # the point of the test
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.audit_log(since=naive)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.record_failure("user", "u1", "a", "create", "500", "fp", naive, 5)
+
+
+def test_audit_from_several_threads_loses_nothing(store: Store) -> None:
+    cycle = store.begin_run("full")
+
+    def write(worker: int) -> None:
+        for i in range(25):
+            store.audit(cycle, "update", "user", f"w{worker}-{i}", None, True)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store.audit_log()) == 100
+
+
+# -- crash safety ------------------------------------------------------------
+
+
+def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Clock) -> None:
+    with Store.open(store_url, "main", clock=clock) as store:
+        cycle = store.begin_run("full")
+        confirmed = store.intend(cycle, "create", "user", "u1", "alice")
+        store.done(confirmed)
+        store.intend(cycle, "delete", "group", "g9", "Old group")
+        # The process "dies" here: no done() for the second intent.
+
+    with Store.open(store_url, "main") as reopened:
+        [left] = reopened.open_intents()
+        assert (left.cycle_id, left.action, left.kind, left.source_id, left.name) == (
+            cycle,
+            "delete",
+            "group",
+            "g9",
+            "Old group",
+        )
+        assert left.at == T0
+        reopened.done(left.intent_id)
+        assert reopened.open_intents() == []
+
+
+# -- failures ----------------------------------------------------------------
+
+
+def test_backoff_doubles_from_a_minute_up_to_a_day() -> None:
+    assert [backoff(n) for n in (1, 2, 3)] == [timedelta(minutes=m) for m in (1, 2, 4)]
+    assert backoff(12) == timedelta(hours=24)
+    assert backoff(500) == timedelta(hours=24)
+
+
+def test_failures_back_off_then_quarantine(store: Store) -> None:
+    def fail(now: datetime, fp: str = "fp1") -> None:
+        store.record_failure("user", "u1", "alice", "update", "HTTP 500", fp, now, max_retries=3)
+
+    fail(T0)
+    first = store.failures()[("user", "u1")]
+    assert (first.attempts, first.quarantined) == (1, False)
+    assert first.next_retry_at == T0 + timedelta(minutes=1)
+    assert not first.retry_due(T0 + timedelta(seconds=59))
+    assert first.retry_due(T0 + timedelta(minutes=1))
+    assert first.retry_due(T0, source_fingerprint="changed")
+
+    fail(T0 + timedelta(minutes=1))
+    second = store.failures()[("user", "u1")]
+    assert second.attempts == 2
+    assert second.next_retry_at == T0 + timedelta(minutes=3)
+    assert second.first_failed_at == T0
+
+    record = store.record_failure(
+        "user", "u1", "alice", "update", "HTTP 500 again", "fp1", T0 + timedelta(minutes=3), 3
+    )
+    assert (record.attempts, record.quarantined, record.next_retry_at) == (3, True, None)
+    assert store.failures()[("user", "u1")] == record
+    assert not record.retry_due(T0 + timedelta(days=30))
+
+    # The source object changed: a fresh start.
+    fail(T0 + timedelta(hours=1), fp="fp2")
+    fresh = store.failures()[("user", "u1")]
+    assert (fresh.attempts, fresh.quarantined, fresh.source_fingerprint) == (1, False, "fp2")
+
+
+def test_failures_clear_one_and_reset_all(store: Store) -> None:
+    for source_id in ("u1", "u2"):
+        store.record_failure("user", source_id, source_id, "create", "409", "fp", T0, 5)
+    store.record_failure("group", "g1", "G", "create", "500", "fp", T0, 5)
+
+    store.clear_failure("user", "u1")
+    assert set(store.failures()) == {("user", "u2"), ("group", "g1")}
+    assert store.reset_failures() == 2
+    assert store.failures() == {}
+
+
+def test_a_long_cause_is_clipped(store: Store) -> None:
+    record = store.record_failure("user", "u1", "a", "create", "x" * 10_000, "fp", T0, 5)
+    assert len(record.cause) == len(store.failures()[("user", "u1")].cause) == 2000
+
+
+# -- staged deletions and watermarks -----------------------------------------
+
+
+def test_staged_deletions_are_replaced_as_a_set(store: Store) -> None:
+    ops: list[dict[str, object]] = [
+        {"action": "disable", "kind": "user", "source_id": f"u{i}", "name": f"user {i}"}
+        for i in range(3)
+    ]
+    store.stage_deletions("c1", ops)
+    assert store.staged_deletions() == ops
+
+    store.stage_deletions("c2", ops[2:])
+    assert store.staged_deletions() == ops[2:]
+    store.stage_deletions("c3", [])
+    assert store.staged_deletions() == []
+
+
+def test_watermarks_set_overwrite_and_reset(store: Store) -> None:
+    assert store.watermark("users") is None
+    store.set_watermark("users", "20260301120000Z")
+    store.set_watermark("users", "20260301130000Z")
+    store.set_watermark("dirsync", "cookie==")
+    assert store.watermark("users") == "20260301130000Z"
+
+    store.reset()
+    assert (store.watermark("users"), store.watermark("dirsync")) == (None, None)
+
+
+# -- channels and locking ----------------------------------------------------
+
+
+def test_channels_in_one_database_are_isolated(store_url: str) -> None:
+    with Store.open(store_url, "prod") as prod, Store.open(store_url, "test") as test:
+        prod.save_user(user("u1"))
+        prod.save_group(LinkedGroup("g1", "tg1", "G", frozenset({"u1"})))
+        prod.set_watermark("users", "w1")
+        prod.record_failure("user", "u9", "x", "create", "500", "fp", T0, 5)
+        prod.stage_deletions("c", [{"source_id": "u5"}])
+        prod.audit(prod.begin_run("full"), "create", "user", "u1", "t1", True)
+        prod.intend("c", "create", "user", "u2", "b")
+
+        assert test.linked_users() == {} and test.linked_groups() == {}
+        assert test.watermark("users") is None
+        assert test.failures() == {} and test.staged_deletions() == []
+        assert test.runs() == [] and test.audit_log() == [] and test.open_intents() == []
+
+        test.save_group(LinkedGroup("g1", "other", "G", frozenset()))
+        test.reset()
+        assert prod.linked_groups()["g1"].member_source_ids == {"u1"}
+        assert prod.watermark("users") == "w1"
+
+        with prod.lock(), test.lock():
+            pass  # different channels never block each other
+
+
+def test_a_second_store_cannot_lock_the_same_channel(store_url: str) -> None:
+    with Store.open(store_url, "main") as first, Store.open(store_url, "main") as second:
+        with first.lock(), pytest.raises(ChannelLocked, match="'main'"), second.lock():
+            pass
+        with second.lock():  # released when the holder is done
+            pass
+
+
+LOCK_PROBE = """
+import sys
+from scimsync.state import ChannelLocked, Store
+with Store.open(sys.argv[1], "main") as store:
+    try:
+        with store.lock():
+            print("locked")
+    except ChannelLocked as exc:
+        print("refused:", exc)
+"""
+
+
+def test_another_process_cannot_lock_a_held_channel(store_url: str) -> None:
+    def probe() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", LOCK_PROBE, store_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    with Store.open(store_url, "main") as store:
+        with store.lock():
+            assert probe().startswith("refused: channel 'main' is locked")
+        assert probe() == "locked"
+
+
+# -- errors ------------------------------------------------------------------
+
+
+def test_unreachable_postgres_is_one_line_without_the_password() -> None:
+    url = "postgresql+psycopg://scimsync:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=3"
+    with pytest.raises(StateError) as caught:
+        Store.open(url, "main")
+    message = str(caught.value)
+    assert message.startswith("cannot open the store at postgresql+psycopg://scimsync:***@")
+    assert "s3cret-pw" not in message
+    assert "\n" not in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "invalid state store URL"),
+        ("mysql://u:s3cret-pw@h/db", r"unsupported state store mysql://u:\*\*\*@h/db"),
+    ],
+)
+def test_bad_urls_are_named_without_the_password(url: str, expected: str) -> None:
+    with pytest.raises(StateError, match=expected) as caught:
+        Store.open(url, "main")
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_an_unopenable_sqlite_path_is_a_state_error(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match=r"cannot open the store at sqlite:///.*unable to open"):
+        Store.open(f"sqlite:///{tmp_path}/missing-dir/state.db", "main")
+
+
+def test_repr_hides_the_password(postgres_url: str) -> None:
+    url = sa.make_url(postgres_url).set(password="s3cret-pw")
+    # trust auth accepts any password, so this store opens.
+    with Store.open(url.render_as_string(hide_password=False), "main") as store:
+        assert "s3cret-pw" not in repr(store)
+        assert "***" in store.where
