@@ -1,0 +1,70 @@
+"""The safety threshold: hold back mass deprovisioning and reactions to an empty directory read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from scimsync.config import Options
+from scimsync.model import DEPROVISIONING, Action, Operation, Plan
+
+
+@dataclass(frozen=True, slots=True)
+class GuardVerdict:
+    """`allowed` is what may be applied now; `held` waits for `sync --allow-deletions`."""
+
+    allowed: Plan
+    held: tuple[Operation, ...] = ()
+    reason: str | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.reason is not None
+
+    @classmethod
+    def allow(cls, plan: Plan) -> GuardVerdict:
+        return cls(allowed=plan)
+
+
+def guard(
+    plan: Plan, linked_user_count: int, options: Options, source_user_count: int
+) -> GuardVerdict:
+    """Hold every disable and delete (users and groups) when there are too many of them.
+
+    An empty directory read while users are linked is held whatever the count: it is far
+    more often a broken filter or bind than a company with no staff. Then every
+    remove_members is held too, since every group would be emptied.
+    """
+    removals = [op for op in plan.operations if op.action in DEPROVISIONING]
+    if source_user_count == 0 and linked_user_count > 0:
+        reason = f"directory returned no users while {linked_user_count} are linked"
+        return _hold(plan, reason, hold_all_member_removals=True)
+    limit = options.deletion_limit(linked_user_count)
+    if len(removals) > limit:
+        reason = (
+            f"{len(removals)} disables and deletes exceed max_deletions "
+            f"({options.max_deletions!s}, {limit} for {linked_user_count} linked users)"
+        )
+        return _hold(plan, reason, hold_all_member_removals=False)
+    return GuardVerdict.allow(plan)
+
+
+def _hold(plan: Plan, reason: str, *, hold_all_member_removals: bool) -> GuardVerdict:
+    deleted_users = {
+        op.source_id for op in plan.operations if op.kind == "user" and op.action is Action.DELETE
+    }
+    allowed: list[Operation] = []
+    held: list[Operation] = []
+    for op in plan.operations:
+        member_removal = op.action is Action.REMOVE_MEMBERS
+        if op.action in DEPROVISIONING or (member_removal and hold_all_member_removals):
+            held.append(op)
+        elif member_removal and deleted_users & set(op.members):
+            # A user kept (not deleted) must keep its memberships: split the operation.
+            keep = tuple(m for m in op.members if m not in deleted_users)
+            gone = tuple(m for m in op.members if m in deleted_users)
+            held.append(replace(op, members=gone, target_members=()))
+            if keep or op.target_members:
+                allowed.append(replace(op, members=keep))
+        else:
+            allowed.append(op)
+    return GuardVerdict(Plan(tuple(allowed), plan.conflicts), tuple(held), reason)

@@ -1,0 +1,438 @@
+"""The planner: desired state + recorded state + options -> operations. Pure, no I/O.
+
+It follows the rules table in design.md. Decisions beyond the table:
+- Adopting a user is one `link` op carrying the mapped values (except userName, which
+  matched, and create-only attributes, which belong to creation), plus `active` when the
+  target's account differs. With update_users off it carries no values.
+- userName is write-once (reference/atlassian-scim-api.md: "Treat it as write-once"): a
+  linked user whose mapped userName changes (other than in case) is a Conflict and nothing
+  is pushed for it. Case-only changes are ignored.
+- create_users off still links users found at the target; update_users off also blocks
+  re-enabling; deprovision_users off blocks every disable and delete of a user.
+- A disabled user found at the target but not linked is adopted only with
+  provision_disabled_users, like creation.
+- With provision_disabled_users, disabled users belong at the target as inactive accounts:
+  a user disabled in the directory is deactivated, never deleted, whatever
+  remove_user_action says (else it is deleted, then re-created disabled: the loop the
+  PingFederate docs warn of). Leaving scope still follows remove_user_action.
+- A name held by a linked object of another source id (say a user deleted and a new one
+  given the name) is a Conflict until that object is gone, so creates never race deletes.
+- Groups are created empty, then filled by add_members. A group found at the target is
+  linked; `target_members` for its source id, when given, lets this plan remove members
+  that are not ours at once, otherwise the next full reconciliation does it.
+- With match_groups_by externalId the group's source id is its externalId.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from scimsync.config import Options
+from scimsync.model import (
+    Action,
+    Conflict,
+    DesiredGroup,
+    DesiredUser,
+    Kind,
+    LinkedGroup,
+    LinkedUser,
+    Operation,
+    Plan,
+    TargetRef,
+)
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    desired_users: Mapping[str, DesiredUser]
+    desired_groups: Mapping[str, DesiredGroup]
+    linked_users: Mapping[str, LinkedUser]
+    linked_groups: Mapping[str, LinkedGroup]
+    target_users: Mapping[str, TargetRef]
+    target_groups: Mapping[str, TargetRef]
+    target_members: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    skip: frozenset[tuple[Kind, str]] = frozenset()
+    scope: Literal["full", "partial"] = "full"
+
+
+# The executor's order: users written, groups written, memberships, user removals, group deletions.
+_USER_WRITES = frozenset({Action.LINK, Action.CREATE, Action.UPDATE})
+_ACTION_ORDER = {action: i for i, action in enumerate(Action)}
+
+
+def phase(op: Operation) -> int:
+    if op.kind == "user":
+        return 0 if op.action in _USER_WRITES else 3
+    if op.action in (Action.ADD_MEMBERS, Action.REMOVE_MEMBERS):
+        return 2
+    return 4 if op.action is Action.DELETE else 1
+
+
+def sort_key(op: Operation) -> tuple[int, str, str, int, str]:
+    return (phase(op), op.kind, op.name, _ACTION_ORDER[op.action], op.source_id)
+
+
+def user_key(user: DesiredUser, options: Options) -> str:
+    if options.match_users_by == "externalId":
+        return str(user.values.get("externalId", "")).lower()
+    return user.user_name.lower()
+
+
+def group_key(group: DesiredGroup, options: Options) -> str:
+    if options.match_groups_by == "externalId":
+        return group.source_id.lower()
+    return group.display_name.lower()
+
+
+def plan(inp: PlanInput, options: Options) -> Plan:
+    users = _UserPlanner(inp, options)
+    users.run()
+    ops = list(users.ops)
+    conflicts = list(users.conflicts)
+    if options.groups:
+        groups = _GroupPlanner(inp, options, users.provisioned, users.deleted)
+        groups.run()
+        ops += groups.ops
+        conflicts += groups.conflicts
+    ops.sort(key=sort_key)
+    conflicts.sort(key=lambda c: (c.kind, c.name, c.source_id))
+    return Plan(tuple(ops), tuple(conflicts))
+
+
+def _duplicates(names: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """source id -> the other source ids sharing its (non-empty) name."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for source_id, name in names:
+        if name:
+            by_name[name].append(source_id)
+    return {
+        sid: [other for other in sids if other != sid]
+        for sids in by_name.values()
+        if len(sids) > 1
+        for sid in sids
+    }
+
+
+class _UserPlanner:
+    def __init__(self, inp: PlanInput, options: Options) -> None:
+        self.inp = inp
+        self.options = options
+        self.ops: list[Operation] = []
+        self.conflicts: list[Conflict] = []
+        self.provisioned: set[str] = set()  # linked, or linked/created by this plan
+        self.deleted: set[str] = set()  # deleted by this plan
+
+    def run(self) -> None:
+        inp = self.inp
+        blocked = self._find_conflicts()
+        for source_id, desired in inp.desired_users.items():
+            if ("user", source_id) in inp.skip:
+                if source_id in inp.linked_users:
+                    self.provisioned.add(source_id)
+                continue
+            if source_id in blocked:
+                if source_id in inp.linked_users:
+                    self.provisioned.add(source_id)
+                continue
+            linked = inp.linked_users.get(source_id)
+            if linked is None:
+                self._unlinked(desired)
+            else:
+                self.provisioned.add(source_id)
+                self._linked(desired, linked)
+        if inp.scope == "full":
+            for source_id, linked in inp.linked_users.items():
+                if source_id not in inp.desired_users and ("user", source_id) not in inp.skip:
+                    self._left_scope(linked)
+
+    def _find_conflicts(self) -> set[str]:
+        inp, blocked = self.inp, set[str]()
+        candidates = {
+            sid: d for sid, d in inp.desired_users.items() if ("user", sid) not in inp.skip
+        }
+        names = _duplicates((sid, d.user_name.lower()) for sid, d in candidates.items())
+        for sid, others in names.items():
+            self._conflict(candidates[sid], f"userName is also mapped from {', '.join(others)}")
+            blocked.add(sid)
+        if self.options.match_users_by == "externalId":
+            keys = _duplicates((sid, user_key(d, self.options)) for sid, d in candidates.items())
+            for sid, others in keys.items():
+                if sid not in blocked:
+                    self._conflict(
+                        candidates[sid], f"externalId is also mapped from {', '.join(others)}"
+                    )
+                    blocked.add(sid)
+        holders = {link.user_name.lower(): sid for sid, link in inp.linked_users.items()}
+        for sid, desired in candidates.items():
+            if sid in blocked:
+                continue
+            linked = inp.linked_users.get(sid)
+            if linked is not None and linked.user_name.lower() != desired.user_name.lower():
+                self._conflict(
+                    desired,
+                    f"userName changed from {linked.user_name!r}; userName is write-once "
+                    "at the target",
+                )
+                blocked.add(sid)
+                continue
+            holder = holders.get(desired.user_name.lower())
+            if holder is not None and holder != sid:
+                self._conflict(desired, f"userName is held by the account linked to {holder}")
+                blocked.add(sid)
+        return blocked
+
+    def _conflict(self, desired: DesiredUser, cause: str) -> None:
+        self.conflicts.append(Conflict("user", desired.source_id, desired.user_name, cause))
+
+    def _unlinked(self, desired: DesiredUser) -> None:
+        options = self.options
+        if not desired.active and not options.provision_disabled_users:
+            return
+        key = user_key(desired, options)
+        found = self.inp.target_users.get(key) if key else None
+        if found is not None:
+            self.provisioned.add(desired.source_id)
+            self.ops.append(self._link(desired, found))
+        elif options.create_users:
+            self.provisioned.add(desired.source_id)
+            self.ops.append(
+                Operation(
+                    Action.CREATE,
+                    "user",
+                    desired.source_id,
+                    desired.user_name,
+                    values=dict(desired.values),
+                )
+            )
+
+    def _link(self, desired: DesiredUser, found: TargetRef) -> Operation:
+        options = self.options
+        values: dict[str, str | bool] = {}
+        if options.update_users:
+            values = {
+                k: v
+                for k, v in desired.values.items()
+                if k != "userName" and k not in desired.create_only
+            }
+        if found.active != desired.active:
+            may = options.update_users if desired.active else options.deprovision_users
+            if may:
+                values["active"] = desired.active
+        return Operation(
+            Action.LINK,
+            "user",
+            desired.source_id,
+            desired.user_name,
+            target_id=found.target_id,
+            values=values,
+        )
+
+    def _linked(self, desired: DesiredUser, linked: LinkedUser) -> None:
+        options = self.options
+        if desired.active or options.provision_disabled_users:
+            self._update(desired, linked)
+        if desired.active or not options.deprovision_users:
+            return
+        if options.provision_disabled_users or options.remove_user_action == "disable":
+            if linked.active:
+                self._deprovision(linked, Action.DISABLE)
+        else:
+            self._deprovision(linked, Action.DELETE)
+
+    def _update(self, desired: DesiredUser, linked: LinkedUser) -> None:
+        if not self.options.update_users:
+            return
+        fixed = {"userName", "active"} | desired.create_only
+        values: dict[str, str | bool] = {
+            k: v for k, v in desired.values.items() if k not in fixed and linked.values.get(k) != v
+        }
+        removed = tuple(sorted(k for k in linked.values if k not in fixed | desired.values.keys()))
+        if desired.active and not linked.active:
+            values["active"] = True
+        if values or removed:
+            self.ops.append(
+                Operation(
+                    Action.UPDATE,
+                    "user",
+                    desired.source_id,
+                    desired.user_name,
+                    target_id=linked.target_id,
+                    values=values,
+                    removed=removed,
+                )
+            )
+
+    def _left_scope(self, linked: LinkedUser) -> None:
+        if not self.options.deprovision_users:
+            return
+        if self.options.remove_user_action == "delete":
+            self._deprovision(linked, Action.DELETE)
+        elif linked.active:
+            self._deprovision(linked, Action.DISABLE)
+
+    def _deprovision(self, linked: LinkedUser, action: Action) -> None:
+        if action is Action.DELETE:
+            self.deleted.add(linked.source_id)
+        self.ops.append(
+            Operation(
+                action, "user", linked.source_id, linked.user_name, target_id=linked.target_id
+            )
+        )
+
+
+class _GroupPlanner:
+    def __init__(
+        self, inp: PlanInput, options: Options, provisioned: set[str], deleted: set[str]
+    ) -> None:
+        self.inp = inp
+        self.options = options
+        self.provisioned = provisioned - deleted
+        self.deleted = deleted
+        self.skipped_users = {sid for kind, sid in inp.skip if kind == "user"}
+        self.ours = {link.target_id: sid for sid, link in inp.linked_users.items()}
+        self.ops: list[Operation] = []
+        self.conflicts: list[Conflict] = []
+
+    def run(self) -> None:
+        inp = self.inp
+        blocked = self._find_conflicts()
+        for source_id, desired in inp.desired_groups.items():
+            if ("group", source_id) in inp.skip or source_id in blocked:
+                continue
+            linked = inp.linked_groups.get(source_id)
+            if linked is not None:
+                self._linked(desired, linked)
+                continue
+            found = inp.target_groups.get(group_key(desired, self.options))
+            if found is not None:
+                self.ops.append(
+                    Operation(
+                        Action.LINK,
+                        "group",
+                        source_id,
+                        desired.display_name,
+                        target_id=found.target_id,
+                    )
+                )
+            else:
+                self.ops.append(Operation(Action.CREATE, "group", source_id, desired.display_name))
+            self._members(desired, frozenset(), inp.target_members.get(source_id))
+        if inp.scope == "full":
+            for source_id, linked in inp.linked_groups.items():
+                if source_id not in inp.desired_groups and ("group", source_id) not in inp.skip:
+                    self.ops.append(
+                        Operation(
+                            Action.DELETE,
+                            "group",
+                            source_id,
+                            linked.display_name,
+                            target_id=linked.target_id,
+                        )
+                    )
+
+    def _find_conflicts(self) -> set[str]:
+        inp, blocked = self.inp, set[str]()
+        candidates = {
+            sid: g for sid, g in inp.desired_groups.items() if ("group", sid) not in inp.skip
+        }
+        for sid, group in candidates.items():
+            if not group.display_name:
+                self._conflict(group, "the group has no name")
+                blocked.add(sid)
+        names = _duplicates(
+            (sid, g.display_name.lower()) for sid, g in candidates.items() if sid not in blocked
+        )
+        for sid, others in names.items():
+            self._conflict(candidates[sid], f"displayName is also used by {', '.join(others)}")
+            blocked.add(sid)
+        holders = {link.display_name.lower(): sid for sid, link in inp.linked_groups.items()}
+        for sid, group in candidates.items():
+            holder = holders.get(group.display_name.lower())
+            if sid not in blocked and holder is not None and holder != sid:
+                self._conflict(group, f"displayName is held by the group linked to {holder}")
+                blocked.add(sid)
+        return blocked
+
+    def _conflict(self, group: DesiredGroup, cause: str) -> None:
+        self.conflicts.append(Conflict("group", group.source_id, group.display_name, cause))
+
+    def _linked(self, desired: DesiredGroup, linked: LinkedGroup) -> None:
+        name = desired.display_name
+        if name != linked.display_name:
+            taken = self.inp.target_groups.get(name.lower())
+            if taken is not None and self.options.match_groups_by == "displayName":
+                self._conflict(
+                    desired,
+                    f"cannot rename from {linked.display_name!r}: the target holds another "
+                    "group of that name that scimsync does not manage",
+                )
+                name = linked.display_name
+            else:
+                self.ops.append(
+                    Operation(
+                        Action.RENAME,
+                        "group",
+                        desired.source_id,
+                        name,
+                        target_id=linked.target_id,
+                        values={"displayName": name, "previousName": linked.display_name},
+                    )
+                )
+        self._members(
+            desired,
+            linked.member_source_ids,
+            self.inp.target_members.get(desired.source_id),
+            name=name,
+            target_id=linked.target_id,
+        )
+
+    def _members(
+        self,
+        desired: DesiredGroup,
+        recorded: frozenset[str],
+        at_target: frozenset[str] | None,
+        *,
+        name: str | None = None,
+        target_id: str | None = None,
+    ) -> None:
+        """Target membership := the directory's members that scimsync provisions."""
+        name = name if name is not None else desired.display_name
+        current = set(recorded)
+        extras: tuple[str, ...] = ()
+        if at_target is not None:
+            current = {self.ours[t] for t in at_target if t in self.ours} | set(recorded)
+            extras = tuple(sorted(t for t in at_target if t not in self.ours))
+        present = (
+            {self.ours[t] for t in at_target if t in self.ours}
+            if at_target is not None
+            else set(recorded)
+        )
+        keep = desired.member_source_ids - self.deleted
+        add = (keep & self.provisioned) - present - self.skipped_users
+        remove = current - keep - self.skipped_users
+        if add:
+            self.ops.append(
+                Operation(
+                    Action.ADD_MEMBERS,
+                    "group",
+                    desired.source_id,
+                    name,
+                    target_id=target_id,
+                    members=tuple(sorted(add)),
+                )
+            )
+        if remove or extras:
+            self.ops.append(
+                Operation(
+                    Action.REMOVE_MEMBERS,
+                    "group",
+                    desired.source_id,
+                    name,
+                    target_id=target_id,
+                    members=tuple(sorted(remove)),
+                    target_members=extras,
+                )
+            )
