@@ -24,6 +24,7 @@ from scimsync.state import (
     backoff,
     fingerprint,
 )
+from scimsync.state.locking import lock_file_path
 from scimsync.state.migrate import VERSION_TABLE, head_revision
 from scimsync.state.tables import metadata
 
@@ -499,3 +500,41 @@ def test_repr_hides_the_password(postgres_url: str) -> None:
     with Store.open(url.render_as_string(hide_password=False), "main") as store:
         assert "s3cret-pw" not in repr(store)
         assert "***" in store.where
+
+
+# -- atomic groups of writes -------------------------------------------------
+
+
+def test_atomic_keeps_all_or_nothing(store: Store) -> None:
+    cycle = store.begin_run("full")
+    intent = store.intend(cycle, "create", "user", "u1", "alice")
+
+    with pytest.raises(RuntimeError), store.atomic():
+        store.save_user(user("u1"))
+        store.audit(cycle, "create", "user", "u1", "t-u1", True)
+        store.done(intent)
+        raise RuntimeError("crash before commit")
+    assert store.linked_users() == {}
+    assert store.audit_log() == []
+    assert [i.intent_id for i in store.open_intents()] == [intent]
+
+    with store.atomic():
+        store.save_user(user("u1"))
+        store.audit(cycle, "create", "user", "u1", "t-u1", True)
+        store.done(intent)
+        assert list(store.linked_users()) == ["u1"]  # reads see the block's own writes
+    assert list(store.linked_users()) == ["u1"]
+    assert len(store.audit_log()) == 1
+    assert store.open_intents() == []
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_state_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    # A directory where the lock file belongs: refused even to root, unlike permissions.
+    lock_file_path(sa.make_url(url), "main").mkdir()
+    with (
+        Store.open(url, "main") as store,
+        pytest.raises(StateError, match=r"cannot create the lock file .*directory"),
+        store.lock(),
+    ):
+        pass

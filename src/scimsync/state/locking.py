@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from scimsync.state.errors import ChannelLocked
+from scimsync.state.errors import ChannelLocked, StateError
 
 # In-memory SQLite has no file to lock; it is private to this process anyway.
 _memory_locks: set[str] = set()
@@ -58,7 +58,10 @@ def sqlite_lock(engine: Engine, url: URL, channel: str, memory: bool) -> Iterato
     path = lock_file_path(url, channel)
     # flock belongs to the open file description: it excludes other processes and
     # other opens in this process alike, and the kernel drops it if we crash.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot create the lock file {path}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -64,6 +64,12 @@ def _clip(text: str | None) -> str | None:
     return None if text is None else text[:MAX_CAUSE]
 
 
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("the state store takes timezone-aware datetimes only")
+    return moment
+
+
 def describe(exc: BaseException, url: URL) -> str:
     """The driver's first line of complaint, with the password blotted out just in case."""
     orig = getattr(exc, "orig", None) or exc
@@ -88,6 +94,7 @@ class Store:
         # Executor threads share one Store; one transaction at a time keeps SQLite
         # (and the single in-memory connection) free of self-inflicted lock waits.
         self._guard = threading.RLock()
+        self._atomic: Connection | None = None
 
     # -- opening and closing -------------------------------------------------
 
@@ -337,7 +344,7 @@ class Store:
         c = t.audit.c
         query = sa.select(t.audit).where(c.channel_id == self._channel_id)
         if since is not None:
-            query = query.where(c.at >= since)
+            query = query.where(c.at >= _aware(since))
         if cycle_id is not None:
             query = query.where(c.cycle_id == cycle_id)
         query = query.order_by(c.at.desc(), c.id.desc())
@@ -365,7 +372,7 @@ class Store:
         c = t.audit.c
         with self._write() as conn:
             result = conn.execute(
-                sa.delete(t.audit).where(c.channel_id == self._channel_id, c.at < before)
+                sa.delete(t.audit).where(c.channel_id == self._channel_id, c.at < _aware(before))
             )
             return result.rowcount
 
@@ -436,6 +443,7 @@ class Store:
         A changed source_fingerprint starts the count again: the object was edited,
         so the earlier failures say nothing about the next attempt.
         """
+        _aware(now)
         c = t.failures.c
         key = (c.channel_id == self._channel_id, c.kind == kind, c.source_id == source_id)
         with self._write() as conn:
@@ -555,16 +563,31 @@ class Store:
     # -- plumbing ------------------------------------------------------------
 
     @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Make every store call inside the block one transaction: all of it lands, or none.
+
+        For recording one operation's outcome (save_user, audit, done) so a crash
+        can't keep half of it. Other threads' store calls wait until the block ends.
+        """
+        with self._transaction(write=True) as conn:
+            self._atomic = conn
+            try:
+                yield
+            finally:
+                self._atomic = None
+
+    @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
-        with (
-            self._guard,
-            self._wrap_errors(contextlib.nullcontext()),
-            self._engine.connect() as conn,
-        ):
-            if write:
-                conn.execution_options(scimsync_write=True)
-            with conn.begin():
-                yield conn
+        with self._guard:
+            # Only the thread holding the guard can see its own atomic() connection.
+            if self._atomic is not None:
+                yield self._atomic
+                return
+            with self._wrap_errors(contextlib.nullcontext()), self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(scimsync_write=True)
+                with conn.begin():
+                    yield conn
 
     def _read(self) -> contextlib.AbstractContextManager[Connection]:
         return self._transaction(write=False)
