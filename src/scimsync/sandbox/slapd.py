@@ -22,7 +22,7 @@ from typing import Self
 
 import ldap
 import ldap.modlist
-from ldif import LDIFRecordList
+from ldif import LDIFRecordList  # type: ignore[import-untyped]  # part of python-ldap
 
 SUFFIX = "dc=example,dc=com"
 ADMIN_DN = "cn=admin,dc=example,dc=com"
@@ -207,16 +207,24 @@ class Slapd:
         conn = self.admin()
         try:
             pending: list[int] = []
+            pending_dns: set[str] = set()
             count = 0
+
+            def flush() -> None:
+                for msgid in pending:
+                    conn.result3(msgid)
+                pending.clear()
+                pending_dns.clear()
+
             for dn, attrs in entries:
+                # slapd runs pipelined adds concurrently: a child must wait for its parent.
+                parent = dn.split(",", 1)[-1].lower()
+                if parent in pending_dns or len(pending) >= 200:
+                    flush()
                 pending.append(conn.add_ext(dn, ldap.modlist.addModlist(dict(attrs))))
+                pending_dns.add(dn.lower())
                 count += 1
-                if len(pending) >= 200:
-                    for msgid in pending:
-                        conn.result3(msgid)
-                    pending.clear()
-            for msgid in pending:
-                conn.result3(msgid)
+            flush()
             return count
         finally:
             conn.unbind_s()

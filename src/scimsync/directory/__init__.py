@@ -1,0 +1,12 @@
+"""The LDAP source: connection, paged search, scope, flavours (OpenLDAP, AD), members."""
+
+from scimsync.directory.errors import DirectoryAuthError, DirectoryError, DirectoryUnreachable
+from scimsync.directory.reader import LdapDirectory, Snapshot
+
+__all__ = [
+    "DirectoryAuthError",
+    "DirectoryError",
+    "DirectoryUnreachable",
+    "LdapDirectory",
+    "Snapshot",
+]

@@ -1,0 +1,15 @@
+"""What can go wrong reading the directory, each as one line for the user."""
+
+from __future__ import annotations
+
+
+class DirectoryError(Exception):
+    """Reading the directory failed; the message is one line naming what and where."""
+
+
+class DirectoryUnreachable(DirectoryError):  # noqa: N818 - name fixed by the interface
+    """The server is down, did not answer in time, or the TLS handshake failed."""
+
+
+class DirectoryAuthError(DirectoryError):
+    """The server refused the bind DN or password."""

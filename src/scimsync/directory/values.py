@@ -1,0 +1,101 @@
+"""Turning raw LDAP values into ours: DNs for comparison, GUIDs, text, account status."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+
+import ldap.dn
+
+from scimsync.config import AccountStatus
+
+RawEntry = Mapping[str, Sequence[bytes]]
+
+# An optional "#'0101'B" UID suffix on uniqueMember values (RFC 4517 NameAndOptionalUID).
+_OPTIONAL_UID = re.compile(r"#'[01]*'B$")
+
+
+def normalize_dn(dn: str) -> str:
+    """A comparable form of a DN: escapes canonical, types and values lower-cased."""
+    try:
+        rdns = ldap.dn.str2dn(dn)
+    except ldap.DECODING_ERROR:
+        return dn.strip().lower()
+    return str(
+        ldap.dn.dn2str(
+            [
+                sorted((kind.lower(), value.lower(), flags) for kind, value, flags in rdn)
+                for rdn in rdns
+            ]
+        )
+    )
+
+
+def member_dn(value: bytes) -> str:
+    return normalize_dn(_OPTIONAL_UID.sub("", value.decode("utf-8", "replace")))
+
+
+def rdn_value(dn: str) -> str:
+    try:
+        return str(ldap.dn.str2dn(dn)[0][0][1])
+    except (ldap.DECODING_ERROR, IndexError):
+        return dn
+
+
+def guid_text(attribute: str, raw: bytes) -> str:
+    """The canonical GUID string. AD's objectGUID is 16 bytes, little-endian mixed order."""
+    if attribute.lower() == "objectguid" and len(raw) == 16:
+        return str(uuid.UUID(bytes_le=raw))
+    return raw.decode("ascii").strip().lower()
+
+
+def get(entry: RawEntry, attribute: str) -> Sequence[bytes] | None:
+    """Attribute names come back as the server spells them; look them up case-blind."""
+    found = entry.get(attribute)
+    if found is not None:
+        return found
+    wanted = attribute.lower()
+    for name, values in entry.items():
+        if name.lower() == wanted:
+            return values
+    return None
+
+
+def text_attributes(entry: RawEntry, skip: str) -> dict[str, tuple[str, ...]]:
+    """Lower-cased names, UTF-8 values. Values that are not UTF-8 (photos, SIDs) are dropped:
+    nothing maps binary data to SCIM, and a half-decoded value would be worse than none."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, values in entry.items():
+        key = name.lower()
+        if key == skip:
+            continue
+        texts: list[str] = []
+        for value in values:
+            try:
+                texts.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+        if texts:
+            out[key] = tuple(texts)
+    return out
+
+
+def is_disabled(status: AccountStatus | None, entry: RawEntry) -> bool:
+    if status is None:
+        return False
+    values = get(entry, status.attribute) or ()
+    if status.ad_bitmask:
+        # userAccountControl flag ACCOUNTDISABLE = 0x2 (MS-ADTS 2.2.16).
+        return any(_int(value) & 0x2 for value in values)
+    if status.disabled_if_present:
+        return bool(values)
+    wanted = (status.disabled_value or "").casefold()
+    return any(value.decode("utf-8", "replace").casefold() == wanted for value in values)
+
+
+def _int(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
