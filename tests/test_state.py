@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -494,6 +495,7 @@ def test_an_unopenable_sqlite_path_is_a_state_error(tmp_path: Path) -> None:
         Store.open(f"sqlite:///{tmp_path}/missing-dir/state.db", "main")
 
 
+@pytest.mark.postgres
 def test_repr_hides_the_password(postgres_url: str) -> None:
     url = sa.make_url(postgres_url).set(password="s3cret-pw")
     # trust auth accepts any password, so this store opens.
@@ -538,3 +540,21 @@ def test_a_lock_file_that_cannot_be_opened_is_a_state_error(tmp_path: Path) -> N
         store.lock(),
     ):
         pass
+
+
+@pytest.mark.postgres
+def test_losing_the_database_mid_run_is_a_one_line_state_error(postgres_url: str) -> None:
+    url = sa.make_url(postgres_url)
+    with Store.open(postgres_url, "main") as store:
+        store.save_user(user("u1"))
+        admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE "{url.database}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+        with pytest.raises(StateError) as caught:
+            store.linked_users()
+        assert re.fullmatch(
+            r"state store postgresql\+psycopg://\S+: .*does not exist", str(caught.value)
+        )
