@@ -80,11 +80,11 @@ class FailureRecord:
     attempts: int
     first_failed_at: datetime
     last_failed_at: datetime
-    next_retry_at: datetime | None  # None once quarantined
+    next_retry_at: datetime  # not retried before then; a quarantined record never is
     quarantined: bool
 
     def retry_due(self, now: datetime, source_fingerprint: str | None = None) -> bool:
         """Whether the engine should try again: the delay has passed, or the source changed."""
         if source_fingerprint is not None and source_fingerprint != self.source_fingerprint:
             return True
-        return self.next_retry_at is not None and now >= self.next_retry_at
+        return not self.quarantined and now >= self.next_retry_at

@@ -462,7 +462,7 @@ class Store:
                 attempts=attempts,
                 first_failed_at=first,
                 last_failed_at=now,
-                next_retry_at=None if quarantined else now + backoff(attempts),
+                next_retry_at=now + backoff(attempts),
                 quarantined=quarantined,
             )
             values = {

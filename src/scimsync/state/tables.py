@@ -134,7 +134,7 @@ failures = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("first_failed_at", UTCDateTime, nullable=False),
     sa.Column("last_failed_at", UTCDateTime, nullable=False),
-    sa.Column("next_retry_at", UTCDateTime, nullable=True),
+    sa.Column("next_retry_at", UTCDateTime, nullable=False),
     sa.Column("quarantined", sa.Boolean, nullable=False),
 )
 

@@ -103,7 +103,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("first_failed_at", TIME, nullable=False),
         sa.Column("last_failed_at", TIME, nullable=False),
-        sa.Column("next_retry_at", TIME, nullable=True),
+        sa.Column("next_retry_at", TIME, nullable=False),
         sa.Column("quarantined", sa.Boolean, nullable=False),
         sa.PrimaryKeyConstraint("channel_id", "kind", "source_id", name="pk_failures"),
     )
