@@ -1,0 +1,324 @@
+"""The generic SCIM 2.0 profile (RFC 7644): Users and Groups over a ScimHttp."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from typing import Any, Literal
+
+from scimsync import log
+from scimsync.config import TargetConfig
+from scimsync.model import ScimValues
+from scimsync.target import payload
+from scimsync.target.errors import (
+    InvalidValue,
+    Mutability,
+    NotFound,
+    RenameRefused,
+    ScimError,
+    Uniqueness,
+)
+from scimsync.target.http import ScimHttp
+from scimsync.target.remote import RemoteGroup, RemoteUser
+
+MAX_PAGE = 100  # Atlassian pages hold at most 100 (atlassian-scim-api.md section 5)
+logger = log.get(__name__)
+
+RemoveForm = Literal["filter", "value_list"]
+
+
+def _chunks(items: Iterable[str], size: int) -> list[list[str]]:
+    ordered = list(dict.fromkeys(items))  # stable, without duplicates
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def user_from(resource: Any) -> RemoteUser:
+    if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
+        raise ScimError(0, None, "the target returned a User without an id")
+    return RemoteUser(
+        id=resource["id"],
+        user_name=str(resource.get("userName", "")),
+        active=resource.get("active", True) is not False,
+        values=payload.from_user_resource(resource),
+    )
+
+
+def group_from(resource: Any) -> RemoteGroup:
+    if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
+        raise ScimError(0, None, "the target returned a Group without an id")
+    return RemoteGroup(
+        id=resource["id"],
+        display_name=str(resource.get("displayName", "")),
+        member_ids=payload.member_ids_of(resource),
+    )
+
+
+class ScimTarget:
+    """RFC 7644 client; reads /ServiceProviderConfig to learn whether PATCH is supported."""
+
+    profile = "scim"
+
+    def __init__(self, config: TargetConfig, http: ScimHttp) -> None:
+        self.config = config
+        self.http = http
+        self.request_counts = http.request_counts
+        self.page_size = min(config.page_size, MAX_PAGE)
+        self.chunk_size = config.membership_chunk_size
+        self.last_total_results: int | None = None
+        self._spc: dict[str, Any] | None = None
+        self._remove_form: RemoveForm = "filter"
+
+    # --- discovery ---------------------------------------------------------------------
+
+    async def service_provider_config(self) -> dict[str, Any]:
+        if self._spc is None:
+            try:
+                body = await self.http.send("GET", "ServiceProviderConfig")
+            except NotFound:
+                body = None  # RFC 7644 requires it, yet some targets omit it
+            self._spc = body if isinstance(body, dict) else {}
+        return self._spc
+
+    async def patch_supported(self) -> bool:
+        spc = await self.service_provider_config()
+        patch = spc.get("patch")
+        # Without a ServiceProviderConfig we assume the RFC's common case: PATCH works.
+        return not isinstance(patch, dict) or patch.get("supported") is not False
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def _first(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
+        body = await self.http.send(
+            "GET",
+            resource,
+            params={"filter": payload.filter_eq(attribute, value), "count": 2},
+        )
+        found = [r for r in (body or {}).get("Resources") or [] if isinstance(r, dict)]
+        # Case sensitivity of Atlassian's userName filter is unconfirmed: prefer exact.
+        for item in found:
+            if item.get(attribute) == value:
+                return item
+        return found[0] if found else None
+
+    async def find_user(self, user_name: str) -> RemoteUser | None:
+        found = await self._first("Users", "userName", user_name)
+        return user_from(found) if found else None
+
+    async def find_user_by_external_id(self, external_id: str) -> RemoteUser | None:
+        found = await self._first("Users", "externalId", external_id)
+        return user_from(found) if found else None
+
+    async def find_group(self, display_name: str) -> RemoteGroup | None:
+        found = await self._first("Groups", "displayName", display_name)
+        return group_from(found) if found else None
+
+    async def get_user(self, id: str) -> RemoteUser:
+        return user_from(await self.http.send("GET", f"Users/{id}"))
+
+    async def get_group(self, id: str) -> RemoteGroup:
+        return group_from(await self.http.send("GET", f"Groups/{id}"))
+
+    async def _pages(self, resource: str) -> AsyncIterator[dict[str, Any]]:
+        start = 1
+        while True:
+            body = await self.http.send(
+                "GET", resource, params={"startIndex": start, "count": self.page_size}
+            )
+            body = body if isinstance(body, dict) else {}
+            total = body.get("totalResults")
+            if isinstance(total, int):
+                self.last_total_results = total
+            items = [r for r in body.get("Resources") or [] if isinstance(r, dict)]
+            for item in items:
+                yield item
+            start += len(items)
+            if not items or (isinstance(total, int) and start > total):
+                return
+
+    async def iter_users(self) -> AsyncIterator[RemoteUser]:
+        async for item in self._pages("Users"):
+            yield user_from(item)
+
+    async def iter_groups(self) -> AsyncIterator[RemoteGroup]:
+        async for item in self._pages("Groups"):
+            yield group_from(item)
+
+    # --- users -------------------------------------------------------------------------
+
+    def check_create(self, values: ScimValues) -> None:
+        """Refuse locally what the target is known to refuse (profiles override)."""
+        if not values.get("userName"):
+            raise payload_error("userName is required to create a user")
+
+    def writable(
+        self, changed: ScimValues, removed: Collection[str]
+    ) -> tuple[dict[str, str | bool], set[str]]:
+        """The changes this profile may send (profiles drop write-once attributes)."""
+        return dict(changed), set(removed) - set(changed)
+
+    async def create_user(self, values: ScimValues, active: bool) -> RemoteUser:
+        self.check_create(values)
+        try:
+            created = await self.http.send(
+                "POST", "Users", body=payload.to_user_resource(values, active)
+            )
+        except Uniqueness as exc:
+            if not exc.after_retry:
+                raise
+            # Our first POST probably landed and only its response was lost.
+            existing = await self.find_user(str(values["userName"]))
+            if existing is None:
+                raise
+            logger.info("create answered 409 after a retry: adopted", user=existing.user_name)
+            return existing
+        return user_from(created)
+
+    async def update_user(
+        self, id: str, changed: ScimValues, removed: Collection[str] = ()
+    ) -> None:
+        writes, clears = self.writable(changed, removed)
+        if not writes and not clears:
+            return
+        if await self.patch_supported():
+            current: ScimValues | None = None
+            if any(k.startswith("phoneNumbers.") for k in (*writes, *clears)):
+                current = (await self.get_user(id)).values
+            ops = payload.patch_operations(writes, clears, current)
+            await self.http.send("PATCH", f"Users/{id}", body=payload.patch_body(ops))
+            return
+        await self._put_user(id, writes, clears, None)
+
+    async def set_active(self, id: str, active: bool) -> None:
+        if await self.patch_supported():
+            ops = [{"op": "replace", "path": "active", "value": active}]
+            await self.http.send("PATCH", f"Users/{id}", body=payload.patch_body(ops))
+            return
+        await self._put_user(id, {}, set(), active)
+
+    async def _put_user(
+        self, id: str, writes: ScimValues, clears: set[str], active: bool | None
+    ) -> None:
+        """PATCH unsupported: PUT the whole user, keeping attributes scimsync does not map."""
+        current = await self.http.send("GET", f"Users/{id}")
+        current = current if isinstance(current, dict) else {}
+        flat = payload.from_user_resource(current)
+        flat.update(writes)
+        for key in clears:
+            flat.pop(key, None)
+        now_active = current.get("active", True) is not False if active is None else active
+        body = {k: v for k, v in current.items() if k not in payload.MANAGED_KEYS and k != "meta"}
+        body.update(payload.to_user_resource(flat, now_active))
+        await self.http.send("PUT", f"Users/{id}", body=body)
+
+    async def delete_user(self, id: str) -> None:
+        with contextlib.suppress(NotFound):  # already gone: what we wanted
+            await self.http.send("DELETE", f"Users/{id}")
+
+    # --- groups ------------------------------------------------------------------------
+
+    async def create_group(
+        self, display_name: str, member_ids: Collection[str] = ()
+    ) -> RemoteGroup:
+        wanted = list(dict.fromkeys(member_ids))
+        first = wanted[: self.chunk_size]
+        try:
+            body = await self.http.send(
+                "POST", "Groups", body=payload.to_group_resource(display_name, first)
+            )
+            group = group_from(body)
+            if not group.member_ids and first:  # some targets answer without members
+                group = RemoteGroup(group.id, group.display_name, frozenset(first))
+        except Uniqueness as exc:
+            if not exc.after_retry:
+                raise
+            found = await self.find_group(display_name)
+            if found is None:
+                raise
+            group = found
+        missing = [m for m in wanted if m not in group.member_ids]
+        if missing:
+            await self.add_members(group.id, missing)
+            group = RemoteGroup(group.id, group.display_name, group.member_ids | set(missing))
+        return group
+
+    async def rename_group(self, id: str, display_name: str) -> None:
+        try:
+            if await self.patch_supported():
+                ops = [{"op": "replace", "path": "displayName", "value": display_name}]
+                await self.http.send("PATCH", f"Groups/{id}", body=payload.patch_body(ops))
+            else:
+                group = await self.get_group(id)
+                await self._put_group(id, display_name, group.member_ids)
+        except Mutability as exc:
+            raise RenameRefused(
+                exc.status, exc.scim_type, exc.detail, request=exc.request
+            ) from None
+
+    async def recreate_group(self, old: RemoteGroup, display_name: str) -> RemoteGroup:
+        """Create `display_name` with old's members, then delete old (its product access goes)."""
+        new = await self.create_group(display_name, sorted(old.member_ids))
+        await self.delete_group(old.id)
+        return new
+
+    async def _put_group(self, id: str, display_name: str, member_ids: Collection[str]) -> None:
+        await self.http.send(
+            "PUT", f"Groups/{id}", body=payload.to_group_resource(display_name, sorted(member_ids))
+        )
+
+    async def add_members(self, group_id: str, user_ids: Collection[str]) -> None:
+        chunks = _chunks(user_ids, self.chunk_size)
+        if not chunks:
+            return
+        if not await self.patch_supported():
+            await self._replace_members(group_id, add=[m for c in chunks for m in c], drop=())
+            return
+        for chunk in chunks:
+            ops = [{"op": "add", "path": "members", "value": [{"value": m} for m in chunk]}]
+            await self.http.send("PATCH", f"Groups/{group_id}", body=payload.patch_body(ops))
+
+    async def remove_members(self, group_id: str, user_ids: Collection[str]) -> None:
+        chunks = _chunks(user_ids, self.chunk_size)
+        if not chunks:
+            return
+        if not await self.patch_supported():
+            await self._replace_members(group_id, add=(), drop=[m for c in chunks for m in c])
+            return
+        for chunk in chunks:
+            await self._remove_chunk(group_id, chunk)
+
+    async def _remove_chunk(self, group_id: str, chunk: Sequence[str]) -> None:
+        # Which remove form Atlassian accepts is unconfirmed (atlassian-scim-api.md section 4):
+        # try the RFC 7644 3.5.2.2 value filter first, fall back to a value list, remember.
+        if self._remove_form == "filter":
+            by_filter = [
+                {"op": "remove", "path": f"members[{payload.filter_eq('value', m)}]"} for m in chunk
+            ]
+            try:
+                body = payload.patch_body(by_filter)
+                await self.http.send("PATCH", f"Groups/{group_id}", body=body)
+                return
+            except ScimError as exc:
+                if exc.status != 400 or exc.scim_type not in ("invalidPath", "invalidFilter"):
+                    raise
+                logger.info("member removal by value filter refused; using a value list")
+                self._remove_form = "value_list"
+        by_list: list[payload.PatchOperation] = [
+            {"op": "remove", "path": "members", "value": [{"value": m} for m in chunk]}
+        ]
+        await self.http.send("PATCH", f"Groups/{group_id}", body=payload.patch_body(by_list))
+
+    async def _replace_members(
+        self, group_id: str, *, add: Collection[str], drop: Collection[str]
+    ) -> None:
+        group = await self.get_group(group_id)
+        members = (group.member_ids | frozenset(add)) - frozenset(drop)
+        await self._put_group(group_id, group.display_name, members)
+
+    async def delete_group(self, id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.http.send("DELETE", f"Groups/{id}")
+
+
+def payload_error(detail: str) -> ScimError:
+    """A value the client refuses before sending it (status 400, invalidValue)."""
+    return InvalidValue(400, "invalidValue", detail, request="(checked before sending)")
