@@ -559,3 +559,41 @@ def test_losing_the_database_mid_run_is_a_one_line_state_error(postgres_url: str
         assert re.fullmatch(
             r"state store postgresql\+psycopg://\S+: .*does not exist", str(caught.value)
         )
+
+
+# -- read-only (plan) --------------------------------------------------------
+
+
+def test_readonly_on_an_empty_database_reads_empty_and_creates_nothing(store_url: str) -> None:
+    with Store.open(store_url, "main", readonly=True) as store:
+        assert store.linked_users() == {} and store.failures() == {} and store.runs() == []
+        assert store.watermark("users") is None
+        with pytest.raises(StateError, match="read-only"):
+            store.save_user(user("u1"))
+        with store.lock():
+            pass
+    url = sa.make_url(store_url)
+    if url.get_backend_name() == "sqlite":
+        assert not Path(str(url.database)).exists()
+        return
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert sa.inspect(conn).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_readonly_reads_what_a_writer_recorded_and_writes_nothing(store_url: str) -> None:
+    with Store.open(store_url, "main") as writer:
+        writer.save_user(user("u1"))
+        writer.record_failure("user", "u2", "b", "create", "500", "fp", T0, 5)
+    with Store.open(store_url, "main", readonly=True) as reader:
+        assert list(reader.linked_users()) == ["u1"]
+        with pytest.raises(StateError, match="read-only"):
+            reader.clear_failure("user", "u2")
+        assert list(reader.failures()) == [("user", "u2")]
+    with Store.open(store_url, "unknown-channel", readonly=True) as stranger:
+        assert stranger.linked_users() == {}
+    with Store.open(store_url, "main") as writer:
+        assert writer.count_linked("user") == 1

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
@@ -26,7 +27,7 @@ from scimsync.state import tables as t
 from scimsync.state.connect import create_engine, is_memory, parse_url, safe_url
 from scimsync.state.errors import StateError
 from scimsync.state.locking import postgres_lock, sqlite_lock
-from scimsync.state.migrate import upgrade
+from scimsync.state.migrate import current_revision, head_revision, upgrade
 from scimsync.state.records import (
     AuditRecord,
     FailureRecord,
@@ -95,12 +96,20 @@ class Store:
         # (and the single in-memory connection) free of self-inflicted lock waits.
         self._guard = threading.RLock()
         self._atomic: Connection | None = None
+        self._readonly = False
 
     # -- opening and closing -------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, channel: str, *, clock: Clock = utc_now) -> Store:
-        """Connect, migrate the schema to the newest revision and register the channel."""
+    def open(
+        cls, url: str, channel: str, *, clock: Clock = utc_now, readonly: bool = False
+    ) -> Store:
+        """Connect, migrate the schema to the newest revision and register the channel.
+
+        readonly=True (for `plan`) changes nothing in the database: no migration, no
+        channel row, and every write raises StateError. A database without the schema
+        reads as an empty store.
+        """
         parsed = parse_url(url)
         where = safe_url(parsed)
         try:
@@ -108,15 +117,20 @@ class Store:
         except ArgumentError as exc:
             raise StateError(f"cannot open the store at {where}: {exc}") from None
         try:
-            upgrade(engine, where)
-            channel_id = _ensure_channel(engine, channel)
+            if readonly:
+                engine, channel_id = _open_readonly(engine, parsed, channel)
+            else:
+                upgrade(engine, where)
+                channel_id = _ensure_channel(engine, channel)
         except DBAPIError as exc:
             engine.dispose()
             raise StateError(f"cannot open the store at {where}: {describe(exc, parsed)}") from None
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, parsed, channel, channel_id, clock)
+        store = cls(engine, parsed, channel, channel_id, clock)
+        store._readonly = readonly
+        return store
 
     def close(self) -> None:
         self._engine.dispose()
@@ -146,6 +160,8 @@ class Store:
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the channel for this instance; raises ChannelLocked if another holds it."""
+        if self._readonly:
+            return contextlib.nullcontext()  # a reader changes nothing, so it needs no turn
         if self._engine.dialect.name == "postgresql":
             return self._wrap_errors(postgres_lock(self._engine, self._channel))
         return sqlite_lock(self._engine, self._url, self._channel, is_memory(self._url))
@@ -593,6 +609,8 @@ class Store:
         return self._transaction(write=False)
 
     def _write(self) -> contextlib.AbstractContextManager[Connection]:
+        if self._readonly:
+            raise StateError(f"the store at {self.where} is open read-only")
         return self._transaction(write=True)
 
     @contextlib.contextmanager
@@ -670,6 +688,36 @@ _delete_member = sa.delete(t.members).where(
     t.members.c.group_id == sa.bindparam("group_id"),
     t.members.c.member_id == sa.bindparam("member_id"),
 )
+
+
+def _open_readonly(engine: Engine, url: URL, channel: str) -> tuple[Engine, int]:
+    """The engine to read from and the channel's id (-1, matching no row, if unknown)."""
+    # Connecting to a missing SQLite file would create it.
+    missing_file = (
+        url.get_backend_name() == "sqlite"
+        and not is_memory(url)
+        and not Path(str(url.database)).exists()
+    )
+    with contextlib.ExitStack() as stack:
+        revision = None
+        if not missing_file:
+            conn = stack.enter_context(engine.connect())
+            revision = current_revision(conn)
+        if revision is None:
+            # Nothing recorded yet: read from an empty in-memory schema instead.
+            engine.dispose()
+            empty = create_engine(parse_url("sqlite://"))
+            upgrade(empty, "an empty in-memory store")
+            return empty, -1
+        where = safe_url(url)
+        if revision != head_revision():
+            raise StateError(
+                f"the store at {where} has schema revision {revision}, this scimsync expects "
+                f"{head_revision()}: run `scimsync sync` once to upgrade it"
+            )
+        c = t.channels.c
+        found = conn.execute(sa.select(c.id).where(c.name == channel)).scalar_one_or_none()
+        return engine, -1 if found is None else int(found)
 
 
 def _ensure_channel(engine: Engine, channel: str) -> int:
