@@ -357,3 +357,24 @@ def test_server_info_and_repr_hide_the_password(org: Tree) -> None:
     with LdapDirectory(org.config(), ATTRS) as directory:
         assert directory.server_info() == f"OpenLDAP at {org.server.url}"
         assert org.server.password not in repr(directory)
+
+
+def test_ldif_organisation(slapd: Slapd) -> None:
+    """tests/data/directory_org.ldif: escaped DNs, base64 UTF-8 values, mixed group classes."""
+    assert slapd.load_ldif(Path(__file__).parent / "data" / "directory_org.ldif") == 6
+    tree = Tree(slapd, "ldif", create=False)  # the LDIF brings its own ou=ldif
+    tree_base = tree.base_dn
+    snapshot = read(
+        tree,
+        users={"group_dn": f"cn=R&D (*),{tree_base}", "nested": True},
+        groups={"filter": "(cn=R&D \\28\\2a\\29)", "nested": True},
+        account_status={"attribute": "employeeType", "disabled_value": "Disabled"},
+    )
+    users = {u.attributes["uid"][0]: u for u in snapshot.users.values()}
+    assert set(users) == {"jose", "star*()", "kim"}
+    assert users["jose"].attributes["cn"] == ("José Müller",)
+    assert users["star*()"].attributes["cn"] == ("Star (*) \\ Back",)
+    assert [uid for uid, u in users.items() if u.disabled] == ["star*()"]
+    [group] = snapshot.groups.values()
+    assert group.name == "R&D (*)"
+    assert group.member_guids == set(snapshot.users)
