@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from scimsync import log
 from scimsync.fingerprint import of_desired
 from scimsync.model import Action, LinkedGroup, LinkedUser, Operation, Plan
+from scimsync.plan import phase
 from scimsync.target import RemoteGroup, Target
 from scimsync.target.errors import ScimError, Unauthorized
 
@@ -27,21 +28,9 @@ if TYPE_CHECKING:
 
 logger = log.get(__name__)
 
-PHASES: tuple[tuple[str, frozenset[Action]], ...] = (
-    ("users", frozenset({Action.LINK, Action.CREATE, Action.UPDATE})),
-    ("groups", frozenset({Action.LINK, Action.CREATE, Action.RENAME})),
-    ("memberships", frozenset({Action.ADD_MEMBERS, Action.REMOVE_MEMBERS})),
-    ("deprovisioning", frozenset({Action.DISABLE, Action.DELETE})),
-    ("group deletions", frozenset({Action.DELETE})),
+PHASE_COUNT = (
+    5  # see plan.phase: user writes, group writes, memberships, user removals, group deletions
 )
-
-
-def phase_of(op: Operation) -> int:
-    if op.kind == "user":
-        return 0 if op.action in PHASES[0][1] else 3
-    if op.action in PHASES[2][1]:
-        return 2
-    return 4 if op.action is Action.DELETE else 1
 
 
 class Progress(Protocol):
@@ -88,9 +77,9 @@ class Executor:
         self.outcome = Outcome()
 
     async def apply(self, plan: Plan) -> Outcome:
-        phases: list[list[Operation]] = [[] for _ in PHASES]
+        phases: list[list[Operation]] = [[] for _ in range(PHASE_COUNT)]
         for op in plan.operations:
-            phases[phase_of(op)].append(op)
+            phases[phase(op)].append(op)
         if self.progress:
             self.progress.start(len(plan.operations))
         try:
@@ -128,13 +117,18 @@ class Executor:
             raise  # the key is wrong for every record: end the cycle
         except ScimError as exc:
             self._failed(op, str(exc))
-        except MissingLink as exc:
+        except MissingLinkError as exc:
             self._failed(op, str(exc))
         else:
             self.outcome.applied[op.action.value] += 1
             self.store.clear_failure(op.kind, op.source_id)
             self.store.audit(
-                self.cycle_id, op.action.value, op.kind, op.source_id, target_id, True,
+                self.cycle_id,
+                op.action.value,
+                op.kind,
+                op.source_id,
+                target_id,
+                True,
                 name=op.name,
             )
             if self.progress:
@@ -144,19 +138,31 @@ class Executor:
     def _failed(self, op: Operation, cause: str) -> None:
         self.outcome.failed.append(Failure(op, cause))
         self.store.audit(
-            self.cycle_id, op.action.value, op.kind, op.source_id, op.target_id, False, cause,
+            self.cycle_id,
+            op.action.value,
+            op.kind,
+            op.source_id,
+            op.target_id,
+            False,
+            cause,
             name=op.name,
         )
         record = self.desired.users.get(op.source_id) if op.kind == "user" else None
         group = self.desired.groups.get(op.source_id) if op.kind == "group" else None
         subject = record or group
         self.store.record_failure(
-            op.kind, op.source_id, op.name, op.action.value, cause,
+            op.kind,
+            op.source_id,
+            op.name,
+            op.action.value,
+            cause,
             source_fingerprint=of_desired(subject) if subject else "",
-            now=self.now(), max_retries=self.config.options.max_retries,
+            now=self.now(),
+            max_retries=self.config.options.max_retries,
         )
-        logger.warning("operation failed", action=op.action.value, kind=op.kind, name=op.name,
-                       cause=cause)
+        logger.warning(
+            "operation failed", action=op.action.value, kind=op.kind, name=op.name, cause=cause
+        )
         if self.progress:
             self.progress.advance(op, False)
 
@@ -171,7 +177,9 @@ class Executor:
         for source_id in source_ids:
             link = self.users.get(source_id)
             if link is None:
-                raise MissingLink(f"member {source_id} has no target account (not yet created)")
+                raise MissingLinkError(
+                    f"member {source_id} has no target account (not yet created)"
+                )
             ids.append(link.target_id)
         return ids
 
@@ -193,8 +201,9 @@ class Executor:
         desired = self.desired.users[op.source_id]
         remote = await self.target.create_user(op.values, desired.active)
         self._save_user(
-            LinkedUser(op.source_id, remote.id, desired.user_name, desired.active,
-                       self._pushed(op, {}))
+            LinkedUser(
+                op.source_id, remote.id, desired.user_name, desired.active, self._pushed(op, {})
+            )
         )
         return remote.id
 
@@ -222,8 +231,13 @@ class Executor:
             active = bool(op.values["active"])
             await self.target.set_active(link.target_id, active)
         self._save_user(
-            LinkedUser(link.source_id, link.target_id, link.user_name, active,
-                       self._pushed(op, dict(link.values)))
+            LinkedUser(
+                link.source_id,
+                link.target_id,
+                link.user_name,
+                active,
+                self._pushed(op, dict(link.values)),
+            )
         )
         return link.target_id
 
@@ -277,8 +291,12 @@ class Executor:
         link = self.groups[op.source_id]
         await self.target.add_members(link.target_id, self._user_target_ids(op.members))
         self._save_group(
-            LinkedGroup(link.source_id, link.target_id, link.display_name,
-                        link.member_source_ids | frozenset(op.members))
+            LinkedGroup(
+                link.source_id,
+                link.target_id,
+                link.display_name,
+                link.member_source_ids | frozenset(op.members),
+            )
         )
         return link.target_id
 
@@ -288,8 +306,12 @@ class Executor:
         ids = self._user_target_ids(known) + list(op.target_members)
         await self.target.remove_members(link.target_id, ids)
         self._save_group(
-            LinkedGroup(link.source_id, link.target_id, link.display_name,
-                        link.member_source_ids - frozenset(op.members))
+            LinkedGroup(
+                link.source_id,
+                link.target_id,
+                link.display_name,
+                link.member_source_ids - frozenset(op.members),
+            )
         )
         return link.target_id
 
@@ -301,7 +323,7 @@ class Executor:
         return link.target_id
 
 
-class MissingLink(Exception):
+class MissingLinkError(Exception):
     """A membership names a user the target does not hold (its create failed)."""
 
 

@@ -49,11 +49,11 @@ settings = Settings()
 def main_options(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="Config file [default: $SCIMSYNC_CONFIG or ./scimsync.yaml]"),
+        typer.Option(
+            "--config", "-c", help="Config file [default: $SCIMSYNC_CONFIG or ./scimsync.yaml]"
+        ),
     ] = None,
-    log_format: Annotated[
-        str, typer.Option("--log-format", help="text or json")
-    ] = "text",
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
 ) -> None:
     if log_format not in ("text", "json"):
         fail(EXIT_CONFIG, f"--log-format: expected text or json, got {log_format!r}")
@@ -89,15 +89,6 @@ def load_config() -> Config:
     return loaded
 
 
-def open_store(cfg: Config, *, must_exist: bool = False) -> Store | None:
-    """The store, or None for `plan` before the first sync (plan writes nothing anywhere)."""
-    if must_exist and cfg.state.startswith("sqlite:///"):
-        path = Path(cfg.state.removeprefix("sqlite:///"))
-        if not path.exists():
-            return None
-    return Store.open(cfg.state, cfg.channel)
-
-
 @app.command()
 def check() -> None:
     """Validate the config, bind to the directory, call the target."""
@@ -112,18 +103,17 @@ def check() -> None:
 
 @app.command()
 def plan(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan as one JSON object")
+    ] = False,
     user: Annotated[str | None, typer.Option("--user", help="Only this userName")] = None,
 ) -> None:
     """Dry run: what a sync would do now. Writes nothing anywhere."""
     with user_errors():
         cfg = load_config()
-        store = open_store(cfg, must_exist=True)
-        try:
+        store = Store.open(cfg.state, cfg.channel, readonly=True)  # plan writes nothing
+        with store:
             prepared = asyncio.run(engine.dry_run(cfg, store, only_user=user))
-        finally:
-            if store:
-                store.close()
     if as_json:
         out.print(json.dumps(report.plan_json(prepared), ensure_ascii=False), markup=False)
     else:
@@ -135,7 +125,9 @@ def sync(
     allow_deletions: Annotated[
         bool, typer.Option("--allow-deletions", help="Apply deletions held by max_deletions, once")
     ] = False,
-    user: Annotated[str | None, typer.Option("--user", help="Provision one user (and its groups) now")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Provision one user (and its groups) now")
+    ] = None,
 ) -> None:
     """One cycle: read, plan, apply."""
     with user_errors():
@@ -154,7 +146,7 @@ def sync(
 @app.command()
 def run() -> None:
     """Daemon: a cycle every `interval` seconds; SIGTERM finishes the operation in flight."""
-    from scimsync import daemon
+    from scimsync import daemon  # noqa: PLC0415 (only `run` pays for its imports)
 
     with user_errors():
         cfg = load_config()
@@ -213,14 +205,20 @@ def emulate_atlassian(
     data: Annotated[Path | None, typer.Option("--data", help="Keep the data in this file")] = None,
 ) -> None:
     """A local server that behaves as Atlassian's SCIM API documents."""
-    from scimsync import emulator
+    from scimsync import emulator  # noqa: PLC0415 (only `emulate` pays for starlette)
 
     if rename not in ("allowed", "immutable"):
         fail(EXIT_CONFIG, f"--rename: expected allowed or immutable, got {rename!r}")
     mode: Literal["allowed", "immutable"] = "immutable" if rename == "immutable" else "allowed"
     emulator.serve(
-        port, token, host=host, rename=mode, rate=rate, latency_ms=latency_ms,
-        fault_rate=fault_rate, data_file=data,
+        port,
+        token,
+        host=host,
+        rename=mode,
+        rate=rate,
+        latency_ms=latency_ms,
+        fault_rate=fault_rate,
+        data_file=data,
     )
 
 

@@ -10,8 +10,8 @@ from typing import Literal
 from scimsync import log
 from scimsync.apply import Executor, Outcome, Progress
 from scimsync.config import Config
-from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.directory import LdapDirectory, Snapshot
+from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import Mapper, compile_rules
 from scimsync.model import (
@@ -92,7 +92,9 @@ def map_snapshot(snapshot: Snapshot, mapper: Mapper, config: Config) -> Desired:
 def narrow_to_user(desired: Desired, user_name: str, linked: Mapping[str, LinkedGroup]) -> Desired:
     """`sync --user NAME`: that user, and its memberships, and nothing else."""
     wanted = {
-        sid: user for sid, user in desired.users.items() if user.user_name.lower() == user_name.lower()
+        sid: user
+        for sid, user in desired.users.items()
+        if user.user_name.lower() == user_name.lower()
     }
     groups: dict[str, DesiredGroup] = {}
     for sid, group in desired.groups.items():
@@ -113,10 +115,7 @@ def skipped(store: Store, desired: Desired, now: datetime) -> frozenset[tuple[Ki
         record: DesiredUser | DesiredGroup | None = (
             desired.users.get(source_id) if kind == "user" else desired.groups.get(source_id)
         )
-        changed = record is not None and of_desired(record) != failure.source_fingerprint
-        if changed:
-            store.clear_failure(kind, source_id)
-        elif failure.quarantined or failure.next_retry_at > now:
+        if not failure.retry_due(now, of_desired(record) if record else None):
             skip.add((kind, source_id))
     return frozenset(skip)
 
@@ -244,17 +243,31 @@ async def sync(
             record_mapping_failure(store, cycle_id, failure, config, now())
         for conflict in prepared.plan.conflicts:
             store.audit(
-                cycle_id, "conflict", conflict.kind, conflict.source_id, None, False,
-                conflict.cause, name=conflict.name,
+                cycle_id,
+                "conflict",
+                conflict.kind,
+                conflict.source_id,
+                None,
+                False,
+                conflict.cause,
+                name=conflict.name,
             )
         executor = Executor(
-            target, store, cycle_id, config, prepared.desired,
-            progress=progress, should_stop=should_stop, now=now,
+            target,
+            store,
+            cycle_id,
+            config,
+            prepared.desired,
+            progress=progress,
+            should_stop=should_stop,
+            now=now,
         )
         try:
             report.outcome = await executor.apply(verdict.allowed)
         finally:
-            result = "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
+            result = (
+                "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
+            )
             store.finish_run(cycle_id, result, report.outcome.applied)
         logger.info(
             "cycle finished",
@@ -270,13 +283,24 @@ def record_mapping_failure(
     store: Store, cycle_id: str, failure: MappingFailure, config: Config, now: datetime
 ) -> None:
     store.audit(
-        cycle_id, "map", failure.kind, failure.source_id, None, False, failure.cause,
+        cycle_id,
+        "map",
+        failure.kind,
+        failure.source_id,
+        None,
+        False,
+        failure.cause,
         name=failure.name,
     )
     store.record_failure(
-        failure.kind, failure.source_id, failure.name, "map", failure.cause,
+        failure.kind,
+        failure.source_id,
+        failure.name,
+        "map",
+        failure.cause,
         source_fingerprint=fingerprint({"cause": failure.cause}),
-        now=now, max_retries=config.options.max_retries,
+        now=now,
+        max_retries=config.options.max_retries,
     )
 
 

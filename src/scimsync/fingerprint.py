@@ -9,12 +9,18 @@ from collections.abc import Mapping
 from scimsync.model import DesiredGroup, DesiredUser
 
 
+def canonical_json(value: object) -> str:
+    """Compact JSON with sorted keys: the stored form and the fingerprint's input."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def fingerprint(values: Mapping[str, object]) -> str:
-    canonical = json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    """sha256 of the canonical JSON of `values`, hex, first 32 characters."""
+    return hashlib.sha256(canonical_json(dict(values)).encode()).hexdigest()[:32]
 
 
 def of_desired(record: DesiredUser | DesiredGroup) -> str:
+    """What a failure remembers, so that a record edited at the source is retried at once."""
     if isinstance(record, DesiredUser):
         return fingerprint({**record.values, "active": record.active})
     return fingerprint({"name": record.display_name, "members": sorted(record.member_source_ids)})

@@ -18,8 +18,16 @@ if TYPE_CHECKING:
     from scimsync.engine import CycleReport, DirectoryCheck, Prepared, TargetCheck
     from scimsync.state import AuditRecord, Store
 
-PLAN_ORDER = ("create", "link", "update", "rename", "add_members", "remove_members", "disable",
-              "delete")
+PLAN_ORDER = (
+    "create",
+    "link",
+    "update",
+    "rename",
+    "add_members",
+    "remove_members",
+    "disable",
+    "delete",
+)
 
 
 def plan_json(prepared: Prepared) -> dict[str, object]:
@@ -59,11 +67,13 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     for op in the_plan.operations:
         console.print(_describe(op), markup=False)
     for conflict in the_plan.conflicts:
-        console.print(f"{'conflict':<15}{conflict.kind:<6}{conflict.name}: {conflict.cause}",
-                      markup=False)
+        console.print(
+            f"{'conflict':<15}{conflict.kind:<6}{conflict.name}: {conflict.cause}", markup=False
+        )
     for failure in prepared.desired.failures:
-        console.print(f"{'unmappable':<15}{failure.kind:<6}{failure.name}: {failure.cause}",
-                      markup=False)
+        console.print(
+            f"{'unmappable':<15}{failure.kind:<6}{failure.name}: {failure.cause}", markup=False
+        )
     summary = the_plan.summary()
     counts = ", ".join(f"{summary[a]} {a}" for a in PLAN_ORDER if a in summary)
     console.print(f"plan: {counts or 'no changes'}", markup=False)
@@ -80,13 +90,17 @@ def print_cycle(console: Console, cycle: CycleReport) -> None:
     counts = ", ".join(f"{applied[a]} {a}" for a in PLAN_ORDER if applied.get(a))
     console.print(f"cycle {cycle.cycle_id}: {counts or 'no changes'}", markup=False)
     for failure in cycle.outcome.failed:
-        console.print(f"failed  {failure.op.action.value} {failure.op.kind} {failure.op.name}: "
-                      f"{failure.cause}", markup=False)
+        console.print(
+            f"failed  {failure.op.action.value} {failure.op.kind} {failure.op.name}: "
+            f"{failure.cause}",
+            markup=False,
+        )
     for conflict in cycle.prepared.plan.conflicts:
         console.print(f"conflict  {conflict.kind} {conflict.name}: {conflict.cause}", markup=False)
     for unmapped in cycle.prepared.desired.failures:
-        console.print(f"unmappable  {unmapped.kind} {unmapped.name}: {unmapped.cause}",
-                      markup=False)
+        console.print(
+            f"unmappable  {unmapped.kind} {unmapped.name}: {unmapped.cause}", markup=False
+        )
     verdict = cycle.prepared.verdict
     if verdict.blocked:
         console.print(
@@ -117,24 +131,35 @@ def print_status(console: Console, store: Store) -> None:
     table = Table("cycle", "started", "finished", "mode", "result", "applied", box=None)
     for run in runs:
         applied = ", ".join(f"{n} {a}" for a, n in sorted(run.summary.items())) or "-"
-        table.add_row(run.cycle_id[:12], _time(run.started_at), _time(run.finished_at),
-                      run.mode, run.result or "running", applied)
-    console.print(f"linked: {store.count_linked('user')} users, "
-                  f"{store.count_linked('group')} groups", markup=False)
+        table.add_row(
+            run.cycle_id[:12],
+            _time(run.started_at),
+            _time(run.finished_at),
+            run.mode,
+            run.result or "running",
+            applied,
+        )
+    console.print(
+        f"linked: {store.count_linked('user')} users, {store.count_linked('group')} groups",
+        markup=False,
+    )
     console.print(table if runs else "no cycles yet")
     failures = store.failures()
     pending = [f for f in failures.values() if not f.quarantined]
     quarantined = [f for f in failures.values() if f.quarantined]
-    console.print(f"pending retries: {len(pending)}; quarantined: {len(quarantined)}",
-                  markup=False)
+    console.print(f"pending retries: {len(pending)}; quarantined: {len(quarantined)}", markup=False)
     for f in sorted(failures.values(), key=lambda f: (not f.quarantined, f.name)):
         state = "quarantined" if f.quarantined else f"retry after {_time(f.next_retry_at)}"
-        console.print(f"  {f.kind} {f.name}: {f.cause} [{f.attempts} attempts, {state}]",
-                      markup=False)
+        console.print(
+            f"  {f.kind} {f.name}: {f.cause} [{f.attempts} attempts, {state}]", markup=False
+        )
     staged = store.staged_deletions()
     if staged:
-        console.print(f"held by the safety threshold: {len(staged)} operations "
-                      "(`scimsync sync --allow-deletions` applies them)", markup=False)
+        console.print(
+            f"held by the safety threshold: {len(staged)} operations "
+            "(`scimsync sync --allow-deletions` applies them)",
+            markup=False,
+        )
         for op in staged:
             console.print(f"  {op['action']} {op['kind']} {op['name']}", markup=False)
 
@@ -169,8 +194,14 @@ class ConsoleProgress:
     def start(self, total: int) -> None:
         self.total = total
         if total and self.console.is_terminal:
-            self.bar = RichProgress(TextColumn("applying"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=self.console, transient=True)
+            self.bar = RichProgress(
+                TextColumn("applying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task("apply", total=total)
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from scimsync.model import Kind, ScimValues
+from scimsync.fingerprint import canonical_json, fingerprint
+
+__all__ = [
+    "AuditRecord",
+    "FailureRecord",
+    "IntentRecord",
+    "RunRecord",
+    "backoff",
+    "canonical_json",
+    "fingerprint",
+]
+from scimsync.model import Kind
 
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=24)
-
-
-def canonical_json(value: object) -> str:
-    """Compact JSON with sorted keys: the stored form and the fingerprint's input."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def fingerprint(values: ScimValues) -> str:
-    """sha256 of the canonical JSON of `values`, hex, first 32 characters."""
-    return hashlib.sha256(canonical_json(dict(values)).encode()).hexdigest()[:32]
 
 
 def backoff(attempts: int) -> timedelta:

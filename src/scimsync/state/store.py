@@ -313,7 +313,7 @@ class Store:
                 for row in conn.execute(query)
             ]
 
-    def audit(  # noqa: PLR0917 (the engine's interface)
+    def audit(
         self,
         cycle_id: str,
         event: str,
@@ -443,7 +443,7 @@ class Store:
 
     # -- failures ------------------------------------------------------------
 
-    def record_failure(  # noqa: PLR0917 (the engine's interface)
+    def record_failure(
         self,
         kind: Kind,
         source_id: str,

@@ -1,0 +1,118 @@
+"""A provisioning channel wired to the test slapd subtree and the emulator, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from scimsync import engine
+from scimsync.config import Config
+from scimsync.emulator import RunningEmulator
+from scimsync.state import Store
+from tests.fixtures.slapd import Tree
+
+
+class Channel:
+    def __init__(self, tree: Tree, emulator: RunningEmulator, state_dir: Path) -> None:
+        self.tree = tree
+        self.emulator = emulator
+        self.state_url = f"sqlite:///{state_dir / 'state.db'}"
+        self.source: dict[str, Any] = {
+            "url": tree.server.url,
+            "bind_dn": tree.server.bind_dn,
+            "bind_password": tree.server.password,
+            "base_dn": tree.base_dn,
+            "users": {"filter": "(objectClass=inetOrgPerson)"},
+            "groups": {"filter": "(objectClass=groupOfNames)"},
+            "account_status": {"attribute": "employeeType", "disabled_value": "disabled"},
+        }
+        self.options: dict[str, Any] = {}
+        self.mapping: dict[str, Any] = {
+            "userName": "mail",
+            "emails.work": "mail",
+            "displayName": "cn",
+            "title": "title",
+        }
+
+    def config(self) -> Config:
+        return Config.model_validate(
+            {
+                "state": self.state_url,
+                "source": self.source,
+                "target": {
+                    "type": "atlassian",
+                    "url": self.emulator.url,
+                    "token": self.emulator.token,
+                },
+                "options": self.options,
+                "mapping": self.mapping,
+            }
+        )
+
+    def sync(self, **kwargs: Any) -> engine.CycleReport:
+        config = self.config()
+        with Store.open(config.state, config.channel) as store:
+            return asyncio.run(engine.sync(config, store, **kwargs))
+
+    def plan(self, **kwargs: Any) -> engine.Prepared:
+        config = self.config()
+        with Store.open(config.state, config.channel) as store:
+            return asyncio.run(engine.dry_run(config, store, **kwargs))
+
+    def store(self) -> Store:
+        config = self.config()
+        return Store.open(config.state, config.channel)
+
+    # --- the target's view ---------------------------------------------------------------
+
+    def http(self) -> httpx2.Client:
+        return httpx2.Client(
+            base_url=self.emulator.url,
+            headers={"Authorization": f"Bearer {self.emulator.token}"},
+            timeout=10,
+        )
+
+    def users(self) -> dict[str, dict[str, Any]]:
+        """Target users by userName."""
+        return {str(u["userName"]): u for u in self.emulator.users()}
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        return {str(g["displayName"]): g for g in self.emulator.groups()}
+
+    def member_names(self, group: str) -> set[str]:
+        by_id = {str(u["id"]): str(u["userName"]) for u in self.emulator.users()}
+        members = self.groups()[group].get("members") or []
+        return {by_id.get(str(m["value"]), str(m["value"])) for m in members}
+
+    def create_target_user(self, user_name: str, **extra: Any) -> str:
+        body = {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": user_name,
+            "emails": [{"value": user_name, "type": "work", "primary": True}],
+            **extra,
+        }
+        with self.http() as client:
+            response = client.post("/Users", json=body)
+            response.raise_for_status()
+            return str(response.json()["id"])
+
+    def create_target_group(self, name: str, member_ids: list[str] | None = None) -> str:
+        body = {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": name,
+            "members": [{"value": m} for m in member_ids or []],
+        }
+        with self.http() as client:
+            response = client.post("/Groups", json=body)
+            response.raise_for_status()
+            return str(response.json()["id"])
+
+    def writes(self) -> int:
+        """Write requests the emulator served since its counters were last reset."""
+        by_method: dict[str, int] = self.emulator.stats()["by_method"]
+        return sum(
+            n for method, n in by_method.items() if method in ("POST", "PUT", "PATCH", "DELETE")
+        )
