@@ -7,6 +7,7 @@ import json
 import ssl
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
@@ -75,8 +76,14 @@ class ScimHttp:
         *,
         params: dict[str, str | int] | None = None,
         body: dict[str, Any] | None = None,
+        landed: Callable[[], Awaitable[Any]] | None = None,
     ) -> Any:
-        """The parsed JSON body (None for an empty one); a typed ScimError otherwise."""
+        """The parsed JSON body (None for an empty one); a typed ScimError otherwise.
+
+        `landed` looks up what a create would have made: before a create is sent again
+        after a lost response, an answer from it is returned instead, so that targets that
+        do not enforce uniqueness get no duplicate either.
+        """
         what = f"{method} /{path}"
         content = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": SCIM_JSON} if content is not None else None
@@ -84,6 +91,10 @@ class ScimHttp:
         maybe_applied = False
         attempt = 0
         while True:
+            if maybe_applied and landed is not None:
+                found = await self._lookup(landed)
+                if found is not None:
+                    return found
             pause = self._paused_until - self._clock()
             if pause > 0:
                 await self._sleep(pause)
@@ -131,6 +142,14 @@ class ScimHttp:
                 self._paused_until = max(self._paused_until, self._clock() + delay)
             else:
                 await self._sleep(delay)
+
+    async def _lookup(self, landed: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await landed()
+        except (ScimError, TargetUnreachable) as exc:
+            # Not knowing is no reason to stop: a resend that conflicts is looked up again.
+            logger.warning("lookup before resending a create failed", error=str(exc))
+            return None
 
     def _give_up(
         self,

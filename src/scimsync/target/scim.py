@@ -160,7 +160,10 @@ class ScimTarget:
         self.check_create(values)
         try:
             created = await self.http.send(
-                "POST", "Users", body=payload.to_user_resource(values, active)
+                "POST",
+                "Users",
+                body=payload.to_user_resource(values, active),
+                landed=lambda: self._first("Users", "userName", str(values["userName"])),
             )
         except Uniqueness as exc:
             if not exc.after_retry:
@@ -223,7 +226,10 @@ class ScimTarget:
         first = wanted[: self.chunk_size]
         try:
             body = await self.http.send(
-                "POST", "Groups", body=payload.to_group_resource(display_name, first)
+                "POST",
+                "Groups",
+                body=payload.to_group_resource(display_name, first),
+                landed=lambda: self._first("Groups", "displayName", display_name),
             )
             group = group_from(body)
             if not group.member_ids and first:  # some targets answer without members
