@@ -378,3 +378,13 @@ def test_ldif_organisation(slapd: Slapd) -> None:
     [group] = snapshot.groups.values()
     assert group.name == "R&D (*)"
     assert group.member_guids == set(snapshot.users)
+
+
+def test_bad_filter_is_one_line_naming_it(org: Tree) -> None:
+    with pytest.raises(DirectoryError) as caught:
+        read(org, users={"filter": "(uid=alice"})
+    message = str(caught.value)
+    assert_one_clean_line(message, org.server.password)
+    assert message == (
+        f"LDAP searching {org.base_dn} for (uid=alice on {org.server.url} failed: Bad search filter"
+    )
