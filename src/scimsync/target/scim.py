@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from typing import Any, Literal
@@ -66,18 +67,20 @@ class ScimTarget:
         self.chunk_size = config.membership_chunk_size
         self.last_total_results: int | None = None
         self._spc: dict[str, Any] | None = None
+        self._spc_lock = asyncio.Lock()
         self._remove_form: RemoveForm = "filter"
 
     # --- discovery ---------------------------------------------------------------------
 
     async def service_provider_config(self) -> dict[str, Any]:
-        if self._spc is None:
-            try:
-                body = await self.http.send("GET", "ServiceProviderConfig")
-            except NotFound:
-                body = None  # RFC 7644 requires it, yet some targets omit it
-            self._spc = body if isinstance(body, dict) else {}
-        return self._spc
+        async with self._spc_lock:  # concurrent first callers share one request
+            if self._spc is None:
+                try:
+                    body = await self.http.send("GET", "ServiceProviderConfig")
+                except NotFound:
+                    body = None  # RFC 7644 requires it, yet some targets omit it
+                self._spc = body if isinstance(body, dict) else {}
+            return self._spc
 
     async def patch_supported(self) -> bool:
         spc = await self.service_provider_config()

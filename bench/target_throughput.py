@@ -1,0 +1,135 @@
+"""Requests per second the SCIM client reaches, with 0 ms and 20 ms of added latency.
+
+Usage: .venv/bin/python bench/target_throughput.py [--server emulator|scim2] [--users N]
+
+The server runs in a subprocess on a free loopback port: the Atlassian emulator
+(`scimsync emulate atlassian`) when it is available, else scim2-server. Latency is added
+on the client side of the wire, so both servers are measured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+
+from scimsync.config import TargetConfig
+from scimsync.target import open_target
+
+TOKEN = "bench-token"
+
+
+class Latency(httpx2.AsyncBaseTransport):
+    """Delays each request by a fixed round trip before the real transport sends it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.seconds = seconds
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self.seconds:
+            await asyncio.sleep(self.seconds)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _emulator_available() -> bool:
+    try:
+        from scimsync import emulator  # noqa: PLC0415 - optional, built in parallel
+    except ImportError:
+        return False
+    return bool(getattr(emulator, "__file__", None))
+
+
+@contextmanager
+def server(kind: str) -> Iterator[tuple[str, str]]:
+    """(base URL, profile) of a server running until the block ends."""
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    if kind == "emulator":
+        command = [str(bindir / "scimsync"), "emulate", "atlassian", "--port", str(port)]
+        command += ["--token", TOKEN]
+        url, profile = f"http://127.0.0.1:{port}", "atlassian"
+    else:
+        binary = shutil.which("scim2-server", path=str(bindir)) or "scim2-server"
+        command = [binary, "--port", str(port), "--bearer-token", TOKEN, "--dynamic-tenants"]
+        url, profile = f"http://127.0.0.1:{port}/bench{uuid.uuid4().hex[:8]}", "scim"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"{kind} server exited with {process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{kind} server did not listen on {port}") from None
+                time.sleep(0.05)
+        yield url, profile
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def measure(url: str, profile: str, latency: float, users: int, concurrency: int) -> str:
+    config = TargetConfig.model_validate(
+        {"type": profile, "url": url, "token": TOKEN, "max_concurrency": concurrency}
+    )
+    prefix = uuid.uuid4().hex[:6]
+    async with open_target(config, transport=Latency(latency)) as target:
+        started = time.perf_counter()
+        made = await asyncio.gather(
+            *(
+                target.create_user(
+                    {"userName": f"{prefix}{i}@example.com", "emails.work": f"{prefix}{i}@e.com"},
+                    True,
+                )
+                for i in range(users)
+            )
+        )
+        await asyncio.gather(*(target.update_user(u.id, {"title": "Bench"}) for u in made))
+        await asyncio.gather(*(target.find_user(u.user_name) for u in made))
+        elapsed = time.perf_counter() - started
+        total = sum(target.request_counts.values())
+    return (
+        f"latency {latency * 1000:4.0f} ms  concurrency {concurrency:2}  "
+        f"{total:5} requests in {elapsed:6.2f} s  = {total / elapsed:7.1f} req/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--server", choices=["emulator", "scim2"], default=None)
+    parser.add_argument("--users", type=int, default=300)
+    args = parser.parse_args()
+    kind = args.server or ("emulator" if _emulator_available() else "scim2")
+    with server(kind) as (url, profile):
+        print(f"server: {kind} ({profile} profile), {args.users} users x create+update+find")
+        for latency in (0.0, 0.020):
+            for concurrency in (4, 16):
+                print(asyncio.run(measure(url, profile, latency, args.users, concurrency)))
+
+
+if __name__ == "__main__":
+    main()
