@@ -205,7 +205,7 @@ class Options(Strict):
     max_deletions: int | str = 50
     max_retries: Annotated[int, Field(ge=1)] = 5
     match_users_by: Literal["userName", "externalId"] = "userName"
-    match_groups_by: Literal["displayName", "externalId"] = "displayName"
+    match_groups_by: Literal["displayName"] = "displayName"  # Atlassian filters groups by it only
 
     @field_validator("max_deletions")
     @classmethod

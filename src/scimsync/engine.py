@@ -1,16 +1,23 @@
-"""One cycle: read, map, plan, guard, apply, record."""
+"""One cycle: read, map, plan, guard, apply, record.
+
+A cycle is a full reconciliation (everything in scope, and the target's copies of what
+scimsync manages) or incremental (only what changed in the directory since the stored
+watermark). Both hand the planner a *view*: the desired records and the links of one
+universe of objects, complete within itself, so the same rules apply to both.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from scimsync import log
 from scimsync.apply import Executor, Outcome, Progress
 from scimsync.config import Config
-from scimsync.directory import LdapDirectory, Snapshot
+from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import Mapper, compile_rules
@@ -22,6 +29,8 @@ from scimsync.model import (
     LinkedUser,
     MappingFailure,
     Plan,
+    SourceGroup,
+    SourceUser,
     TargetRef,
 )
 from scimsync.plan import PlanInput, plan
@@ -30,7 +39,14 @@ from scimsync.target import RemoteGroup, RemoteUser, Target, open_target
 
 logger = log.get(__name__)
 
-Scope = Literal["full", "partial"]
+Mode = Literal["full", "incremental", "user"]
+WATERMARK = "directory"
+LAST_FULL = "last_full_reconciliation"
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +54,32 @@ class Desired:
     users: dict[str, DesiredUser]
     groups: dict[str, DesiredGroup]
     failures: tuple[MappingFailure, ...]
-    source_user_count: int
+    source_user_count: int | None  # None: not a full read, so no empty-directory check
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One universe of objects: what the directory wants and what the store recorded."""
+
+    mode: Mode
+    desired: Desired
+    linked_users: dict[str, LinkedUser]
+    linked_groups: dict[str, LinkedGroup]
+    watermark: str | None = None  # where the directory was; stored once the cycle is applied
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """Everything decided before the first write: the plan and what the guard holds back."""
 
-    desired: Desired
+    view: View
     plan: Plan
     verdict: GuardVerdict
     linked_user_count: int
+
+    @property
+    def desired(self) -> Desired:
+        return self.view.desired
 
 
 @dataclass
@@ -56,6 +87,7 @@ class CycleReport:
     cycle_id: str | None
     prepared: Prepared
     outcome: Outcome = field(default_factory=Outcome)
+    stopped: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -66,72 +98,162 @@ class CycleReport:
         return 0
 
 
-def read_directory(config: Config, mapper: Mapper) -> Snapshot:
-    with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
-        return directory.read()
+# --- map -----------------------------------------------------------------------------------
 
 
-def map_snapshot(snapshot: Snapshot, mapper: Mapper, config: Config) -> Desired:
+def map_users(
+    sources: Iterable[SourceUser], mapper: Mapper
+) -> tuple[dict[str, DesiredUser], tuple[MappingFailure, ...]]:
     users: dict[str, DesiredUser] = {}
     failures: list[MappingFailure] = []
-    for source in snapshot.users.values():
+    for source in sources:
         mapped = mapper.map_user(source)
         if isinstance(mapped, MappingFailure):
             failures.append(mapped)
         else:
             users[mapped.source_id] = mapped
+    return users, tuple(failures)
+
+
+def map_groups(
+    sources: Iterable[SourceGroup], mapper: Mapper, member: Callable[[str], bool]
+) -> dict[str, DesiredGroup]:
+    """Groups with their members limited to the users scimsync provisions."""
     groups: dict[str, DesiredGroup] = {}
+    for source in sources:
+        desired = mapper.map_group(source)
+        members = frozenset(m for m in desired.member_source_ids if member(m))
+        groups[desired.source_id] = replace(desired, member_source_ids=members)
+    return groups
+
+
+def unmapped_but_linked(
+    failures: Iterable[MappingFailure], linked: Collection[str]
+) -> frozenset[str]:
+    """Linked users whose record can't be mapped now: kept as they are, never deprovisioned."""
+    return frozenset(f.source_id for f in failures if f.source_id in linked)
+
+
+# --- views ---------------------------------------------------------------------------------
+
+
+def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: Store) -> View:
+    position = directory.position()  # before the read, so changes made during it come next
+    snapshot = directory.read()
+    users, failures = map_users(snapshot.users.values(), mapper)
+    linked_users = store.linked_users()
+    kept = unmapped_but_linked(failures, linked_users)
+    groups = (
+        map_groups(snapshot.groups.values(), mapper, lambda m: m in users or m in kept)
+        if config.options.groups
+        else {}
+    )
+    desired = Desired(users, groups, failures, len(snapshot.users))
+    return View("full", desired, linked_users, store.linked_groups(), position)
+
+
+def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: Store) -> View:
+    """The changed objects, their links, and the linked groups their changes touch."""
+    if not (changes.users or changes.groups or changes.gone_users or changes.gone_groups):
+        return View("incremental", Desired({}, {}, (), None), {}, {}, changes.watermark)
+    users, failures = map_users(changes.users.values(), mapper)
+    touched = set(changes.users) | changes.gone_users
+    linked_users = store.linked_users_by_ids(touched)
+    kept = unmapped_but_linked(failures, linked_users)
+    groups: dict[str, DesiredGroup] = {}
+    linked_groups: dict[str, LinkedGroup] = {}
     if config.options.groups:
-        for group in snapshot.groups.values():
-            desired = mapper.map_group(group)
-            members = frozenset(m for m in desired.member_source_ids if m in users)
-            groups[desired.source_id] = replace(desired, member_source_ids=members)
-    return Desired(users, groups, tuple(failures), len(snapshot.users))
+        in_scope = set(store.user_fingerprints()) - changes.gone_users
+        in_scope |= users.keys() | kept
+        for failure in failures:  # unmappable and never linked: not at the target
+            if failure.source_id not in kept:
+                in_scope.discard(failure.source_id)
+        groups = map_groups(changes.groups.values(), mapper, in_scope.__contains__)
+        all_linked = store.linked_groups()
+        for source_id, link in all_linked.items():
+            if source_id in groups or source_id in changes.gone_groups:
+                linked_groups[source_id] = link
+            elif link.member_source_ids & touched:
+                # Unchanged in the directory, but a member left scope or changed.
+                linked_groups[source_id] = link
+                members = frozenset(m for m in link.member_source_ids if m in in_scope)
+                groups[source_id] = DesiredGroup(source_id, link.display_name, members)
+    desired = Desired(users, groups, failures, None)
+    return View("incremental", desired, linked_users, linked_groups, changes.watermark)
 
 
-def narrow_to_user(desired: Desired, user_name: str, linked: Mapping[str, LinkedGroup]) -> Desired:
-    """`sync --user NAME`: that user, and its memberships, and nothing else."""
-    wanted = {
-        sid: user
-        for sid, user in desired.users.items()
-        if user.user_name.lower() == user_name.lower()
-    }
+def user_view(
+    directory: LdapDirectory, mapper: Mapper, config: Config, store: Store, user_name: str
+) -> View:
+    """`sync --user NAME`: that user, its memberships, and nothing else."""
+    snapshot = directory.read()
+    users, failures = map_users(snapshot.users.values(), mapper)
+    wanted = {sid: u for sid, u in users.items() if u.user_name.lower() == user_name.lower()}
+    linked_groups_all = store.linked_groups()
     groups: dict[str, DesiredGroup] = {}
-    for sid, group in desired.groups.items():
-        before = linked[sid].member_source_ids if sid in linked else frozenset()
-        members = (before - wanted.keys()) | (group.member_source_ids & wanted.keys())
-        if sid in linked and members == before:
-            continue
-        if wanted.keys() & group.member_source_ids or sid in linked:
+    linked_groups: dict[str, LinkedGroup] = {}
+    if config.options.groups:
+        for sid, group in map_groups(snapshot.groups.values(), mapper, wanted.__contains__).items():
+            link = linked_groups_all.get(sid)
+            before = link.member_source_ids if link else frozenset()
+            members = (before - wanted.keys()) | group.member_source_ids
+            if link is None and not group.member_source_ids:
+                continue
+            if link is not None:
+                linked_groups[sid] = link
             groups[sid] = replace(group, member_source_ids=members)
-    failures = tuple(f for f in desired.failures if f.name.lower() == user_name.lower())
-    return Desired(wanted, groups, failures, desired.source_user_count)
+    mine = tuple(f for f in failures if f.name.lower() == user_name.lower())
+    desired = Desired(wanted, groups, mine, None)
+    return View("user", desired, store.linked_users_by_ids(wanted), linked_groups)
 
 
-def skipped(store: Store, desired: Desired, now: datetime) -> frozenset[tuple[Kind, str]]:
-    """Records in back-off, or quarantined and unchanged at the source since."""
-    skip: set[tuple[Kind, str]] = set()
-    for (kind, source_id), failure in store.failures().items():
-        record: DesiredUser | DesiredGroup | None = (
-            desired.users.get(source_id) if kind == "user" else desired.groups.get(source_id)
-        )
-        if not failure.retry_due(now, of_desired(record) if record else None):
-            skip.add((kind, source_id))
-    return frozenset(skip)
+def choose_mode(store: Store, config: Config, now: datetime) -> Mode:
+    """Incremental when a watermark is kept and the last full reconciliation is recent."""
+    if store.watermark(WATERMARK) is None:
+        return "full"
+    last_full = store.watermark(LAST_FULL)
+    if last_full is None:
+        return "full"
+    age = now - datetime.fromisoformat(last_full)
+    if age >= timedelta(seconds=config.full_sync_interval):
+        return "full"
+    # A record waiting for its retry isn't among the changes: a full cycle picks it up.
+    if any(f.retry_due(now) for f in store.failures().values()):
+        return "full"
+    return "incremental"
 
 
-async def observe_target(
-    target: Target,
-    desired: Desired,
-    linked_users: dict[str, LinkedUser],
-    linked_groups: dict[str, LinkedGroup],
-    config: Config,
-) -> tuple[dict[str, TargetRef], dict[str, TargetRef], dict[str, frozenset[str]]]:
-    """Read the target: candidates for adoption, drift of linked objects, and lost links.
+def read_view(
+    config: Config, store: Store, mapper: Mapper, only_user: str | None, now: datetime
+) -> View:
+    with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
+        if only_user is not None:
+            return user_view(directory, mapper, config, store, only_user)
+        mode = choose_mode(store, config, now)
+        if mode == "incremental":
+            watermark = store.watermark(WATERMARK)
+            assert watermark is not None
+            try:
+                changes = directory.changes(watermark, lambda: store.user_fingerprints().keys())
+            except WatermarkLost as exc:
+                logger.info("watermark lost: full reconciliation", reason=str(exc))
+            else:
+                return incremental_view(changes, mapper, config, store)
+        return full_view(directory, mapper, config, store)
 
-    Linked objects deleted at the target by hand are dropped from `linked_*` so that the
-    planner creates them again.
+
+# --- observe the target -------------------------------------------------------------------
+
+
+async def observe_everything(target: Target, view: View, config: Config) -> PlanInput:
+    """Full reconciliation: list the target once, for adoption, drift and lost links.
+
+    Linked objects deleted at the target by hand are dropped from the view's links so that
+    the planner creates them again.
     """
+    desired = view.desired
+    linked_users = dict(view.linked_users)
+    linked_groups = dict(view.linked_groups)
     by_user_name = config.options.match_users_by == "userName"
     remote_users: dict[str, RemoteUser] = {}
     users_by_key: dict[str, TargetRef] = {}
@@ -146,9 +268,8 @@ async def observe_target(
         if seen is None:
             del linked_users[source_id]
             continue
-        keys = set(link.values) | (
-            set(desired.users[source_id].values) if source_id in desired.users else set()
-        )
+        wanted = desired.users.get(source_id)
+        keys = set(link.values) | (set(wanted.values) if wanted else set())
         drift = {k: seen.values[k] for k in keys if k in seen.values}
         linked_users[source_id] = replace(link, values=drift, active=seen.active)
     target_users = {k: ref for k, ref in users_by_key.items() if ref.target_id not in linked_ids}
@@ -169,53 +290,103 @@ async def observe_target(
         for group in remote_groups.values():
             if group.id not in linked_group_ids:
                 target_groups[group.display_name.lower()] = TargetRef(group.id, group.display_name)
-    return target_users, target_groups, target_members
+    return PlanInput(
+        desired_users=desired.users,
+        desired_groups=desired.groups,
+        linked_users=linked_users,
+        linked_groups=linked_groups,
+        target_users=target_users,
+        target_groups=target_groups,
+        target_members=target_members,
+    )
+
+
+async def observe_unlinked(target: Target, view: View, config: Config) -> PlanInput:
+    """Incremental: look up only the desired objects that have no link yet, by their key."""
+    desired = view.desired
+    by_user_name = config.options.match_users_by == "userName"
+    users_by_key: dict[str, TargetRef] = {}
+    groups_by_key: dict[str, TargetRef] = {}
+
+    async def find_user(user: DesiredUser) -> None:
+        if by_user_name:
+            found = await target.find_user(user.user_name)
+        else:
+            found = await target.find_user_by_external_id(str(user.values.get("externalId", "")))
+        if found is not None:
+            key = found.user_name if by_user_name else str(found.values.get("externalId", ""))
+            users_by_key[key.lower()] = TargetRef(found.id, found.user_name, found.active)
+
+    async def find_group(group: DesiredGroup) -> None:
+        found = await target.find_group(group.display_name)
+        if found is not None:
+            groups_by_key[found.display_name.lower()] = TargetRef(found.id, found.display_name)
+
+    linked_targets = {link.target_id for link in view.linked_users.values()}
+    lookups = [find_user(u) for sid, u in desired.users.items() if sid not in view.linked_users]
+    lookups += [find_group(g) for sid, g in desired.groups.items() if sid not in view.linked_groups]
+    await asyncio.gather(*lookups)  # the target's own semaphore bounds the concurrency
+    return PlanInput(
+        desired_users=desired.users,
+        desired_groups=desired.groups,
+        linked_users=view.linked_users,
+        linked_groups=view.linked_groups,
+        target_users={k: r for k, r in users_by_key.items() if r.target_id not in linked_targets},
+        target_groups=groups_by_key,
+        scope="partial" if view.mode == "user" else "full",
+    )
+
+
+def skipped(store: Store, view: View, now: datetime) -> frozenset[tuple[Kind, str]]:
+    """Records in back-off, quarantined and unchanged since, or linked but unmappable now."""
+    desired = view.desired
+    skip: set[tuple[Kind, str]] = {
+        ("user", sid) for sid in unmapped_but_linked(desired.failures, view.linked_users)
+    }
+    for (kind, source_id), failure in store.failures().items():
+        record: DesiredUser | DesiredGroup | None = (
+            desired.users.get(source_id) if kind == "user" else desired.groups.get(source_id)
+        )
+        if not failure.retry_due(now, of_desired(record) if record else None):
+            skip.add((kind, source_id))
+    return frozenset(skip)
+
+
+# --- the cycle -----------------------------------------------------------------------------
 
 
 async def prepare(
     config: Config,
-    store: Store | None,
+    store: Store,
     target: Target,
     *,
     only_user: str | None = None,
     allow_deletions: bool = False,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    now: Clock = utc_now,
 ) -> Prepared:
+    """Read, map, observe the target and plan: everything up to the first write."""
     mapper = compile_rules(config.rules)
-    snapshot = read_directory(config, mapper)
-    desired = map_snapshot(snapshot, mapper, config)
-    linked_users = store.linked_users() if store else {}
-    linked_groups = store.linked_groups() if store else {}
-    scope: Scope = "full"
-    if only_user is not None:
-        desired = narrow_to_user(desired, only_user, linked_groups)
-        scope = "partial"
-    target_users, target_groups, target_members = await observe_target(
-        target, desired, linked_users, linked_groups, config
-    )
-    skip = skipped(store, desired, now()) if store else frozenset()
-    the_plan = plan(
-        PlanInput(
-            desired_users=desired.users,
-            desired_groups=desired.groups,
-            linked_users=linked_users,
-            linked_groups=linked_groups,
-            target_users=target_users,
-            target_groups=target_groups,
-            target_members=target_members,
-            skip=skip,
-            scope=scope,
-        ),
+    view = read_view(config, store, mapper, only_user, now())
+    if view.mode == "full":
+        inputs = await observe_everything(target, view, config)
+    else:
+        inputs = await observe_unlinked(target, view, config)
+    inputs = replace(inputs, skip=skipped(store, view, now()))
+    the_plan = plan(inputs, config.options)
+    linked_count = store.count_linked("user")
+    source_count = view.desired.source_user_count
+    verdict = guard(
+        the_plan,
+        linked_count,
         config.options,
+        linked_count if source_count is None else source_count,
     )
-    linked_count = len(linked_users)
-    verdict = guard(the_plan, linked_count, config.options, desired.source_user_count)
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
-    return Prepared(desired, the_plan, verdict, linked_count)
+    return Prepared(view, the_plan, verdict, linked_count)
 
 
-async def dry_run(config: Config, store: Store | None, only_user: str | None = None) -> Prepared:
+async def dry_run(config: Config, store: Store, only_user: str | None = None) -> Prepared:
     async with open_target(config.target) as target:
         return await prepare(config, store, target, only_user=only_user)
 
@@ -228,36 +399,29 @@ async def sync(
     allow_deletions: bool = False,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    now: Clock = utc_now,
 ) -> CycleReport:
-    """One cycle. Directory and target errors propagate before anything is written."""
+    """One cycle. Directory and target errors before the first write leave no trace."""
     async with open_target(config.target) as target:
         prepared = await prepare(
             config, store, target, only_user=only_user, allow_deletions=allow_deletions, now=now
         )
-        cycle_id = store.begin_run("user" if only_user else "full")
+        view, verdict = prepared.view, prepared.verdict
+        if view.mode == "incremental" and not prepared.plan.operations and not verdict.held:
+            # Nothing changed that matters: move the watermark, record no run.
+            if view.watermark is not None:
+                store.set_watermark(WATERMARK, view.watermark)
+            return CycleReport(None, prepared)
+        cycle_id = store.begin_run(view.mode)
         report = CycleReport(cycle_id, prepared)
-        verdict = prepared.verdict
         store.stage_deletions(cycle_id, [op.to_json() for op in verdict.held])
-        for failure in prepared.desired.failures:
-            record_mapping_failure(store, cycle_id, failure, config, now())
-        for conflict in prepared.plan.conflicts:
-            store.audit(
-                cycle_id,
-                "conflict",
-                conflict.kind,
-                conflict.source_id,
-                None,
-                False,
-                conflict.cause,
-                name=conflict.name,
-            )
+        record_refusals(store, cycle_id, prepared, config, now())
         executor = Executor(
             target,
             store,
             cycle_id,
             config,
-            prepared.desired,
+            view.desired,
             progress=progress,
             should_stop=should_stop,
             now=now,
@@ -265,13 +429,20 @@ async def sync(
         try:
             report.outcome = await executor.apply(verdict.allowed)
         finally:
+            report.stopped = should_stop()
             result = (
                 "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
             )
             store.finish_run(cycle_id, result, report.outcome.applied)
+        # Held deletions keep the watermark where it was, so the next cycle meets them again.
+        if view.watermark is not None and not verdict.blocked and not report.stopped:
+            store.set_watermark(WATERMARK, view.watermark)
+            if view.mode == "full":
+                store.set_watermark(LAST_FULL, now().isoformat())
         logger.info(
             "cycle finished",
             cycle_id=cycle_id,
+            mode=view.mode,
             applied=dict(report.outcome.applied),
             failed=len(report.outcome.failed),
             held=len(verdict.held),
@@ -279,29 +450,28 @@ async def sync(
         return report
 
 
-def record_mapping_failure(
-    store: Store, cycle_id: str, failure: MappingFailure, config: Config, now: datetime
+def record_refusals(
+    store: Store, cycle_id: str, prepared: Prepared, config: Config, now: datetime
 ) -> None:
-    store.audit(
-        cycle_id,
-        "map",
-        failure.kind,
-        failure.source_id,
-        None,
-        False,
-        failure.cause,
-        name=failure.name,
-    )
-    store.record_failure(
-        failure.kind,
-        failure.source_id,
-        failure.name,
-        "map",
-        failure.cause,
-        source_fingerprint=fingerprint({"cause": failure.cause}),
-        now=now,
-        max_retries=config.options.max_retries,
-    )
+    """Records the planner or the mapping refused: audited, listed by `status`."""
+    for conflict in prepared.plan.conflicts:
+        store.audit(
+            cycle_id, "conflict", conflict.kind, conflict.source_id, None, False,
+            conflict.cause, name=conflict.name,
+        )  # fmt: skip
+    for failure in prepared.desired.failures:
+        store.audit(
+            cycle_id, "map", failure.kind, failure.source_id, None, False, failure.cause,
+            name=failure.name,
+        )  # fmt: skip
+        store.record_failure(
+            failure.kind, failure.source_id, failure.name, "map", failure.cause,
+            source_fingerprint=fingerprint({"cause": failure.cause}),
+            now=now, max_retries=config.options.max_retries,
+        )  # fmt: skip
+
+
+# --- check ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +496,7 @@ def check_directory(config: Config) -> DirectoryCheck:
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         server = directory.server_info()
         snapshot = directory.read()
-    desired = map_snapshot(snapshot, mapper, config)
+    _, failures = map_users(snapshot.users.values(), mapper)
     memberships = sum(
         len(group.member_guids & snapshot.users.keys()) for group in snapshot.groups.values()
     )
@@ -336,7 +506,7 @@ def check_directory(config: Config) -> DirectoryCheck:
         disabled=sum(1 for user in snapshot.users.values() if user.disabled),
         groups=len(snapshot.groups),
         memberships=memberships,
-        unmappable=desired.failures,
+        unmappable=failures,
     )
 
 
@@ -344,7 +514,7 @@ async def check_target(config: Config) -> TargetCheck:
     async with open_target(config.target) as target:
         spc = await target.service_provider_config()
         listed = 0
-        async for _ in target.iter_users():
+        async for _ in target.iter_users():  # one page is enough to prove the key works
             listed += 1
             break
         total = getattr(target, "last_total_results", None)

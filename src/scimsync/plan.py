@@ -20,7 +20,6 @@ It follows the rules table in design.md. Decisions beyond the table:
 - Groups are created empty, then filled by add_members. A group found at the target is
   linked; `target_members` for its source id, when given, lets this plan remove members
   that are not ours at once, otherwise the next full reconciliation does it.
-- With match_groups_by externalId the group's source id is its externalId.
 """
 
 from __future__ import annotations
@@ -82,8 +81,6 @@ def user_key(user: DesiredUser, options: Options) -> str:
 
 
 def group_key(group: DesiredGroup, options: Options) -> str:
-    if options.match_groups_by == "externalId":
-        return group.source_id.lower()
     return group.display_name.lower()
 
 
@@ -93,7 +90,7 @@ def plan(inp: PlanInput, options: Options) -> Plan:
     ops = list(users.ops)
     conflicts = list(users.conflicts)
     if options.groups:
-        groups = _GroupPlanner(inp, options, users.provisioned, users.deleted)
+        groups = _GroupPlanner(inp, options, users)
         groups.run()
         ops += groups.ops
         conflicts += groups.conflicts
@@ -124,6 +121,7 @@ class _UserPlanner:
         self.conflicts: list[Conflict] = []
         self.provisioned: set[str] = set()  # linked, or linked/created by this plan
         self.deleted: set[str] = set()  # deleted by this plan
+        self.adopted: dict[str, str] = {}  # target id -> source id, linked by this plan
 
     def run(self) -> None:
         inp = self.inp
@@ -195,6 +193,7 @@ class _UserPlanner:
         found = self.inp.target_users.get(key) if key else None
         if found is not None:
             self.provisioned.add(desired.source_id)
+            self.adopted[found.target_id] = desired.source_id
             self.ops.append(self._link(desired, found))
         elif options.create_users:
             self.provisioned.add(desired.source_id)
@@ -284,15 +283,15 @@ class _UserPlanner:
 
 
 class _GroupPlanner:
-    def __init__(
-        self, inp: PlanInput, options: Options, provisioned: set[str], deleted: set[str]
-    ) -> None:
+    def __init__(self, inp: PlanInput, options: Options, users: _UserPlanner) -> None:
         self.inp = inp
         self.options = options
-        self.provisioned = provisioned - deleted
-        self.deleted = deleted
+        self.provisioned = users.provisioned - users.deleted
+        self.deleted = users.deleted
         self.skipped_users = {sid for kind, sid in inp.skip if kind == "user"}
+        # Users adopted by this plan are ours by the time memberships are written.
         self.ours = {link.target_id: sid for sid, link in inp.linked_users.items()}
+        self.ours.update(users.adopted)
         self.ops: list[Operation] = []
         self.conflicts: list[Conflict] = []
 
