@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scimsync.config import Options
 from scimsync.model import (
     Action,
     DesiredGroup,
     DesiredUser,
+    Kind,
     LinkedGroup,
     LinkedUser,
     Operation,
@@ -394,3 +398,303 @@ def test_order_is_deterministic_whatever_the_input_order() -> None:
         plans.append([op.to_json() for op in run(make(users, linked, groups)).operations])
     assert all(p == plans[0] for p in plans)
     assert len(plans[0]) > 30
+
+
+# --- properties: a tiny in-memory target and store -----------------------------------------
+#
+# `World` holds what the target holds and what the store links; `observe` builds the
+# planner's input the way engine.observe_target does (linked values are what the target
+# shows, unlinked objects are found by lower-cased name); `apply` follows apply.Executor.
+
+NAMES = ["ann", "Ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal", "ivy"]
+GROUP_NAMES = ["Eng", "eng", "Ops", "Sales", "HR", "Legal", "IT"]
+
+
+@dataclass
+class TUser:
+    user_name: str
+    active: bool
+    values: dict[str, str]
+
+
+@dataclass
+class TGroup:
+    name: str
+    members: set[str]
+
+
+@dataclass
+class World:
+    desired_users: dict[str, DesiredUser]
+    desired_groups: dict[str, DesiredGroup]
+    users: dict[str, TUser]  # target id -> account
+    groups: dict[str, TGroup]
+    user_links: dict[str, LinkedUser]  # as the store records them
+    group_links: dict[str, LinkedGroup]
+    skip: frozenset[tuple[Kind, str]]
+    scope: Literal["full", "partial"]
+    next_id: int = 0
+
+    def new_id(self, prefix: str) -> str:
+        self.next_id += 1
+        return f"{prefix}{self.next_id}"
+
+    def observe(self) -> PlanInput:
+        linked_users = {}
+        for sid, link in self.user_links.items():
+            seen = self.users[link.target_id]
+            keys = set(link.values) | set(self.desired_users.get(sid, du(sid)).values)
+            drift = {k: seen.values[k] for k in keys if k in seen.values}
+            linked_users[sid] = replace(link, values=drift, active=seen.active)
+        ours_u = {link.target_id for link in self.user_links.values()}
+        ours_g = {link.target_id: sid for sid, link in self.group_links.items()}
+        target_groups = {
+            g.name.lower(): TargetRef(tid, g.name)
+            for tid, g in self.groups.items()
+            if tid not in ours_g
+        }
+        members = {sid: frozenset(self.groups[tid].members) for tid, sid in ours_g.items()}
+        for sid, group in self.desired_groups.items():  # groups about to be adopted
+            found = target_groups.get(group.display_name.lower())
+            if sid not in self.group_links and found is not None:
+                members[sid] = frozenset(self.groups[found.target_id].members)
+        return PlanInput(
+            desired_users=self.desired_users,
+            desired_groups=self.desired_groups,
+            linked_users=linked_users,
+            linked_groups=dict(self.group_links),
+            target_users={
+                u.user_name.lower(): TargetRef(tid, u.user_name, u.active)
+                for tid, u in self.users.items()
+                if tid not in ours_u
+            },
+            target_groups=target_groups,
+            target_members=members,
+            skip=self.skip,
+            scope=self.scope,
+        )
+
+    def apply(self, the_plan: Plan) -> None:
+        for op in the_plan.operations:  # already in the executor's phase order
+            getattr(self, f"_{op.kind}_{op.action.value}")(op)
+
+    def _pushed(self, op: Operation, before: dict[str, str]) -> dict[str, str]:
+        values = {**before, **{k: str(v) for k, v in op.values.items() if k != "active"}}
+        return {k: v for k, v in values.items() if k not in op.removed}
+
+    def _write(self, tid: str, op: Operation) -> None:
+        account = self.users[tid]
+        for key, value in op.values.items():
+            if key == "active":
+                account.active = bool(value)
+            elif key != "userName":
+                account.values[key] = str(value)
+        for key in op.removed:
+            account.values.pop(key, None)
+
+    def _user_create(self, op: Operation) -> None:
+        desired = self.desired_users[op.source_id]
+        assert all(u.user_name.lower() != desired.user_name.lower() for u in self.users.values())
+        tid = self.new_id("U")
+        values = {k: str(v) for k, v in op.values.items()}
+        self.users[tid] = TUser(desired.user_name, desired.active, values)
+        pushed = self._pushed(op, {})
+        self.user_links[op.source_id] = LinkedUser(
+            op.source_id, tid, desired.user_name, desired.active, pushed
+        )
+
+    def _user_link(self, op: Operation) -> None:
+        assert op.target_id is not None
+        assert op.target_id not in {link.target_id for link in self.user_links.values()}
+        desired = self.desired_users[op.source_id]
+        self._write(op.target_id, op)
+        active = bool(op.values.get("active", desired.active))
+        self.user_links[op.source_id] = LinkedUser(
+            op.source_id, op.target_id, desired.user_name, active, self._pushed(op, {})
+        )
+
+    def _user_update(self, op: Operation) -> None:
+        link = self.user_links[op.source_id]
+        self._write(link.target_id, op)
+        active = bool(op.values.get("active", link.active))
+        pushed = self._pushed(op, {k: str(v) for k, v in link.values.items()})
+        self.user_links[op.source_id] = replace(link, active=active, values=pushed)
+
+    def _user_disable(self, op: Operation) -> None:
+        link = self.user_links[op.source_id]
+        self.users[link.target_id].active = False
+        self.user_links[op.source_id] = replace(link, active=False)
+
+    def _user_delete(self, op: Operation) -> None:
+        link = self.user_links.pop(op.source_id)
+        del self.users[link.target_id]
+        for group in self.groups.values():
+            group.members.discard(link.target_id)
+
+    def _group_create(self, op: Operation) -> None:
+        assert all(g.name.lower() != op.name.lower() for g in self.groups.values())
+        tid = self.new_id("G")
+        self.groups[tid] = TGroup(op.name, set())
+        self.group_links[op.source_id] = LinkedGroup(op.source_id, tid, op.name, frozenset())
+
+    def _group_link(self, op: Operation) -> None:
+        assert op.target_id is not None
+        assert op.target_id not in {link.target_id for link in self.group_links.values()}
+        ours = {link.target_id: sid for sid, link in self.user_links.items()}
+        members = frozenset(ours[t] for t in self.groups[op.target_id].members if t in ours)
+        self.group_links[op.source_id] = LinkedGroup(op.source_id, op.target_id, op.name, members)
+
+    def _group_rename(self, op: Operation) -> None:
+        link = self.group_links[op.source_id]
+        others = [g for tid, g in self.groups.items() if tid != link.target_id]
+        assert all(g.name.lower() != op.name.lower() for g in others)
+        self.groups[link.target_id].name = op.name
+        self.group_links[op.source_id] = replace(link, display_name=op.name)
+
+    def _group_add_members(self, op: Operation) -> None:
+        link = self.group_links[op.source_id]
+        ids = {self.user_links[m].target_id for m in op.members}  # KeyError: member not created
+        self.groups[link.target_id].members |= ids
+        self.group_links[op.source_id] = replace(
+            link, member_source_ids=link.member_source_ids | frozenset(op.members)
+        )
+
+    def _group_remove_members(self, op: Operation) -> None:
+        link = self.group_links[op.source_id]
+        ids = {self.user_links[m].target_id for m in op.members if m in self.user_links}
+        self.groups[link.target_id].members -= ids | set(op.target_members)
+        self.group_links[op.source_id] = replace(
+            link, member_source_ids=link.member_source_ids - frozenset(op.members)
+        )
+
+    def _group_delete(self, op: Operation) -> None:
+        link = self.group_links.pop(op.source_id)
+        del self.groups[link.target_id]
+
+
+_MOSTLY = st.sampled_from([True, True, True, False])
+_VALUES = st.dictionaries(
+    st.sampled_from(["title", "department", "nickName"]), st.sampled_from(["a", "b"]), max_size=3
+)
+_OPTIONS = st.builds(
+    Options,
+    create_users=_MOSTLY,
+    update_users=_MOSTLY,
+    deprovision_users=_MOSTLY,
+    provision_disabled_users=st.booleans(),
+    remove_user_action=st.sampled_from(["disable", "delete"]),
+    groups=_MOSTLY,
+)
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    """Small worlds where names often collide, links often agree, and the target drifts."""
+    sids = [f"u{i}" for i in range(6)]
+    desired_users = {}
+    for sid in draw(st.lists(st.sampled_from(sids), unique=True, max_size=6)):
+        name = draw(st.sampled_from(NAMES))
+        values = {"userName": name, "emails.work": f"{name}@x", **draw(_VALUES)}
+        create_only = frozenset(draw(st.sets(st.sampled_from(["title"]))))
+        desired_users[sid] = DesiredUser(sid, name, draw(_MOSTLY), values, create_only)
+    users: dict[str, TUser] = {}
+    user_links: dict[str, LinkedUser] = {}
+
+    def account(name: str) -> str | None:
+        """A target account named `name`, unless the name is taken (the target refuses)."""
+        if any(u.user_name.lower() == name.lower() for u in users.values()):
+            return None
+        tid = f"T{len(users)}"
+        users[tid] = TUser(name, draw(_MOSTLY), {"userName": name, **draw(_VALUES)})
+        return tid
+
+    for sid in draw(st.lists(st.sampled_from([*desired_users, *sids]), unique=True, max_size=4)):
+        keep_name = sid in desired_users and draw(_MOSTLY)
+        name = desired_users[sid].user_name if keep_name else draw(st.sampled_from(NAMES))
+        tid = account(name)
+        if tid is not None:
+            pushed = draw(_VALUES) if draw(st.booleans()) else dict(users[tid].values)
+            user_links[sid] = LinkedUser(sid, tid, name, users[tid].active, pushed)
+    for name in draw(st.lists(st.sampled_from(NAMES), max_size=3)):
+        account(name)  # not linked: adoptable, or foreign
+
+    gsids = [f"g{i}" for i in range(5)]
+    in_scope = sorted(desired_users) or ["none"]
+    desired_groups = {
+        sid: DesiredGroup(
+            sid,
+            draw(st.sampled_from(GROUP_NAMES)),
+            frozenset(draw(st.sets(st.sampled_from(in_scope)))) & desired_users.keys(),
+        )
+        for sid in draw(st.lists(st.sampled_from(gsids), unique=True, max_size=4))
+    }
+    groups: dict[str, TGroup] = {}
+    group_links: dict[str, LinkedGroup] = {}
+
+    def group(name: str) -> str | None:
+        if any(g.name.lower() == name.lower() for g in groups.values()):
+            return None
+        tid = f"TG{len(groups)}"
+        groups[tid] = TGroup(name, draw(st.sets(st.sampled_from([*users, "HAND"]))))
+        return tid
+
+    for sid in draw(st.lists(st.sampled_from([*desired_groups, *gsids]), unique=True, max_size=3)):
+        keep_name = sid in desired_groups and draw(st.booleans())
+        name = desired_groups[sid].display_name if keep_name else draw(st.sampled_from(GROUP_NAMES))
+        tid = group(name)
+        if tid is not None:
+            ours = {link.target_id: s for s, link in user_links.items()}
+            actual = frozenset(ours[t] for t in groups[tid].members if t in ours)
+            recorded = (
+                actual
+                if draw(st.booleans())
+                else frozenset(draw(st.sets(st.sampled_from(sorted(user_links) or ["u0"]))))
+            )
+            group_links[sid] = LinkedGroup(sid, tid, name, recorded)
+    for name in draw(st.lists(st.sampled_from(GROUP_NAMES), max_size=2)):
+        group(name)
+
+    everything: list[tuple[Kind, str]] = [("user", s) for s in sids]
+    everything += [("group", g) for g in gsids]
+    skip = frozenset(draw(st.sets(st.sampled_from(everything), max_size=1)))
+    scope: Literal["full", "partial"] = draw(st.sampled_from(["full", "full", "partial"]))
+    return World(desired_users, desired_groups, users, groups, user_links, group_links, skip, scope)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(), options=_OPTIONS)
+def test_applying_a_plan_then_planning_again_gives_nothing(world: World, options: Options) -> None:
+    first = plan(world.observe(), options)
+    world.apply(first)
+    later = plan(world.observe(), options)
+    if not first.conflicts:
+        assert later.operations == (), (first, later)
+    # A conflict over a name that this cycle frees (a deletion, a rename) clears next
+    # cycle; a chain of them clears one link per cycle.
+    for _ in range(len(first.conflicts)):
+        world.apply(later)
+        later = plan(world.observe(), options)
+    assert later.operations == (), (first, later)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(), options=_OPTIONS)
+def test_no_plan_touches_a_target_object_neither_linked_nor_matched(
+    world: World, options: Options
+) -> None:
+    inp = world.observe()
+    the_plan = plan(inp, options)
+    known = {link.target_id for link in inp.linked_users.values()}
+    known |= {link.target_id for link in inp.linked_groups.values()}
+    wanted_users = {d.user_name.lower() for d in inp.desired_users.values()}
+    wanted_groups = {d.display_name.lower() for d in inp.desired_groups.values()}
+    matched = {ref.target_id for key, ref in inp.target_users.items() if key in wanted_users}
+    matched |= {ref.target_id for key, ref in inp.target_groups.items() if key in wanted_groups}
+    members_seen: set[str] = set().union(*inp.target_members.values())
+    for op in the_plan.operations:
+        assert op.target_id is None or op.target_id in known | matched, op
+        assert set(op.target_members) <= members_seen, op
+        if op.action is Action.LINK:
+            assert op.target_id in matched
+        if (op.kind, op.source_id) in inp.skip:
+            raise AssertionError(f"skipped record planned: {op}")
