@@ -399,16 +399,13 @@ class _GroupPlanner:
     ) -> None:
         """Target membership := the directory's members that scimsync provisions."""
         name = name if name is not None else desired.display_name
-        current = set(recorded)
-        extras: tuple[str, ...] = ()
+        # `present`: our users the target shows (or, without a reading, what was pushed);
+        # removals also cover what was pushed, so the store's member set stays truthful.
+        present, extras = set(recorded), tuple[str, ...]()
         if at_target is not None:
-            current = {self.ours[t] for t in at_target if t in self.ours} | set(recorded)
+            present = {self.ours[t] for t in at_target if t in self.ours}
             extras = tuple(sorted(t for t in at_target if t not in self.ours))
-        present = (
-            {self.ours[t] for t in at_target if t in self.ours}
-            if at_target is not None
-            else set(recorded)
-        )
+        current = present | recorded
         keep = desired.member_source_ids - self.deleted
         add = (keep & self.provisioned) - present - self.skipped_users
         remove = current - keep - self.skipped_users
