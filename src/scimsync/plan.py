@@ -17,6 +17,8 @@ It follows the rules table in design.md. Decisions beyond the table:
   PingFederate docs warn of). Leaving scope still follows remove_user_action.
 - A name held by a linked object of another source id (say a user deleted and a new one
   given the name) is a Conflict until that object is gone, so creates never race deletes.
+  A chain of such renames clears one step per cycle; two groups swapping names stay in
+  conflict until one is renamed by hand.
 - Groups are created empty, then filled by add_members. A group found at the target is
   linked; `target_members` for its source id, when given, lets this plan remove members
   that are not ours at once, otherwise the next full reconciliation does it.
