@@ -364,7 +364,7 @@ class _GroupPlanner:
         name = desired.display_name
         if name != linked.display_name:
             taken = self.inp.target_groups.get(name.lower())
-            if taken is not None and self.options.match_groups_by == "displayName":
+            if taken is not None:
                 self._conflict(
                     desired,
                     f"cannot rename from {linked.display_name!r}: the target holds another "
