@@ -1,0 +1,141 @@
+"""Running the emulator: blocking for the CLI, or in a background thread for tests and the demo."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from scimsync.emulator.app import PREFIX, Emulator, create_app, render_group, render_user
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{PREFIX}"
+
+
+def _server(app: Starlette) -> uvicorn.Server:
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    return uvicorn.Server(config)
+
+
+def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> None:
+    """Runs the emulator until SIGINT/SIGTERM; prints the URL to put in `target.url`.
+
+    A bad option or data file ends the process with one line on stderr and exit code 2.
+    """
+    try:
+        app = create_app(token, **options)
+        sock = _bind(host, port)
+    except (ValueError, OSError) as exc:
+        print(f"scimsync emulate: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data_file = options.get("data_file")
+    print(f"Atlassian SCIM emulator listening; target.url: {_url(host, sock.getsockname()[1])}")
+    if data_file:
+        print(f"data kept in {data_file} (saved after every write)")
+    sys.stdout.flush()
+    _server(app).run(sockets=[sock])
+
+
+class RunningEmulator:
+    """The emulator on a free loopback port, served from a background thread.
+
+    `with RunningEmulator(token=...) as emulator:` then point a client at `emulator.url`.
+    """
+
+    def __init__(self, token: str | None = None, **options: Any) -> None:
+        self.token = token or secrets.token_urlsafe(24)
+        self.app = create_app(self.token, **options)
+        self._state: Emulator = self.app.state.emulator
+        self._sock = _bind("127.0.0.1", 0)
+        self.port: int = self._sock.getsockname()[1]
+        self.url = _url("127.0.0.1", self.port)
+        self._server = _server(self.app)
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:  # never the token
+        return f"RunningEmulator(url={self.url!r})"
+
+    def start(self, timeout: float = 10.0) -> RunningEmulator:
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the emulator did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._sock.close()
+
+    def __enter__(self) -> RunningEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def data_file(self) -> Path | None:
+        return self._state.directory.data_file
+
+    def stats(self) -> dict[str, Any]:
+        """{"total", "by_method", "by_resource" ("GET Users"...), "by_status", "dropped"}."""
+        return self._state.stats.as_dict()
+
+    def reset_stats(self) -> None:
+        self._state.stats.reset()
+
+    def configure(self, **options: Any) -> None:
+        """Changes rename, rate, latency_ms, fault_rate, lost_response_rate or seed."""
+        self._state.configure(**options)
+
+    def reset(self) -> None:
+        """Empty directory, zero counters, default modes: a fresh emulator for the next test."""
+        self._state.directory.wipe()
+        self._state.stats.reset()
+        self._state.reset_modes()
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user as GET /Users/{id} would show it."""
+        with self._state.directory.lock:
+            return [
+                render_user(self._state, u, self.url) for u in self._state.directory.users.values()
+            ]
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Every group as GET /Groups/{id} would show it, members included."""
+        with self._state.directory.lock:
+            return [
+                render_group(self._state, g, self.url)
+                for g in self._state.directory.groups.values()
+            ]

@@ -1,0 +1,289 @@
+"""The emulated directory: users and groups in memory, indexed so every check is O(1)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scimsync.emulator.errors import ScimError, invalid_value, not_found
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _uniqueness(detail: str) -> ScimError:
+    return ScimError(409, detail, "uniqueness")
+
+
+@dataclass
+class Group:
+    id: str
+    display_name: str
+    external_id: str | None
+    members: dict[str, None]  # an ordered set of user ids
+    created: str
+    last_modified: str
+
+
+@dataclass
+class Directory:
+    """Users and groups with the indexes Atlassian's uniqueness rules need.
+
+    Every public method holds the lock, so test threads may read snapshots while the
+    server thread writes. With `data_file`, each write saves the whole directory
+    (write to a temporary file, then rename), so a killed emulator loses nothing.
+    """
+
+    data_file: Path | None = None
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    by_user_name: dict[str, str] = field(default_factory=dict)
+    by_email: dict[str, str] = field(default_factory=dict)
+    by_external_id: dict[str, dict[str, None]] = field(default_factory=dict)
+    by_group_name: dict[str, str] = field(default_factory=dict)
+    memberships: dict[str, dict[str, None]] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # --- users ---------------------------------------------------------------------------
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        with self.lock:
+            if user_id not in self.users:
+                raise not_found("USER", user_id)
+            return self.users[user_id]
+
+    def create_user(self, cleaned: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self._check_user_unique(cleaned, None)
+            now = _now()
+            user = {"id": str(uuid.uuid4()), **cleaned, "created": now, "lastModified": now}
+            self._index_user(user)
+            self._saved()
+            return user
+
+    def replace_user(self, user_id: str, cleaned: dict[str, Any]) -> dict[str, Any]:
+        """PUT semantics: attributes left out of `cleaned` are cleared."""
+        with self.lock:
+            old = self.user(user_id)
+            self._check_user_unique(cleaned, user_id)
+            self._unindex_user(old)
+            user = {
+                "id": user_id,
+                **cleaned,
+                "created": old["created"],
+                "lastModified": _now(),
+            }
+            self._index_user(user)
+            self._saved()
+            return user
+
+    def delete_user(self, user_id: str) -> None:
+        """Removes the record and its memberships; the id answers 404 from then on."""
+        with self.lock:
+            user = self.user(user_id)
+            for group_id in self.memberships.pop(user_id, {}):
+                self.groups[group_id].members.pop(user_id, None)
+            self._unindex_user(user)
+            self._saved()
+
+    def find_users(self, attribute: str | None, value: str | None) -> list[dict[str, Any]]:
+        with self.lock:
+            if attribute is None or value is None:
+                return list(self.users.values())
+            if attribute == "userName":
+                found = self.by_user_name.get(value.lower())
+                return [self.users[found]] if found else []
+            ids = self.by_external_id.get(value, {})
+            return [self.users[i] for i in ids]
+
+    def groups_of(self, user_id: str) -> list[Group]:
+        with self.lock:
+            return [self.groups[g] for g in self.memberships.get(user_id, {})]
+
+    def _check_user_unique(self, user: dict[str, Any], own_id: str | None) -> None:
+        holder = self.by_user_name.get(user["userName"].lower())
+        if holder is not None and holder != own_id:
+            raise _uniqueness(f"Resource [USER]: with userName[{user['userName']}] already exists.")
+        for email in user["emails"]:
+            holder = self.by_email.get(email["value"].lower())
+            if holder is not None and holder != own_id:
+                # The exact wording of Atlassian's 409 (atlassian-scim-api.md section 2).
+                raise _uniqueness(f"Resource [USER]: with email[{email['value']}] already exists.")
+
+    def _index_user(self, user: dict[str, Any]) -> None:
+        user_id = user["id"]
+        self.users[user_id] = user
+        self.by_user_name[user["userName"].lower()] = user_id
+        for email in user["emails"]:
+            self.by_email[email["value"].lower()] = user_id
+        if "externalId" in user:
+            self.by_external_id.setdefault(user["externalId"], {})[user_id] = None
+
+    def _unindex_user(self, user: dict[str, Any]) -> None:
+        user_id = user["id"]
+        del self.users[user_id]
+        self.by_user_name.pop(user["userName"].lower(), None)
+        for email in user["emails"]:
+            if self.by_email.get(email["value"].lower()) == user_id:
+                del self.by_email[email["value"].lower()]
+        if "externalId" in user:
+            holders = self.by_external_id.get(user["externalId"], {})
+            holders.pop(user_id, None)
+            if not holders:
+                self.by_external_id.pop(user["externalId"], None)
+
+    # --- groups --------------------------------------------------------------------------
+
+    def group(self, group_id: str) -> Group:
+        with self.lock:
+            if group_id not in self.groups:
+                raise not_found("GROUP", group_id)
+            return self.groups[group_id]
+
+    def create_group(self, name: str, external_id: str | None, members: list[str]) -> Group:
+        with self.lock:
+            self._check_group_name(name, None)
+            self._check_members(members)
+            now = _now()
+            group = Group(str(uuid.uuid4()), name, external_id, {}, now, now)
+            self.groups[group.id] = group
+            self.by_group_name[name.lower()] = group.id
+            self._set_members(group, dict.fromkeys(members))
+            self._saved()
+            return group
+
+    def update_group(
+        self,
+        group_id: str,
+        name: str,
+        external_id: str | None,
+        members: dict[str, None],
+        *,
+        allow_rename: bool,
+    ) -> Group:
+        """Sets all of a group's state at once, after every check passed."""
+        with self.lock:
+            group = self.group(group_id)
+            if name != group.display_name:
+                if not allow_rename:
+                    raise ScimError(400, "displayName is immutable", "mutability")
+                self._check_group_name(name, group_id)
+            self._check_members(list(members))
+            self.by_group_name.pop(group.display_name.lower(), None)
+            self.by_group_name[name.lower()] = group_id
+            group.display_name = name
+            group.external_id = external_id
+            self._set_members(group, members)
+            group.last_modified = _now()
+            self._saved()
+            return group
+
+    def delete_group(self, group_id: str) -> None:
+        with self.lock:
+            group = self.group(group_id)
+            self._set_members(group, {})
+            del self.groups[group_id]
+            self.by_group_name.pop(group.display_name.lower(), None)
+            self._saved()
+
+    def find_groups(self, display_name: str | None) -> list[Group]:
+        with self.lock:
+            if display_name is None:
+                return list(self.groups.values())
+            found = self.by_group_name.get(display_name.lower())
+            return [self.groups[found]] if found else []
+
+    def _check_group_name(self, name: str, own_id: str | None) -> None:
+        holder = self.by_group_name.get(name.lower())
+        if holder is not None and holder != own_id:
+            raise _uniqueness(f"Resource [GROUP]: with displayName[{name}] already exists.")
+
+    def _check_members(self, members: list[str]) -> None:
+        for user_id in members:
+            if user_id not in self.users:
+                raise invalid_value(f"member {user_id} is not a user of this directory")
+
+    def _set_members(self, group: Group, members: dict[str, None]) -> None:
+        for user_id in group.members:
+            if user_id not in members:
+                self.memberships.get(user_id, {}).pop(group.id, None)
+        for user_id in members:
+            self.memberships.setdefault(user_id, {})[group.id] = None
+        group.members = members
+
+    # --- whole directory -----------------------------------------------------------------
+
+    def wipe(self) -> None:
+        with self.lock:
+            for index in (
+                self.users,
+                self.groups,
+                self.by_user_name,
+                self.by_email,
+                self.by_external_id,
+                self.by_group_name,
+                self.memberships,
+            ):
+                index.clear()
+            self._saved()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "users": copy.deepcopy(list(self.users.values())),
+                "groups": [
+                    {
+                        "id": g.id,
+                        "displayName": g.display_name,
+                        "externalId": g.external_id,
+                        "members": list(g.members),
+                        "created": g.created,
+                        "lastModified": g.last_modified,
+                    }
+                    for g in self.groups.values()
+                ],
+            }
+
+    def load(self) -> None:
+        """Reads `data_file` if it exists; a file that is not ours is a one-line error."""
+        if self.data_file is None or not self.data_file.exists():
+            return
+        try:
+            data = json.loads(self.data_file.read_text(encoding="utf-8"))
+            with self.lock:
+                for user in data["users"]:
+                    self._index_user(user)
+                for raw in data["groups"]:
+                    group = Group(
+                        raw["id"],
+                        raw["displayName"],
+                        raw.get("externalId"),
+                        {},
+                        raw["created"],
+                        raw["lastModified"],
+                    )
+                    self.groups[group.id] = group
+                    self.by_group_name[group.display_name.lower()] = group.id
+                    self._set_members(group, dict.fromkeys(raw["members"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{self.data_file}: not an emulator data file ({exc})") from None
+
+    def _saved(self) -> None:
+        if self.data_file is None:
+            return
+        text = json.dumps(self.snapshot())
+        directory = self.data_file.parent
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=directory, prefix=".emulator-", delete=False
+        ) as handle:
+            handle.write(text)
+        os.replace(handle.name, self.data_file)
