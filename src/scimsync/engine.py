@@ -287,9 +287,17 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
                 del linked_groups[source_id]
                 continue
             target_members[source_id] = seen_group.member_ids
-        for group in remote_groups.values():
-            if group.id not in linked_group_ids:
-                target_groups[group.display_name.lower()] = TargetRef(group.id, group.display_name)
+        unlinked = {
+            group.display_name.lower(): group
+            for group in remote_groups.values()
+            if group.id not in linked_group_ids
+        }
+        target_groups = {k: TargetRef(g.id, g.display_name) for k, g in unlinked.items()}
+        for source_id, wanted_group in desired.groups.items():
+            match = unlinked.get(wanted_group.display_name.lower())
+            if source_id not in linked_groups and match is not None:
+                # Adopted now: members added by hand go in the same cycle.
+                target_members[source_id] = match.member_ids
     return PlanInput(
         desired_users=desired.users,
         desired_groups=desired.groups,

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
-from rich.table import Table
 
-from scimsync.model import Operation
+from scimsync.model import Action, Operation
 
 if TYPE_CHECKING:
     from scimsync.apply import Progress
@@ -51,14 +50,16 @@ def plan_json(prepared: Prepared) -> dict[str, object]:
 
 def _describe(op: Operation) -> str:
     detail = ""
-    if op.members:
-        detail = f" ({len(op.members)} member{'s' if len(op.members) != 1 else ''})"
-    elif op.values:
-        keys = sorted(k for k in op.values if k != "active")
-        if keys:
-            detail = f" ({', '.join(keys)})"
-        elif "active" in op.values:
-            detail = " (active)" if op.values["active"] else " (inactive)"
+    if op.members or op.target_members:
+        count = len(op.members) + len(op.target_members)
+        detail = f" ({count} member{'s' if count != 1 else ''})"
+    elif op.action is Action.RENAME:
+        detail = f" (was {op.values.get('previousName', '?')})"
+    elif op.action in (Action.UPDATE, Action.LINK):
+        keys = sorted({*(k for k in op.values if k != "active"), *op.removed})
+        if "active" in op.values:
+            keys.append("active" if op.values["active"] else "inactive")
+        detail = f" ({', '.join(keys)})" if keys else ""
     return f"{op.action.value:<15}{op.kind:<6}{op.name}{detail}"
 
 
@@ -127,23 +128,20 @@ def print_target_check(console: Console, check: TargetCheck) -> None:
 
 
 def print_status(console: Console, store: Store) -> None:
-    runs = store.runs(limit=5)
-    table = Table("cycle", "started", "finished", "mode", "result", "applied", box=None)
-    for run in runs:
-        applied = ", ".join(f"{n} {a}" for a, n in sorted(run.summary.items())) or "-"
-        table.add_row(
-            run.cycle_id[:12],
-            _time(run.started_at),
-            _time(run.finished_at),
-            run.mode,
-            run.result or "running",
-            applied,
-        )
     console.print(
         f"linked: {store.count_linked('user')} users, {store.count_linked('group')} groups",
         markup=False,
     )
-    console.print(table if runs else "no cycles yet")
+    runs = store.runs(limit=5)
+    if not runs:
+        console.print("no cycles yet")
+    for run in runs:
+        applied = ", ".join(f"{n} {a}" for a, n in sorted(run.summary.items())) or "no changes"
+        console.print(
+            f"cycle {run.cycle_id[:12]} {run.mode:<11} {run.result or 'running':<8} "
+            f"{_time(run.started_at)}  {applied}",
+            markup=False,
+        )
     failures = store.failures()
     pending = [f for f in failures.values() if not f.quarantined]
     quarantined = [f for f in failures.values() if f.quarantined]

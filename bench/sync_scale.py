@@ -1,0 +1,227 @@
+"""Whole cycles at scale: initial sync, no-change cycle, 100 changes; incremental vs full.
+
+Run: .venv/bin/python -m bench.sync_scale [--users 100000] [--groups 2000] [--latency-ms 0 50]
+
+Real slapd (sandbox) and the Atlassian emulator in a subprocess. Each cycle runs in a child
+process of its own so that its peak RSS is its own. Printed per cycle: wall time, requests
+by method as the emulator counted them, peak RSS. The full reconciliation of the same
+change is the baseline the incremental cycle is compared with, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import ldap
+import yaml
+
+from bench.read_directory import populate
+from scimsync.sandbox.slapd import Slapd, free_port
+
+TOKEN = "bench-token"
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass
+class Row:
+    label: str
+    seconds: float
+    requests: dict[str, int]
+    rss_mb: float
+    exit_code: int
+
+    def line(self) -> str:
+        reqs = " ".join(f"{m}={self.requests.get(m, 0)}" for m in ("GET", *WRITES))
+        writes = sum(self.requests.get(m, 0) for m in WRITES)
+        return (
+            f"| {self.label:<34} | {self.seconds:8.2f} | {writes:7d} | {reqs:<52} | "
+            f"{self.rss_mb:7.0f} | {self.exit_code} |"
+        )
+
+
+HEADER = (
+    f"| {'cycle':<34} | {'wall s':>8} | {'writes':>7} | {'requests by method':<52} | "
+    f"{'RSS MB':>7} | rc |\n|{'-' * 36}|{'-' * 10}|{'-' * 9}|{'-' * 54}|{'-' * 9}|----|"
+)
+
+
+@contextmanager
+def emulator(latency_ms: float) -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "scimsync.emulator", "--port", str(port), "--token", TOKEN]
+    command += ["--latency-ms", str(latency_ms)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx2.get(f"{url}/_emulator/stats", timeout=1)
+                break
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def stats(url: str) -> dict[str, int]:
+    by_method: dict[str, int] = httpx2.get(f"{url}/_emulator/stats", timeout=10).json()["by_method"]
+    return by_method
+
+
+def scim_url(url: str) -> str:
+    body = httpx2.get(f"{url}/_emulator/stats", timeout=10).json()
+    return str(body.get("scim_url", url))
+
+
+def run_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> Row:
+    """One `scimsync sync` in a child process: wall time, its own peak RSS, its requests."""
+    before = stats(emulator_url)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scimsync", "--config", str(config), "sync", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    after = stats(emulator_url)
+    delta = {m: after.get(m, 0) - before.get(m, 0) for m in after}
+    return Row(label, seconds, delta, usage.ru_maxrss / 1024, process.returncode)
+
+
+def make_changes(server: Slapd, base: str, users: int, groups: int, seed: int) -> None:
+    """100 changes: 50 attribute edits, 20 adds, 10 deletions, 20 membership moves."""
+    rng = random.Random(seed)
+    people, grp = f"ou=people,{base}", f"ou=groups,{base}"
+    picks = rng.sample(range(users), 80)
+    conn = server.admin()
+    try:
+        for i in picks[:50]:
+            conn.modify_s(f"uid=u{i:06d},{people}", [(ldap.MOD_REPLACE, "title", [b"Changed"])])
+        for i in picks[50:60]:
+            conn.delete_s(f"uid=u{i:06d},{people}")
+        for i in picks[60:80]:
+            dn = f"uid=u{i:06d},{people}".encode()
+            holding = conn.search_s(grp, ldap.SCOPE_ONELEVEL, f"(member={dn.decode()})", ["cn"])
+            source = next((d for d, _ in holding if not d.startswith("cn=everyone")), None)
+            target = f"cn=g{rng.randrange(groups):03d},{grp}"
+            if source and source != target:
+                conn.modify_s(source, [(ldap.MOD_DELETE, "member", [dn])])
+                conn.modify_s(target, [(ldap.MOD_ADD, "member", [dn])])
+    finally:
+        conn.unbind_s()
+    added = [
+        (
+            f"uid=n{seed:02d}{k:04d},{people}",
+            {
+                "objectClass": [b"inetOrgPerson"],
+                "uid": [f"n{seed:02d}{k:04d}".encode()],
+                "cn": [b"New User"],
+                "sn": [b"New"],
+                "mail": [f"n{seed:02d}{k:04d}@example.com".encode()],
+                "title": [b"Engineer"],
+            },
+        )
+        for k in range(20)
+    ]
+    server.add_entries(added)
+    conn = server.admin()
+    try:
+        conn.modify_s(
+            f"cn=everyone,{base}",
+            [(ldap.MOD_ADD, "member", [dn.encode() for dn, _ in added])],
+        )
+    finally:
+        conn.unbind_s()
+
+
+def write_config(work: Path, server: Slapd, base: str, target: str, concurrency: int) -> Path:
+    path = work / "scimsync.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "state": f"sqlite:///{work / 'state.db'}",
+                "source": {
+                    "url": server.url,
+                    "bind_dn": server.bind_dn,
+                    "bind_password": server.password,
+                    "base_dn": base,
+                    "users": {"filter": "(objectClass=inetOrgPerson)"},
+                    "groups": {"filter": "(objectClass=groupOfNames)"},
+                },
+                "target": {"url": target, "token": TOKEN, "max_concurrency": concurrency},
+                "options": {"max_deletions": "100%"},
+                "mapping": {"title": "title", "displayName": "cn"},
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+def reset(config: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "scimsync", "--config", str(config), "reset"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def bench(users: int, groups: int, latency_ms: float, concurrency: int) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="scimsync-bench-") as tmp, Slapd() as server:
+        started = time.perf_counter()
+        base = populate(server, users, groups)
+        print(f"  directory: {users} users, {groups + 1} groups loaded in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+        with emulator(latency_ms) as url:
+            config = write_config(Path(tmp), server, base, scim_url(url), concurrency)
+            tag = f"{latency_ms:g} ms"
+            rows.append(run_cycle(config, url, f"initial sync, {tag}"))
+            rows.append(run_cycle(config, url, f"no change, incremental, {tag}"))
+            reset(config)
+            rows.append(run_cycle(config, url, f"no change, full (baseline), {tag}"))
+            make_changes(server, base, users, groups, seed=1)
+            rows.append(run_cycle(config, url, f"100 changes, incremental, {tag}"))
+            make_changes(server, base, users, groups, seed=2)
+            reset(config)
+            rows.append(run_cycle(config, url, f"100 changes, full (baseline), {tag}"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--groups", type=int, default=2_000)
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 50.0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    print(f"sync at scale: {args.users} users, {args.groups} groups, "
+          f"max_concurrency {args.concurrency}", flush=True)  # fmt: skip
+    rows: list[Row] = []
+    for latency in args.latency_ms:
+        rows += bench(args.users, args.groups, latency, args.concurrency)
+    print(HEADER)
+    for row in rows:
+        print(row.line())
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(the bench process itself: peak RSS {own:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
