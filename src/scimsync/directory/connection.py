@@ -6,10 +6,17 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import ldap
-from ldap.controls import SimplePagedResultsControl
+from ldap.controls import LDAPControl, SimplePagedResultsControl
+from ldap.syncrepl import (
+    SyncDoneControl,
+    SyncInfoMessage,
+    SyncRequestControl,
+    SyncStateControl,
+)
 
 from scimsync.config import SourceConfig
 from scimsync.directory.errors import DirectoryAuthError, DirectoryError, DirectoryUnreachable
@@ -21,6 +28,19 @@ Entry = tuple[str, dict[str, list[bytes]]]
 LOOKUP_WINDOW = 256
 
 _UNREACHABLE = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.TIMEOUT, ldap.UNAVAILABLE)
+
+
+@dataclass
+class SyncRefresh:
+    """What one RFC 4533 refreshOnly search returned."""
+
+    entries: list[tuple[str, str, dict[str, list[bytes]]]] = field(default_factory=list)
+    deleted: set[str] = field(default_factory=set)  # entryUUIDs
+    cookie: str | None = None
+    # False when the server could not replay its session log and fell back to a present
+    # phase (RFC 4533 3.3.1): the entries are then all of them, and deletions are implicit.
+    incremental: bool = True
+    truncated: bool = False  # the server's size limit cut the refresh short
 
 
 class Connection:
@@ -70,7 +90,13 @@ class Connection:
 
     # --- searches ---------------------------------------------------------------------
 
-    def paged(self, base: str, filterstr: str, attrs: Sequence[str]) -> Iterator[Entry]:
+    def paged(
+        self,
+        base: str,
+        filterstr: str,
+        attrs: Sequence[str],
+        controls: Sequence[LDAPControl] = (),
+    ) -> Iterator[Entry]:
         """Every entry under base matching filterstr, a page at a time (RFC 2696), so the
         server's size limit never truncates the result."""
         doing = f"searching {base} for {filterstr}"
@@ -78,16 +104,20 @@ class Connection:
         while True:
             try:
                 msgid = self._conn.search_ext(
-                    base, ldap.SCOPE_SUBTREE, filterstr, list(attrs), serverctrls=[control]
+                    base,
+                    ldap.SCOPE_SUBTREE,
+                    filterstr,
+                    list(attrs),
+                    serverctrls=[control, *controls],
                 )
-                _, data, _, controls = self._conn.result3(msgid, timeout=self.config.timeout)
+                _, data, _, answered = self._conn.result3(msgid, timeout=self.config.timeout)
             except ldap.LDAPError as exc:
                 self._fail(exc, doing)
             for dn, entry in data:
                 if dn is not None:  # search references (AD) come back without a DN
                     yield dn, self._complete_ranges(dn, entry)
             cookie = next(
-                (c.cookie for c in controls if c.controlType == control.controlType), None
+                (c.cookie for c in answered if c.controlType == control.controlType), None
             )
             if cookie is None:
                 raise DirectoryError(
@@ -140,6 +170,42 @@ class Connection:
             self._fail(exc, f"reading {dn}")
         found_dn, entry = data[0]
         return found_dn, self._complete_ranges(found_dn, entry)
+
+    def sync_refresh(
+        self, base: str, filterstr: str, attrs: Sequence[str], cookie: str | None
+    ) -> SyncRefresh:
+        """One RFC 4533 refreshOnly search: entries changed since `cookie` (with their
+        entryUUID from the Sync State control), deleted entryUUIDs from syncIdSet messages,
+        and the new cookie from the Sync Done control (python-ldap's ldap.syncrepl)."""
+        doing = f"refreshing changes under {base}"
+        out = SyncRefresh()
+        control = SyncRequestControl(criticality=1, cookie=cookie, mode="refreshOnly")
+        try:
+            msgid = self._conn.search_ext(
+                base, ldap.SCOPE_SUBTREE, filterstr, list(attrs), serverctrls=[control]
+            )
+            while True:
+                kind, msg, _, ctrls, _, _ = self._conn.result4(
+                    msgid, all=0, add_ctrls=1, add_intermediates=1, timeout=self.config.timeout
+                )
+                if kind == ldap.RES_SEARCH_RESULT:
+                    for done in ctrls:
+                        if isinstance(done, SyncDoneControl):
+                            out.cookie = done.cookie or out.cookie
+                            out.incremental = out.incremental and bool(done.refreshDeletes)
+                    return out
+                if kind == ldap.RES_SEARCH_ENTRY:
+                    for dn, entry, entry_ctrls in msg:
+                        _sync_entry(out, dn, entry, entry_ctrls)
+                elif kind == ldap.RES_INTERMEDIATE:
+                    for name, value, _ in msg:
+                        if name == SyncInfoMessage.responseName:
+                            _sync_info(out, SyncInfoMessage(value))
+        except ldap.SIZELIMIT_EXCEEDED:
+            out.truncated = True
+            return out
+        except ldap.LDAPError as exc:
+            self._fail(exc, doing)
 
     def root_dse(self, attrs: Sequence[str]) -> RawEntry:
         try:
@@ -224,6 +290,38 @@ class Connection:
         if secret and len(secret) >= 4:  # shorter would garble the DN and prove nothing
             line = line.replace(secret, "***")
         return line
+
+
+def _sync_entry(
+    out: SyncRefresh, dn: str, entry: dict[str, list[bytes]], ctrls: Sequence[Any]
+) -> None:
+    for state in ctrls:
+        if not isinstance(state, SyncStateControl):
+            continue
+        if state.state == "delete":
+            out.deleted.add(str(state.entryUUID))
+        elif state.state == "present":
+            out.incremental = False
+        else:
+            out.entries.append((dn, str(state.entryUUID), entry))
+        if state.cookie:
+            out.cookie = state.cookie
+
+
+def _sync_info(out: SyncRefresh, info: Any) -> None:
+    if info.newcookie is not None:
+        out.cookie = info.newcookie
+        return
+    for phase in (info.refreshPresent, info.refreshDelete, info.syncIdSet):
+        if phase is not None and phase.get("cookie"):
+            out.cookie = phase["cookie"]
+    if info.refreshPresent is not None:
+        out.incremental = False
+    if info.syncIdSet is not None:
+        if info.syncIdSet["refreshDeletes"]:
+            out.deleted.update(str(uuid) for uuid in info.syncIdSet["syncUUIDs"])
+        else:
+            out.incremental = False  # a present list: what is absent was deleted
 
 
 def _info(exc: ldap.LDAPError) -> str:

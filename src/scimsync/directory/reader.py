@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 from ldap.filter import escape_filter_chars
 
 from scimsync.config import Flavour, SourceConfig
+from scimsync.directory.changes import (
+    Changed,
+    ChangeSet,
+    Delta,
+    SyncreplTracker,
+    TimestampTracker,
+    Tracker,
+    UsnTracker,
+    WatermarkLost,
+    empty_change_set,
+    supports_syncrepl,
+)
 from scimsync.directory.connection import Connection
 from scimsync.directory.errors import DirectoryError
 from scimsync.directory.values import (
@@ -39,6 +53,9 @@ def _any_of_classes(classes: Iterable[str]) -> str:
 
 GROUP_FILTER = _any_of_classes(GROUP_CLASSES)
 NOT_A_GROUP = f"(!{GROUP_FILTER})"
+GROUP_CLASS_NAMES = frozenset(c.lower() for c in GROUP_CLASSES)
+
+Mechanism = Literal["syncrepl", "usn", "timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +88,17 @@ class LdapDirectory:
     Values that are not UTF-8 (other than the GUID) are left out of SourceUser.attributes.
     """
 
-    def __init__(self, config: SourceConfig, attributes: Iterable[str]) -> None:
+    def __init__(
+        self,
+        config: SourceConfig,
+        attributes: Iterable[str],
+        change_mechanism: Mechanism | None = None,
+    ) -> None:
+        """`change_mechanism` forces how changes() detects changes; by default syncrepl on
+        OpenLDAP with syncprov, usn on Active Directory, timestamp otherwise."""
         self._config = config
+        self._mechanism = change_mechanism
+        self._tracker: Tracker | None = None
         self._guid_attr = config.guid_attribute or "entryUUID"
         status = config.account_status
         wanted = [*attributes, self._guid_attr, *([status.attribute] if status else [])]
@@ -127,6 +153,212 @@ class LdapDirectory:
             kind = vendor or "LDAP server"
         return f"{kind} at {self._config.url}"
 
+    # --- change detection -------------------------------------------------------------
+
+    def position(self) -> str:
+        """The current watermark. Take it BEFORE a full read(), so that changes made during
+        the read are seen by the next changes()."""
+        tracker = self._change_tracker()
+        return self._stamp(tracker, tracker.position())
+
+    def changes(
+        self,
+        watermark: str,
+        known_users: Callable[[], Collection[str]],
+        known_groups: Callable[[], Collection[str]] | None = None,
+    ) -> ChangeSet:
+        """What changed in scope since `watermark`. known_users() (the GUIDs the caller holds
+        as in scope) is called only when the user scope may have changed shape: the scope
+        group or a group below it changed, something was deleted, or under timestamp polling
+        (every time: deletions are invisible to it). known_groups() likewise for groups;
+        without it, groups leaving scope through the container group, or deleted under
+        timestamp polling, wait for the next full reconciliation.
+        Raises WatermarkLost when the caller must run a full reconciliation instead."""
+        tracker = self._change_tracker()
+        delta = tracker.delta(self._unstamp(tracker, watermark))
+        mark = self._stamp(tracker, delta.state)
+        if not delta.changed and not delta.deletions and not tracker.polls:
+            return empty_change_set(mark)  # nothing read, no index rebuilt
+        self._forget()
+        return self._change_set(delta, tracker.polls, known_users, known_groups, mark)
+
+    def _change_set(
+        self,
+        delta: Delta,
+        polls: bool,
+        known_users: Callable[[], Collection[str]],
+        known_groups: Callable[[], Collection[str]] | None,
+        mark: str,
+    ) -> ChangeSet:
+        config = self._config
+        index = self._groups_index() if config.groups or config.users.group_dn else {}
+        changed_groups = {dn for dn, c in delta.changed.items() if c.is_group or dn in index}
+        base = normalize_dn(config.base_dn)
+        others = {
+            dn: c
+            for dn, c in delta.changed.items()
+            if dn not in changed_groups and (dn == base or dn.endswith("," + base))
+        }
+        # Deletions are explicit except under polling, but a deleted group below a scope
+        # group takes its members out of scope without touching them.
+        reshaped = polls or delta.deletions
+        users, gone_users = self._changed_users(
+            others, changed_groups, reshaped, polls, known_users
+        )
+        gone_users |= delta.deleted_users
+        groups: dict[str, SourceGroup] = {}
+        gone_groups = set(delta.deleted_groups)
+        if config.groups is not None:
+            groups, gone = self._changed_groups(
+                changed_groups, delta, reshaped, polls, users, known_groups
+            )
+            gone_groups |= gone
+        return ChangeSet(
+            users=users,
+            groups=groups,
+            gone_users=frozenset(gone_users - users.keys()),
+            gone_groups=frozenset(gone_groups - groups.keys()),
+            watermark=mark,
+        )
+
+    def _changed_users(
+        self,
+        candidates: dict[str, Changed],
+        changed_groups: set[str],
+        reshaped: bool,
+        polls: bool,
+        known_users: Callable[[], Collection[str]],
+    ) -> tuple[dict[str, SourceUser], set[str]]:
+        scope = self._config.users
+        leaves: set[str] | None = None
+        if scope.group_dn is not None:
+            root = self._root_group(scope.group_dn, "users.group_dn")
+            scope_groups = {normalize_dn(root.dn)}
+            if scope.nested:
+                scope_groups |= self._walk(root, True)[0]
+            reshaped = reshaped or bool(scope_groups & changed_groups)
+            leaves = self._walk(root, scope.nested)[1]
+        else:
+            reshaped = polls  # a filter scope changes only through changed entries
+        wanted = [c.dn for dn, c in candidates.items() if leaves is None or dn in leaves]
+        users = {user.guid: user for user in self._read_users(wanted)}
+        gone = {c.guid for c in candidates.values()} - users.keys()
+        if reshaped:
+            current = self._scope_guids(leaves)
+            known = set(known_users())
+            gone |= known - set(current.values())
+            entered = [dn for dn, guid in current.items() if guid not in known | users.keys()]
+            users.update((user.guid, user) for user in self._read_users(entered))
+        return users, gone
+
+    def _changed_groups(
+        self,
+        changed_groups: set[str],
+        delta: Delta,
+        reshaped: bool,
+        polls: bool,
+        users: dict[str, SourceUser],
+        known_groups: Callable[[], Collection[str]] | None,
+    ) -> tuple[dict[str, SourceGroup], set[str]]:
+        scope = self._config.groups
+        assert scope is not None
+        index = self._groups_index()
+        selected = self._selected_groups()
+        in_scope = set(selected)
+        if scope.group_dn is not None:
+            container = self._root_group(scope.group_dn, "groups.group_dn")
+            shaping = {normalize_dn(container.dn)}
+            if scope.nested:
+                shaping |= self._walk(container, True)[0]
+            reshaped = reshaped or bool(shaping & changed_groups)
+        else:
+            reshaped = polls
+        user_dns = {normalize_dn(user.dn) for user in users.values()}
+        report: set[str] = set()
+        for dn in selected:
+            below, leaves = self._walk(index[dn], scope.nested)
+            if dn in changed_groups or below & changed_groups or leaves & user_dns:
+                report.add(dn)
+        gone = {delta.changed[dn].guid for dn in changed_groups - in_scope if dn in delta.changed}
+        if reshaped and known_groups is not None:
+            known = set(known_groups())
+            guids = {index[dn].guid: dn for dn in selected}
+            gone |= known - guids.keys()
+            report |= {dn for guid, dn in guids.items() if guid not in known}
+        groups = {g.guid: g for g in self._source_groups(sorted(report), scope.nested)}
+        return groups, gone
+
+    def _read_users(self, dns: Iterable[str]) -> Iterator[SourceUser]:
+        """The given entries that are users in scope, read in full (base-scope lookups)."""
+        scope = self._config.users
+        filterstr = _parenthesised(scope.filter or DEFAULT_USER_FILTER[self._config.directory])
+        for dn, entry in self._conn.lookup(sorted(set(dns)), filterstr, self._user_attrs):
+            yield self._source_user(dn, entry)
+
+    def _scope_guids(self, leaves: set[str] | None) -> dict[str, str]:
+        """DN -> GUID of every user in scope, reading only the GUID attribute."""
+        scope = self._config.users
+        attrs = [self._guid_attr]
+        if leaves is not None:
+            filterstr = _parenthesised(scope.filter or DEFAULT_USER_FILTER[self._config.directory])
+            entries = self._conn.lookup(sorted(leaves), filterstr, attrs)
+        else:
+            assert scope.filter is not None
+            entries = self._conn.paged(self._config.base_dn, _parenthesised(scope.filter), attrs)
+        found = {normalize_dn(dn): self._guid(dn, entry) for dn, entry in entries}
+        self._user_guids.update(found)
+        return found
+
+    def _change_tracker(self) -> Tracker:
+        if self._tracker is not None:
+            return self._tracker
+        config = self._config
+        mechanism = self._mechanism
+        if mechanism is None:
+            if config.directory is Flavour.ACTIVE_DIRECTORY:
+                mechanism = "usn"
+            elif (
+                config.directory is Flavour.OPENLDAP
+                and self._guid_attr.lower() == "entryuuid"  # syncrepl names entries by it
+                and supports_syncrepl(self._conn)
+            ):
+                mechanism = "syncrepl"
+            else:
+                mechanism = "timestamp"
+        base = config.base_dn
+        tracker: Tracker
+        if mechanism == "syncrepl":
+            tracker = SyncreplTracker(self._conn, base, GROUP_CLASS_NAMES)
+        elif mechanism == "usn":
+            tracker = UsnTracker(self._conn, base, GROUP_CLASS_NAMES)
+        else:
+            tracker = TimestampTracker(self._conn, base, self._guid_attr, GROUP_CLASS_NAMES)
+        self._tracker = tracker
+        return tracker
+
+    def _scope_tag(self) -> str:
+        """A short digest of what decides scope: a watermark taken under another scope
+        would hide entries that newly came into it, so it counts as lost."""
+        c = self._config
+        shape = [c.directory, c.base_dn, c.guid_attribute, c.member_attribute]
+        shape += [c.users.model_dump_json(), c.groups.model_dump_json() if c.groups else ""]
+        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:8]
+
+    def _stamp(self, tracker: Tracker, state: str) -> str:
+        return f"{tracker.name}:{self._scope_tag()}:{state}"
+
+    def _unstamp(self, tracker: Tracker, watermark: str) -> str:
+        name, _, rest = watermark.partition(":")
+        tag, _, state = rest.partition(":")
+        if name != tracker.name:
+            raise WatermarkLost(
+                f"watermark is for change detection by {name[:20]!r}, "
+                f"this directory uses {tracker.name}"
+            )
+        if tag != self._scope_tag() or not state:
+            raise WatermarkLost("watermark was taken for another source scope configuration")
+        return state
+
     # --- users ------------------------------------------------------------------------
 
     def find_users(self, attribute: str, value: str) -> Iterator[SourceUser]:
@@ -150,14 +382,17 @@ class LdapDirectory:
             if extra:
                 filterstr = f"(&{filterstr}{extra})"
             entries = self._conn.paged(self._config.base_dn, filterstr, self._user_attrs)
-        guid_key = self._guid_attr.lower()
         for dn, entry in entries:
-            guid = self._guid(dn, entry)
-            attributes = text_attributes(entry, skip=guid_key)
-            attributes[guid_key] = (guid,)
-            disabled = is_disabled(self._config.account_status, entry)
-            self._user_guids[normalize_dn(dn)] = guid
-            yield SourceUser(guid=guid, dn=dn, attributes=attributes, disabled=disabled)
+            yield self._source_user(dn, entry)
+
+    def _source_user(self, dn: str, entry: RawEntry) -> SourceUser:
+        guid_key = self._guid_attr.lower()
+        guid = self._guid(dn, entry)
+        attributes = text_attributes(entry, skip=guid_key)
+        attributes[guid_key] = (guid,)
+        disabled = is_disabled(self._config.account_status, entry)
+        self._user_guids[normalize_dn(dn)] = guid
+        return SourceUser(guid=guid, dn=dn, attributes=attributes, disabled=disabled)
 
     # --- groups -----------------------------------------------------------------------
 
@@ -165,21 +400,28 @@ class LdapDirectory:
         scope = self._config.groups
         if scope is None:
             return
+        yield from self._source_groups(self._selected_groups(), scope.nested)
+
+    def _selected_groups(self) -> list[str]:
+        """Normalised DNs of the groups in scope."""
+        scope = self._config.groups
+        assert scope is not None
         index = self._groups_index()
-        selected: list[str]
         if scope.group_dn is not None:
             below = self._groups_below(scope.group_dn, scope.nested)
             if scope.filter is not None:
                 below &= self._matching(scope.filter)
-            selected = sorted(below)
-        else:
-            assert scope.filter is not None
-            selected = sorted(self._matching(scope.filter) & index.keys())
-        members = {dn: self._flatten(index[dn], scope.nested) for dn in selected}
+            return sorted(below & index.keys())
+        assert scope.filter is not None
+        return sorted(self._matching(scope.filter) & index.keys())
+
+    def _source_groups(self, selected: Iterable[str], nested: bool) -> Iterator[SourceGroup]:
+        index = self._groups_index()
+        members = {dn: self._flatten(index[dn], nested) for dn in selected}
         self._resolve_users(set().union(*members.values()) if members else set())
-        for dn in selected:
+        for dn, flat in members.items():
             group = index[dn]
-            guids = frozenset(self._user_guids[m] for m in members[dn] if m in self._user_guids)
+            guids = frozenset(self._user_guids[m] for m in flat if m in self._user_guids)
             yield SourceGroup(guid=group.guid, dn=group.dn, name=group.name, member_guids=guids)
 
     def _groups_index(self) -> dict[str, _Group]:
@@ -257,7 +499,10 @@ class LdapDirectory:
     def _resolve_users(self, dns: set[str]) -> None:
         """Learn the GUIDs of member users not read as users in scope."""
         unknown = sorted(dns - self._user_guids.keys())
-        for dn, entry in self._conn.lookup(unknown, NOT_A_GROUP, [self._guid_attr]):
+        # Not NOT_A_GROUP: on OpenLDAP a class missing from the schema (groupOfMembers,
+        # group) makes the negated filter Undefined, matching nothing (RFC 4511 4.5.1.7).
+        # These DNs are leaves of the group index already, so any entry will do.
+        for dn, entry in self._conn.lookup(unknown, "(objectClass=*)", [self._guid_attr]):
             self._user_guids[normalize_dn(dn)] = self._guid(dn, entry)
 
     # --- helpers ----------------------------------------------------------------------

@@ -1,0 +1,357 @@
+"""Change detection: what changed in the directory since a watermark, per mechanism.
+
+Mechanisms (the watermark string starts with the name, so a switch is a lost watermark):
+- `syncrepl`: OpenLDAP with syncprov, an RFC 4533 refreshOnly search with the cookie.
+- `usn`: Active Directory, uSNChanged plus tombstones (show-deleted control), per DC.
+- `timestamp`: any LDAP server, modifyTimestamp/createTimestamp polling; deletions are
+  invisible to it, so the reader compares a GUID-only scan of the scope instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from ldap.controls import LDAPControl
+
+from scimsync.directory.connection import Connection
+from scimsync.directory.errors import DirectoryError
+from scimsync.directory.values import RawEntry, get, guid_text, normalize_dn
+from scimsync.model import SourceGroup, SourceUser
+
+SYNC_CONTROL_OID = "1.3.6.1.4.1.4203.1.9.1.1"  # RFC 4533 Sync Request control
+SHOW_DELETED_OID = "1.2.840.113556.1.4.417"  # MS-ADTS 3.1.1.3.4.1.14 LDAP_SERVER_SHOW_DELETED_OID
+# How far back a timestamp poll reaches before its watermark: timestamps have one-second
+# resolution and a write may commit a moment after its timestamp was taken.
+OVERLAP = timedelta(seconds=2)
+# The dedupe list kept in a timestamp watermark; past this, re-reads are merely redundant.
+MAX_SEEN = 1000
+_STAMPS = ("modifyTimestamp", "createTimestamp")
+_VERSIONS = ("entryCSN", "uSNChanged")  # finer than a second, where the server has one
+
+_COOKIE = re.compile(r"rid=\d{3}(,sid=[0-9a-fA-F]{3})?,csn=[0-9.Z#a-fA-F;]+")
+_GENERALIZED = re.compile(r"^(\d{14})")
+
+
+class WatermarkLost(DirectoryError):  # noqa: N818 - name fixed by the interface
+    """The watermark cannot be used (expired cookie, other DC, other mechanism or scope):
+    the caller runs a full reconciliation."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    users: dict[str, SourceUser]
+    groups: dict[str, SourceGroup]
+    gone_users: frozenset[str]
+    gone_groups: frozenset[str]
+    watermark: str
+
+    @property
+    def empty(self) -> bool:
+        return not (self.users or self.groups or self.gone_users or self.gone_groups)
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    dn: str
+    guid: str
+    is_group: bool
+
+
+@dataclass
+class Delta:
+    """Raw changes since a watermark, before scope is applied."""
+
+    state: str  # the mechanism's new position
+    changed: dict[str, Changed] = field(default_factory=dict)  # by normalised DN
+    deleted_users: set[str] = field(default_factory=set)  # GUIDs; kind unknown goes in both
+    deleted_groups: set[str] = field(default_factory=set)
+
+    @property
+    def deletions(self) -> bool:
+        return bool(self.deleted_users or self.deleted_groups)
+
+
+class Tracker(Protocol):
+    name: str
+    polls: bool  # deletions are invisible: the caller must scan the scope
+
+    def position(self) -> str: ...
+
+    def delta(self, state: str) -> Delta: ...
+
+
+def _is_group(entry: RawEntry, group_classes: frozenset[str]) -> bool:
+    classes = get(entry, "objectClass") or ()
+    return any(value.decode("utf-8", "replace").lower() in group_classes for value in classes)
+
+
+def _parse_time(value: str) -> datetime:
+    found = _GENERALIZED.match(value)
+    if found is None:
+        raise ValueError(value)
+    return datetime.strptime(found.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d%H%M%SZ")
+
+
+class SyncreplTracker:
+    """OpenLDAP syncprov. A cookie the session log no longer covers makes the server fall
+    back to a present phase, which we treat as a lost watermark rather than diff it."""
+
+    name = "syncrepl"
+    polls = False
+
+    def __init__(self, conn: Connection, base: str, group_classes: frozenset[str]) -> None:
+        self._conn = conn
+        self._base = base
+        self._group_classes = group_classes
+
+    def position(self) -> str:
+        # A refresh with no cookie and a filter matching nothing returns just the current
+        # cookie (RFC 4533 3.3.1), without sending the whole tree.
+        got = self._conn.sync_refresh(self._base, "(!(objectClass=*))", ["1.1"], None)
+        if not got.cookie:
+            raise DirectoryError(f"LDAP server {self._conn.url} returned no syncrepl cookie")
+        return got.cookie
+
+    def delta(self, state: str) -> Delta:
+        if not _COOKIE.fullmatch(state):
+            raise WatermarkLost(f"syncrepl cookie {state[:60]!r} is not an OpenLDAP cookie")
+        got = self._conn.sync_refresh(self._base, "(objectClass=*)", ["objectClass"], state)
+        if got.truncated:
+            raise WatermarkLost(
+                f"more entries changed under {self._base} than the server's size limit "
+                "returns in one syncrepl refresh"
+            )
+        if not got.incremental:
+            raise WatermarkLost("syncrepl cookie is older than the server's session log")
+        delta = Delta(state=got.cookie or state)
+        for dn, uuid, entry in got.entries:
+            delta.changed[normalize_dn(dn)] = Changed(
+                dn, uuid, _is_group(entry, self._group_classes)
+            )
+        delta.deleted_users = set(got.deleted)
+        delta.deleted_groups = set(got.deleted)
+        if got.deleted:
+            self._add_silent_group_edits(delta, state)
+        return delta
+
+    def _add_silent_group_edits(self, delta: Delta, cookie: str) -> None:
+        """memberof-refint drops a deleted entry from its groups without a new entryCSN, so
+        syncprov never reports those groups; their modifyTimestamp does move, so ask for it."""
+        csn = cookie.split("csn=", 1)[1].split("#", 1)[0]
+        since = _format_time(_parse_time(csn) - OVERLAP)
+        classes = "".join(f"(objectClass={c})" for c in sorted(self._group_classes))
+        filterstr = f"(&(|{classes})(modifyTimestamp>={since}))"
+        for dn, entry in self._conn.paged(self._base, filterstr, ["entryUUID"]):
+            values = get(entry, "entryUUID")
+            if values:
+                ndn = normalize_dn(dn)
+                delta.changed.setdefault(ndn, Changed(dn, guid_text("entryUUID", values[0]), True))
+
+
+class TimestampTracker:
+    """modifyTimestamp/createTimestamp polling with a short overlap; entries seen in the
+    overlap are remembered in the watermark by GUID and version (entryCSN on OpenLDAP,
+    uSNChanged on AD, else the timestamp) so they are not re-reported. Caveat, only where
+    the server has neither: a second edit of an entry within the second of our poll waits
+    for its next edit or the full reconciliation (timestamps have one-second resolution)."""
+
+    name = "timestamp"
+    polls = True
+
+    def __init__(
+        self, conn: Connection, base: str, guid_attr: str, group_classes: frozenset[str]
+    ) -> None:
+        self._conn = conn
+        self._base = base
+        self._guid_attr = guid_attr
+        self._group_classes = group_classes
+
+    def position(self) -> str:
+        now = self._server_now()
+        _, state = self._poll(now, set())
+        return state
+
+    def delta(self, state: str) -> Delta:
+        try:
+            stamp, _, seen_text = state.partition("|")
+            since = _parse_time(stamp)
+        except ValueError:
+            raise WatermarkLost(f"timestamp watermark {state[:40]!r} is unreadable") from None
+        seen = set(filter(None, seen_text.split(",")))
+        changed, new_state = self._poll(since, seen)
+        return Delta(state=new_state, changed=changed)
+
+    def _poll(self, since: datetime, seen: set[str]) -> tuple[dict[str, Changed], str]:
+        start = _format_time(since - OVERLAP)
+        filterstr = f"(|(modifyTimestamp>={start})(createTimestamp>={start}))"
+        attrs = [self._guid_attr, "objectClass", *_STAMPS, *_VERSIONS]
+        changed: dict[str, Changed] = {}
+        stamps: list[tuple[str, datetime]] = []
+        newest = since
+        for dn, entry in self._conn.paged(self._base, filterstr, attrs):
+            guid_values = get(entry, self._guid_attr)
+            if not guid_values:
+                continue
+            guid = guid_text(self._guid_attr, guid_values[0])
+            moment = max(
+                (
+                    _parse_time(value.decode("ascii", "replace"))
+                    for name in _STAMPS
+                    for value in (get(entry, name) or ())
+                ),
+                default=since,
+            )
+            newest = max(newest, moment)
+            version = next((v[0] for v in map(lambda n: get(entry, n), _VERSIONS) if v), None)
+            stamp = version.decode("ascii", "replace") if version else _format_time(moment)
+            key = f"{guid}@{stamp}"
+            stamps.append((key, moment))
+            if key not in seen:
+                changed[normalize_dn(dn)] = Changed(dn, guid, _is_group(entry, self._group_classes))
+        keep = [key for key, moment in stamps if moment >= newest - OVERLAP][:MAX_SEEN]
+        return changed, _format_time(newest) + "|" + ",".join(sorted(keep))
+
+    def _server_now(self) -> datetime:
+        """The server's clock: AD's rootDSE currentTime, else OpenLDAP's contextCSN (the time
+        of its last write), else the newest timestamp under the base."""
+        dse = self._conn.root_dse(["currentTime", "namingContexts"])
+        current = get(dse, "currentTime")
+        if current:
+            return _parse_time(current[0].decode("ascii", "replace"))
+        base = normalize_dn(self._base)
+        for context in get(dse, "namingContexts") or ():
+            name = context.decode("utf-8", "replace")
+            normal = normalize_dn(name)
+            if normal and (base == normal or base.endswith("," + normal)):
+                _, entry = self._conn.read(name, ["contextCSN"], "namingContexts")
+                csns = get(entry, "contextCSN")
+                if csns:
+                    return max(_parse_time(v.decode("ascii", "replace")) for v in csns)
+        newest = datetime(1970, 1, 1, tzinfo=UTC)
+        for _, entry in self._conn.paged(
+            self._base, "(objectClass=*)", ["modifyTimestamp", "createTimestamp"]
+        ):
+            for name in ("modifyTimestamp", "createTimestamp"):
+                for value in get(entry, name) or ():
+                    newest = max(newest, _parse_time(value.decode("ascii", "replace")))
+        return newest
+
+
+class UsnTracker:
+    """Active Directory: uSNChanged is per domain controller, so the watermark names the
+    DC's invocationId; another DC (or a restored one) means a lost watermark (MS-ADTS
+    3.1.1.1.9 "Change Tracking", "Polling for Changes Using uSNChanged")."""
+
+    name = "usn"
+    polls = False
+
+    def __init__(self, conn: Connection, base: str, group_classes: frozenset[str]) -> None:
+        self._conn = conn
+        self._base = base
+        self._group_classes = group_classes
+
+    def position(self) -> str:
+        invocation, usn, _ = self._now()
+        return f"{invocation}:{usn}"
+
+    def delta(self, state: str) -> Delta:
+        invocation, _, usn_text = state.rpartition(":")
+        if not invocation or not usn_text.isdigit():
+            raise WatermarkLost(f"uSN watermark {state[:60]!r} is unreadable")
+        current, highest, domain = self._now()
+        if current != invocation:
+            raise WatermarkLost(
+                f"uSN watermark is from another domain controller (invocationId {invocation})"
+            )
+        low = int(usn_text) + 1
+        delta = Delta(state=f"{current}:{highest}")
+        if low > highest:
+            return delta
+        window = f"(uSNChanged>={low})(uSNChanged<={highest})"
+        for dn, entry in self._conn.paged(
+            self._base, f"(&(objectClass=*){window})", ["objectGUID", "objectClass"]
+        ):
+            guid = get(entry, "objectGUID")
+            if guid:
+                kind = _is_group(entry, self._group_classes)
+                delta.changed[normalize_dn(dn)] = Changed(
+                    dn, guid_text("objectGUID", guid[0]), kind
+                )
+        self._tombstones(delta, domain, window)
+        return delta
+
+    def _tombstones(self, delta: Delta, domain: str, window: str) -> None:
+        # Deleted objects move to CN=Deleted Objects and are visible only with the
+        # show-deleted control; lastKnownParent says where they lived.
+        show_deleted = LDAPControl(SHOW_DELETED_OID, True, None)
+        base = normalize_dn(self._base)
+        attrs = ["objectGUID", "objectClass", "lastKnownParent"]
+        for _, entry in self._conn.paged(
+            domain, f"(&(isDeleted=TRUE){window})", attrs, controls=[show_deleted]
+        ):
+            guid = get(entry, "objectGUID")
+            parent = get(entry, "lastKnownParent")
+            if not guid:
+                continue
+            if parent:
+                where = normalize_dn(parent[0].decode("utf-8", "replace"))
+                if where != base and not where.endswith("," + base):
+                    continue
+            text = guid_text("objectGUID", guid[0])
+            if _is_group(entry, self._group_classes):
+                delta.deleted_groups.add(text)
+            else:
+                delta.deleted_users.add(text)
+
+    def _now(self) -> tuple[str, int, str]:
+        dse = self._conn.root_dse(["highestCommittedUSN", "dsServiceName", "defaultNamingContext"])
+        usn, service, domain = (
+            get(dse, name)
+            for name in ("highestCommittedUSN", "dsServiceName", "defaultNamingContext")
+        )
+        if not usn or not service or not domain:
+            raise DirectoryError(
+                f"LDAP server {self._conn.url} does not publish highestCommittedUSN; "
+                "is it Active Directory (source.directory)?"
+            )
+        _, ntds = self._conn.read(service[0].decode("utf-8"), ["invocationId"], "dsServiceName")
+        invocation = get(ntds, "invocationId")
+        if not invocation:
+            raise DirectoryError(
+                f"LDAP server {self._conn.url}: no invocationId on its NTDS object"
+            )
+        return (
+            guid_text("objectGUID", invocation[0]),
+            int(usn[0]),
+            domain[0].decode("utf-8"),
+        )
+
+
+def supports_syncrepl(conn: Connection) -> bool:
+    controls = get(conn.root_dse(["supportedControl"]), "supportedControl") or ()
+    return any(value.decode("ascii", "replace") == SYNC_CONTROL_OID for value in controls)
+
+
+def empty_change_set(watermark: str) -> ChangeSet:
+    return ChangeSet({}, {}, frozenset(), frozenset(), watermark)
+
+
+__all__ = [
+    "ChangeSet",
+    "Changed",
+    "Delta",
+    "SyncreplTracker",
+    "TimestampTracker",
+    "Tracker",
+    "UsnTracker",
+    "WatermarkLost",
+    "empty_change_set",
+    "supports_syncrepl",
+]

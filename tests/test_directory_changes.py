@@ -1,0 +1,254 @@
+"""LdapDirectory.position()/changes() against a real slapd (syncrepl and timestamp polling)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
+from scimsync.directory.reader import Mechanism
+from tests.fixtures.slapd import Tree
+
+ATTRS = ("uid", "mail", "cn")
+MECHANISMS: list[Mechanism] = ["syncrepl", "timestamp"]
+
+
+@dataclass
+class Watcher:
+    """Plays the engine: keeps the watermark and the in-scope user GUIDs between cycles."""
+
+    directory: LdapDirectory
+    known: set[str] = field(default_factory=set)
+    known_groups: set[str] = field(default_factory=set)
+    mark: str = ""
+    asked: int = 0
+
+    def start(self) -> None:
+        self.mark = self.directory.position()
+        snapshot = self.directory.read()
+        self.known = set(snapshot.users)
+        self.known_groups = set(snapshot.groups)
+
+    def _known_users(self) -> Collection[str]:
+        self.asked += 1
+        return set(self.known)
+
+    def next(self) -> ChangeSet:
+        change = self.directory.changes(self.mark, self._known_users, lambda: self.known_groups)
+        self.mark = change.watermark
+        self.known = (self.known | change.users.keys()) - change.gone_users
+        self.known_groups = (self.known_groups | change.groups.keys()) - change.gone_groups
+        return change
+
+
+@pytest.fixture(params=MECHANISMS)
+def mechanism(request: pytest.FixtureRequest) -> Mechanism:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def org(ldap_tree: Tree) -> Tree:
+    """alice, bob in `app`; carol in `sub` (nested in `app`); dave outside any group."""
+    t = ldap_tree
+    for uid in ("alice", "bob", "carol", "dave"):
+        t.add_user(uid, departmentNumber="42")
+    sub = t.add_group("sub", [t.user_dn("carol")])
+    t.add_group("app", [t.user_dn("alice"), t.user_dn("bob"), sub])
+    t.add_group("other", [t.user_dn("dave")])
+    return t
+
+
+def watch(tree: Tree, mechanism: Mechanism, **overrides: Any) -> Iterator[Watcher]:
+    settings: dict[str, Any] = {
+        "users": {"filter": "(departmentNumber=42)"},
+        "groups": {"filter": "(objectClass=groupOfNames)", "nested": True},
+    }
+    settings.update(overrides)
+    with LdapDirectory(tree.config(**settings), ATTRS, change_mechanism=mechanism) as directory:
+        watcher = Watcher(directory)
+        watcher.start()
+        yield watcher
+
+
+@pytest.fixture
+def w(org: Tree, mechanism: Mechanism) -> Iterator[Watcher]:
+    yield from watch(org, mechanism)
+
+
+@pytest.fixture
+def scoped(org: Tree, mechanism: Mechanism) -> Iterator[Watcher]:
+    """Users scoped by membership of `app` (nested), as PingFederate's targeted group DN."""
+    yield from watch(
+        org,
+        mechanism,
+        users={"group_dn": org.group_dn("app"), "nested": True},
+        groups=None,
+    )
+
+
+def group_names(change: ChangeSet) -> set[str]:
+    return {group.name for group in change.groups.values()}
+
+
+def uids(change: ChangeSet) -> set[str]:
+    return {user.attributes["uid"][0] for user in change.users.values()}
+
+
+def test_no_change_gives_an_empty_change_set(w: Watcher) -> None:
+    change = w.next()
+    assert change.empty
+    assert w.next().empty
+
+
+def test_attribute_edit_gives_that_user_only(w: Watcher, org: Tree) -> None:
+    org.modify(org.user_dn("dave"), mail="dave@new.example")
+    change = w.next()
+    assert uids(change) == {"dave"}
+    assert change.users[org.guid(org.user_dn("dave"))].attributes["mail"] == ("dave@new.example",)
+    assert group_names(change) == {"other"}  # the in-scope group that has dave
+    assert not change.gone_users and not change.gone_groups
+    assert w.next().empty
+
+
+def test_added_user_in_scope(w: Watcher, org: Tree) -> None:
+    org.add_user("erin", departmentNumber="42")
+    org.add_user("frank", departmentNumber="7")
+    change = w.next()
+    assert uids(change) == {"erin"}
+    assert not change.groups
+
+
+def test_deleted_user_is_gone(w: Watcher, org: Tree) -> None:
+    dave = org.guid(org.user_dn("dave"))
+    org.delete(org.user_dn("dave"))
+    change = w.next()
+    assert dave in change.gone_users
+    assert not change.users
+
+
+def test_user_leaving_the_filter_is_gone(w: Watcher, org: Tree) -> None:
+    org.modify(org.user_dn("bob"), departmentNumber="7")
+    change = w.next()
+    assert org.guid(org.user_dn("bob")) in change.gone_users
+    assert not change.users
+
+
+def test_membership_change_gives_that_group(w: Watcher, org: Tree) -> None:
+    org.add_members(org.group_dn("other"), [org.user_dn("alice")])
+    change = w.next()
+    assert group_names(change) == {"other"}
+    other = next(iter(change.groups.values()))
+    assert other.member_guids == {org.guid(org.user_dn(u)) for u in ("alice", "dave")}
+
+
+def test_nested_group_change_gives_the_parent(w: Watcher, org: Tree) -> None:
+    org.add_members(org.group_dn("sub"), [org.user_dn("dave")])
+    change = w.next()
+    assert group_names(change) == {"sub", "app"}
+    app = next(g for g in change.groups.values() if g.name == "app")
+    assert org.guid(org.user_dn("dave")) in app.member_guids
+
+
+def test_group_rename_keeps_its_guid(w: Watcher, org: Tree) -> None:
+    guid = org.guid(org.group_dn("other"))
+    org.rename(org.group_dn("other"), "cn=others")
+    change = w.next()
+    assert change.groups[guid].name == "others"
+    assert guid not in change.gone_groups
+
+
+def test_deleted_group_is_gone(w: Watcher, org: Tree) -> None:
+    guid = org.guid(org.group_dn("other"))
+    org.delete(org.group_dn("other"))
+    change = w.next()
+    assert guid in change.gone_groups
+    assert guid not in change.groups
+
+
+def test_user_added_to_and_removed_from_the_scope_group(scoped: Watcher, org: Tree) -> None:
+    dave = org.guid(org.user_dn("dave"))
+    org.add_members(org.group_dn("app"), [org.user_dn("dave")])
+    change = scoped.next()
+    assert uids(change) == {"dave"}
+    org.remove_members(org.group_dn("app"), [org.user_dn("dave")])
+    change = scoped.next()
+    assert change.gone_users == {dave}
+    assert not change.users
+
+
+def test_nested_scope_group_change(scoped: Watcher, org: Tree) -> None:
+    carol = org.guid(org.user_dn("carol"))
+    org.modify(org.group_dn("sub"), member=org.base_dn)  # groupOfNames needs some member
+    assert scoped.next().gone_users == {carol}
+
+
+def test_user_deleted_inside_the_scope_group_is_gone(scoped: Watcher, org: Tree) -> None:
+    """PingFederate's flaw: a user deleted inside a targeted group DN stays provisioned
+    until the group changes. Here the test touches only the user entry."""
+    bob = org.guid(org.user_dn("bob"))
+    org.delete(org.user_dn("bob"))
+    change = scoped.next()
+    assert bob in change.gone_users
+    assert bob not in change.users
+    assert scoped.next().empty
+
+
+def test_unrelated_edit_does_not_ask_for_known_users(scoped: Watcher, org: Tree) -> None:
+    org.modify(org.user_dn("alice"), mail="alice@new.example")
+    change = scoped.next()
+    assert uids(change) == {"alice"}
+    if scoped.directory.position().startswith("syncrepl:"):
+        assert scoped.asked == 0  # the scope group did not change: no scope recompute
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["", "nonsense", "usn:00000000:abc:12", "syncrepl:", "timestamp:zz:notatime"],
+)
+def test_unusable_watermark_is_lost(w: Watcher, garbage: str) -> None:
+    with pytest.raises(WatermarkLost):
+        w.directory.changes(garbage, set)
+
+
+def test_watermark_of_another_mechanism_is_lost(org: Tree, mechanism: Mechanism) -> None:
+    other: Mechanism = "timestamp" if mechanism == "syncrepl" else "syncrepl"
+    [mark] = [wt.mark for wt in watch(org, other)]
+    for watcher in watch(org, mechanism):
+        with pytest.raises(WatermarkLost, match="change detection by"):
+            watcher.directory.changes(mark, set)
+
+
+def test_watermark_of_another_scope_is_lost(org: Tree, mechanism: Mechanism) -> None:
+    [mark] = [wt.mark for wt in watch(org, mechanism)]
+    for watcher in watch(org, mechanism, users={"filter": "(departmentNumber=7)"}):
+        with pytest.raises(WatermarkLost, match="another source scope"):
+            watcher.directory.changes(mark, set)
+
+
+def test_syncrepl_cookie_beyond_the_session_log_is_lost(org: Tree) -> None:
+    for watcher in watch(org, "syncrepl"):
+        name, tag, _ = watcher.mark.split(":", 2)
+        ancient = f"{name}:{tag}:rid=000,csn=19700101000000.000000Z#000000#000#000000"
+        with pytest.raises(WatermarkLost, match="session log"):
+            watcher.directory.changes(ancient, set)
+
+
+def test_default_mechanism_on_openldap_is_syncrepl(org: Tree) -> None:
+    with LdapDirectory(org.config(), ATTRS) as directory:
+        assert directory.position().startswith("syncrepl:")
+
+
+def test_syncrepl_position_survives_a_new_connection(org: Tree) -> None:
+    [mark] = [wt.mark for wt in watch(org, "syncrepl")]
+    org.modify(org.user_dn("alice"), mail="alice@later.example")
+    config = org.config(
+        users={"filter": "(departmentNumber=42)"},
+        groups={"filter": "(objectClass=groupOfNames)", "nested": True},
+    )
+    with LdapDirectory(config, ATTRS) as directory:
+        change = directory.changes(mark, set)
+    assert uids(change) == {"alice"}
+
