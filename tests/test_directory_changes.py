@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import ldap
 import pytest
 
 from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.directory.reader import Mechanism
+from tests.fixtures.samba import NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _user
 from tests.fixtures.slapd import Tree
 
 ATTRS = ("uid", "mail", "cn")
@@ -252,3 +255,85 @@ def test_syncrepl_position_survives_a_new_connection(org: Tree) -> None:
         change = directory.changes(mark, set)
     assert uids(change) == {"alice"}
 
+
+# --- Active Directory (Samba): uSNChanged and tombstones ----------------------------------
+
+AD_ATTRS = ("sAMAccountName", "mail")
+
+
+@pytest.fixture
+def ad(samba_ad: AdSeed) -> Iterator[tuple[Watcher, AdSeed]]:
+    config = samba_ad.config(
+        users={"filter": "(&(objectCategory=person)(objectClass=user))"},
+        groups={"filter": "(objectClass=group)", "nested": True},
+    )
+    with LdapDirectory(config, AD_ATTRS) as directory:
+        watcher = Watcher(directory)
+        watcher.start()
+        yield watcher, samba_ad
+
+
+def _ad_modify(seed: AdSeed, dn: str, **attrs: str) -> None:
+    conn = seed.dc.admin()
+    try:
+        conn.modify_s(dn, [(ldap.MOD_REPLACE, k, [v.encode()]) for k, v in attrs.items()])
+    finally:
+        conn.unbind_s()
+
+
+def _ad_guid(seed: AdSeed, dn: str) -> str:
+    conn = seed.dc.admin()
+    try:
+        [(_, entry)] = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["objectGUID"])
+    finally:
+        conn.unbind_s()
+    return str(uuid.UUID(bytes_le=entry["objectGUID"][0]))
+
+
+@pytest.mark.ad
+def test_ad_usn_no_change_then_edit_then_delete(ad: tuple[Watcher, AdSeed]) -> None:
+    watcher, seed = ad
+    assert watcher.mark.startswith("usn:")
+    assert watcher.next().empty
+    _ad_modify(seed, seed.users["dave"], mail="dave@changed.test")
+    change = watcher.next()
+    assert {u.attributes["samaccountname"][0] for u in change.users.values()} == {"dave"}
+    assert {g.name for g in change.groups.values()} == {"staff"}  # dave's group
+    conn = seed.dc.admin()
+    try:
+        dn = f"CN=Temp User,{PEOPLE}"
+        conn.add_s(dn, list(_user("temp", "Temp", "User", NORMAL_NO_PASSWORD).items()))
+        change = watcher.next()
+        guid = _ad_guid(seed, dn)
+        assert set(change.users) == {guid}
+        conn.delete_s(dn)
+    finally:
+        conn.unbind_s()
+    change = watcher.next()
+    assert guid in change.gone_users  # from its tombstone, which keeps objectGUID
+    assert guid not in change.gone_groups
+    assert watcher.next().empty
+
+
+@pytest.mark.ad
+def test_ad_membership_change_gives_group_and_nested_parent(ad: tuple[Watcher, AdSeed]) -> None:
+    watcher, seed = ad
+    conn = seed.dc.admin()
+    eng = seed.groups["engineering"]
+    try:
+        conn.modify_s(eng, [(ldap.MOD_ADD, "member", [seed.users["dave"].encode()])])
+        change = watcher.next()
+        assert {"engineering", "staff"} <= {g.name for g in change.groups.values()}
+        conn.modify_s(eng, [(ldap.MOD_DELETE, "member", [seed.users["dave"].encode()])])
+    finally:
+        conn.unbind_s()
+    assert "engineering" in {g.name for g in watcher.next().groups.values()}
+
+
+@pytest.mark.ad
+def test_ad_watermark_from_another_dc_is_lost(ad: tuple[Watcher, AdSeed]) -> None:
+    watcher, _ = ad
+    name, tag, _, usn = watcher.mark.split(":")
+    other = f"{name}:{tag}:{uuid.uuid4()}:{usn}"
+    with pytest.raises(WatermarkLost, match="another domain controller"):
+        watcher.directory.changes(other, set)
