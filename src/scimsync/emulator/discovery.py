@@ -88,6 +88,9 @@ def _schema_bodies() -> tuple[dict[str, Any], ...]:
     for attribute in user["attributes"]:
         if attribute["name"] == "emails":
             attribute["required"] = True  # required on create and modify (section 2)
+        if attribute["name"] in ("emails", "phoneNumbers"):
+            for sub in attribute["subAttributes"]:  # a value-less email or phone means nothing
+                sub["required"] = sub["name"] == "value"
     enterprise = EnterpriseUser.to_schema().model_dump(mode="json", exclude_none=True)
     enterprise["attributes"] = [
         a for a in enterprise["attributes"] if a["name"] in ("organization", "department")

@@ -132,6 +132,14 @@ def _apply_multi(container: dict[str, Any], op: str, target: _Target, value: Any
 
 
 def _apply_user_path(user: dict[str, Any], op: str, path: str, value: Any) -> None:
+    if path.lower() == ENTERPRISE.lower():  # the whole extension
+        if op == "remove":
+            user.pop(ENTERPRISE, None)
+            return
+        if op == "replace":
+            user.pop(ENTERPRISE, None)
+        _apply_user_value(user, op, {ENTERPRISE: value})
+        return
     container, known = user, USER_ATTRIBUTES
     for prefix, schema_known in ((CORE_USER, USER_ATTRIBUTES), (ENTERPRISE, ENTERPRISE_ATTRIBUTES)):
         if path.lower().startswith(prefix.lower() + ":"):
@@ -173,6 +181,8 @@ def _apply_user_value(user: dict[str, Any], op: str, value: Any) -> None:
             if not isinstance(item, dict):
                 raise invalid_value(f"{ENTERPRISE} must be an object")
             for sub_key, sub_value in item.items():
+                if sub_key.lower() == "schemas":
+                    continue
                 _apply_user_path(user, op, f"{ENTERPRISE}:{sub_key}", sub_value)
         elif key.lower() in ("schemas", "id", "meta"):
             continue
