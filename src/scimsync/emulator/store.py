@@ -274,7 +274,9 @@ class Directory:
                     self.groups[group.id] = group
                     self.by_group_name[group.display_name.lower()] = group.id
                     self._set_members(group, dict.fromkeys(raw["members"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise ValueError(f"{self.data_file}: not an emulator data file (no {exc})") from None
+        except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"{self.data_file}: not an emulator data file ({exc})") from None
 
     def _saved(self) -> None:
