@@ -23,14 +23,14 @@ from scimsync.target.errors import ScimError, Unauthorized
 
 if TYPE_CHECKING:
     from scimsync.config import Config
-    from scimsync.engine import Desired
+    from scimsync.engine import View
     from scimsync.state import Store
 
 logger = log.get(__name__)
 
-PHASE_COUNT = (
-    5  # see plan.phase: user writes, group writes, memberships, user removals, group deletions
-)
+# See plan.phase: user writes, group writes, memberships, user removals, group deletions.
+PHASE_COUNT = 5
+MEMBERSHIP_PHASE = 2
 
 
 class Progress(Protocol):
@@ -58,7 +58,7 @@ class Executor:
         store: Store,
         cycle_id: str,
         config: Config,
-        desired: Desired,
+        view: View,
         *,
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
@@ -68,12 +68,13 @@ class Executor:
         self.store = store
         self.cycle_id = cycle_id
         self.config = config
-        self.desired = desired
+        self.desired = view.desired
         self.progress = progress
         self.should_stop = should_stop
         self.now = now
-        self.users = store.linked_users()
-        self.groups = store.linked_groups()
+        # The view's links; member links from outside it are fetched when memberships need them.
+        self.users = dict(view.linked_users)
+        self.groups = dict(view.linked_groups)
         self.outcome = Outcome()
 
     async def apply(self, plan: Plan) -> Outcome:
@@ -83,14 +84,21 @@ class Executor:
         if self.progress:
             self.progress.start(len(plan.operations))
         try:
-            for ops in phases:
+            for number, ops in enumerate(phases):
                 if self.should_stop():
                     break
+                if number == MEMBERSHIP_PHASE:
+                    self._load_member_links(ops)
                 await self._run_concurrently(ops)
         finally:
             if self.progress:
                 self.progress.finish()
         return self.outcome
+
+    def _load_member_links(self, ops: Sequence[Operation]) -> None:
+        wanted = {m for op in ops for m in op.members if m not in self.users}
+        if wanted:
+            self.users.update(self.store.linked_users_by_ids(wanted))
 
     async def _run_concurrently(self, ops: Sequence[Operation]) -> None:
         """A pool of workers, not a task per operation: memory stays flat at 100k operations."""

@@ -42,6 +42,7 @@ logger = log.get(__name__)
 Mode = Literal["full", "incremental", "user"]
 WATERMARK = "directory"
 LAST_FULL = "last_full_reconciliation"
+SETTINGS = "settings"
 Clock = Callable[[], datetime]
 
 
@@ -66,6 +67,7 @@ class View:
     linked_users: dict[str, LinkedUser]
     linked_groups: dict[str, LinkedGroup]
     watermark: str | None = None  # where the directory was; stored once the cycle is applied
+    other_members: frozenset[str] = frozenset()  # linked users outside the universe
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,7 @@ def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: 
     kept = unmapped_but_linked(failures, linked_users)
     groups: dict[str, DesiredGroup] = {}
     linked_groups: dict[str, LinkedGroup] = {}
+    in_scope: set[str] = set()
     if config.options.groups:
         in_scope = set(store.user_fingerprints()) - changes.gone_users
         in_scope |= users.keys() | kept
@@ -179,7 +182,8 @@ def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: 
                 members = frozenset(m for m in link.member_source_ids if m in in_scope)
                 groups[source_id] = DesiredGroup(source_id, link.display_name, members)
     desired = Desired(users, groups, failures, None)
-    return View("incremental", desired, linked_users, linked_groups, changes.watermark)
+    others = frozenset(in_scope - linked_users.keys() - users.keys()) if groups else frozenset()
+    return View("incremental", desired, linked_users, linked_groups, changes.watermark, others)
 
 
 def user_view(
@@ -207,9 +211,24 @@ def user_view(
     return View("user", desired, store.linked_users_by_ids(wanted), linked_groups)
 
 
+def settings_fingerprint(config: Config) -> str:
+    """What decides the desired state: scope, mapping and options (secrets masked)."""
+    return fingerprint(
+        {
+            "source": config.source.model_dump(mode="json"),
+            "mapping": {k: r.model_dump(mode="json") for k, r in config.rules.items()},
+            "options": config.options.model_dump(mode="json"),
+            "target": config.target.url,
+        }
+    )
+
+
 def choose_mode(store: Store, config: Config, now: datetime) -> Mode:
     """Incremental when a watermark is kept and the last full reconciliation is recent."""
     if store.watermark(WATERMARK) is None:
+        return "full"
+    # A changed scope, mapping or option changes what every record should be.
+    if store.watermark(SETTINGS) != settings_fingerprint(config):
         return "full"
     last_full = store.watermark(LAST_FULL)
     if last_full is None:
@@ -342,6 +361,7 @@ async def observe_unlinked(target: Target, view: View, config: Config) -> PlanIn
         target_users={k: r for k, r in users_by_key.items() if r.target_id not in linked_targets},
         target_groups=groups_by_key,
         scope="partial" if view.mode == "user" else "full",
+        other_members=view.other_members,
     )
 
 
@@ -429,7 +449,7 @@ async def sync(
             store,
             cycle_id,
             config,
-            view.desired,
+            view,
             progress=progress,
             should_stop=should_stop,
             now=now,
@@ -447,6 +467,7 @@ async def sync(
             store.set_watermark(WATERMARK, view.watermark)
             if view.mode == "full":
                 store.set_watermark(LAST_FULL, now().isoformat())
+                store.set_watermark(SETTINGS, settings_fingerprint(config))
         logger.info(
             "cycle finished",
             cycle_id=cycle_id,

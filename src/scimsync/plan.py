@@ -57,6 +57,9 @@ class PlanInput:
     target_members: Mapping[str, frozenset[str]] = field(default_factory=dict)
     skip: frozenset[tuple[Kind, str]] = frozenset()
     scope: Literal["full", "partial"] = "full"
+    # Incremental plans: users linked earlier but outside this plan's universe. They may be
+    # members of the groups planned here; nothing else is planned for them.
+    other_members: frozenset[str] = frozenset()
 
 
 # The executor's order: users written, groups written, memberships, user removals, group deletions.
@@ -288,7 +291,7 @@ class _GroupPlanner:
     def __init__(self, inp: PlanInput, options: Options, users: _UserPlanner) -> None:
         self.inp = inp
         self.options = options
-        self.provisioned = users.provisioned - users.deleted
+        self.provisioned = (users.provisioned | inp.other_members) - users.deleted
         self.deleted = users.deleted
         self.skipped_users = {sid for kind, sid in inp.skip if kind == "user"}
         # Users adopted by this plan are ours by the time memberships are written.
