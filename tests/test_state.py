@@ -117,6 +117,8 @@ def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
     assert store.count_linked("group") == 0
     assert store.user_fingerprints()["u1"] == fingerprint(users["u1"].values)
     assert store.linked_users_by_ids(["u2", "missing"]) == {"u2": users["u2"]}
+    assert store.linked_ids("user") == {"u1", "u2"}
+    assert store.linked_ids("group") == set()
 
     store.forget("user", "u1")
     assert set(store.linked_users()) == {"u2"}

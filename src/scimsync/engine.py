@@ -166,7 +166,7 @@ def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: 
     linked_groups: dict[str, LinkedGroup] = {}
     in_scope: set[str] = set()
     if config.options.groups:
-        in_scope = set(store.user_fingerprints()) - changes.gone_users
+        in_scope = store.linked_ids("user") - changes.gone_users
         in_scope |= users.keys() | kept
         for failure in failures:  # unmappable and never linked: not at the target
             if failure.source_id not in kept:
@@ -253,7 +253,9 @@ def read_view(
             watermark = store.watermark(WATERMARK)
             assert watermark is not None
             try:
-                changes = directory.changes(watermark, lambda: store.user_fingerprints().keys())
+                changes = directory.changes(
+                    watermark, lambda: store.linked_ids("user"), lambda: store.linked_ids("group")
+                )
             except WatermarkLost as exc:
                 logger.info("watermark lost: full reconciliation", reason=str(exc))
             else:

@@ -181,6 +181,14 @@ class Store:
                 found.update((row.source_id, _user(row)) for row in conn.execute(query))
         return found
 
+    def linked_ids(self, kind: Kind) -> set[str]:
+        """The source ids of every link of a kind, without loading the links."""
+        query = sa.select(t.links.c.source_id).where(
+            t.links.c.channel_id == self._channel_id, t.links.c.kind == kind
+        )
+        with self._read() as conn:
+            return set(conn.scalars(query))
+
     def user_fingerprints(self) -> dict[str, str]:
         """source_id -> fingerprint of the values last pushed, without loading the values."""
         query = sa.select(t.links.c.source_id, t.links.c.fingerprint).where(
