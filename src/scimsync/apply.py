@@ -297,13 +297,17 @@ class Executor:
 
     async def _add_members(self, op: Operation) -> str:
         link = self.groups[op.source_id]
-        await self.target.add_members(link.target_id, self._user_target_ids(op.members))
+        # A member whose own create failed (its failure is recorded) has no account yet:
+        # the others go in now; it follows when the group is planned again after its retry.
+        present = [m for m in op.members if m in self.users]
+        if present:
+            await self.target.add_members(link.target_id, self._user_target_ids(present))
         self._save_group(
             LinkedGroup(
                 link.source_id,
                 link.target_id,
                 link.display_name,
-                link.member_source_ids | frozenset(op.members),
+                link.member_source_ids | frozenset(present),
             )
         )
         return link.target_id
