@@ -28,10 +28,12 @@ import ldap
 import yaml
 
 from bench.read_directory import populate
+from scimsync.emulator import PREFIX
 from scimsync.sandbox.slapd import Slapd, free_port
 
 TOKEN = "bench-token"
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -68,7 +70,7 @@ def emulator(latency_ms: float) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                httpx2.get(f"{url}/_emulator/stats", timeout=1)
+                httpx2.get(f"{url}/_emulator/stats", headers=AUTH, timeout=1)
                 break
             except httpx2.TransportError:
                 time.sleep(0.05)
@@ -79,13 +81,9 @@ def emulator(latency_ms: float) -> Iterator[str]:
 
 
 def stats(url: str) -> dict[str, int]:
-    by_method: dict[str, int] = httpx2.get(f"{url}/_emulator/stats", timeout=10).json()["by_method"]
+    response = httpx2.get(f"{url}/_emulator/stats", headers=AUTH, timeout=10)
+    by_method: dict[str, int] = response.json()["by_method"]
     return by_method
-
-
-def scim_url(url: str) -> str:
-    body = httpx2.get(f"{url}/_emulator/stats", timeout=10).json()
-    return str(body.get("scim_url", url))
 
 
 def run_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> Row:
@@ -119,9 +117,10 @@ def make_changes(server: Slapd, base: str, users: int, groups: int, seed: int) -
         for i in picks[60:80]:
             dn = f"uid=u{i:06d},{people}".encode()
             holding = conn.search_s(grp, ldap.SCOPE_ONELEVEL, f"(member={dn.decode()})", ["cn"])
-            source = next((d for d, _ in holding if not d.startswith("cn=everyone")), None)
+            held = {d.lower() for d, _ in holding}
+            source = next(iter(sorted(held)), None)
             target = f"cn=g{rng.randrange(groups):03d},{grp}"
-            if source and source != target:
+            if source and target.lower() not in held:
                 conn.modify_s(source, [(ldap.MOD_DELETE, "member", [dn])])
                 conn.modify_s(target, [(ldap.MOD_ADD, "member", [dn])])
     finally:
@@ -190,7 +189,7 @@ def bench(users: int, groups: int, latency_ms: float, concurrency: int) -> list[
         print(f"  directory: {users} users, {groups + 1} groups loaded in "
               f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
         with emulator(latency_ms) as url:
-            config = write_config(Path(tmp), server, base, scim_url(url), concurrency)
+            config = write_config(Path(tmp), server, base, url + PREFIX, concurrency)
             tag = f"{latency_ms:g} ms"
             rows.append(run_cycle(config, url, f"initial sync, {tag}"))
             rows.append(run_cycle(config, url, f"no change, incremental, {tag}"))

@@ -317,6 +317,16 @@ def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Cl
         assert reopened.open_intents() == []
 
 
+def test_intents_by_the_chunk(store: Store) -> None:
+    cycle = store.begin_run("full")
+    store.intend_many(cycle, [("create", "user", f"u{i}", f"user {i}") for i in range(3)])
+    store.intend_many(cycle, [("delete", "group", "g1", "old")])
+    store.done_many(cycle, [("create", "user", "u0"), ("create", "user", "u2")])
+    store.done_many("another-cycle", [("delete", "group", "g1")])  # not this cycle's
+    left = sorted((i.action, i.source_id) for i in store.open_intents())
+    assert left == [("create", "u1"), ("delete", "g1")]
+
+
 # -- failures ----------------------------------------------------------------
 
 

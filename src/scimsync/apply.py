@@ -12,12 +12,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from scimsync import log
 from scimsync.fingerprint import of_desired
-from scimsync.model import Action, LinkedGroup, LinkedUser, Operation, Plan
+from scimsync.model import Action, Kind, LinkedGroup, LinkedUser, Operation, Plan
 from scimsync.plan import phase
+from scimsync.state import AuditRecord
 from scimsync.target import RemoteGroup, Target
 from scimsync.target.errors import ScimError, Unauthorized
 
@@ -76,6 +78,13 @@ class Executor:
         self.users = dict(view.linked_users)
         self.groups = dict(view.linked_groups)
         self.outcome = Outcome()
+        # Store writes wait here until their chunk's calls are done: one transaction a chunk.
+        self.pending: list[Callable[[], object]] = []
+        self.pending_users: dict[str, LinkedUser] = {}
+        self.pending_groups: dict[str, LinkedGroup] = {}
+        self.pending_audit: list[AuditRecord] = []
+        self.failing = set(store.failures())
+        self.chunk = max(64, 16 * config.target.max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:
         phases: list[list[Operation]] = [[] for _ in range(PHASE_COUNT)]
@@ -85,11 +94,12 @@ class Executor:
             self.progress.start(len(plan.operations))
         try:
             for number, ops in enumerate(phases):
-                if self.should_stop():
-                    break
                 if number == MEMBERSHIP_PHASE:
                     self._load_member_links(ops)
-                await self._run_concurrently(ops)
+                for start in range(0, len(ops), self.chunk):
+                    if self.should_stop():
+                        return self.outcome
+                    await self._apply_chunk(ops[start : start + self.chunk])
         finally:
             if self.progress:
                 self.progress.finish()
@@ -100,74 +110,59 @@ class Executor:
         if wanted:
             self.users.update(self.store.linked_users_by_ids(wanted))
 
-    async def _run_concurrently(self, ops: Sequence[Operation]) -> None:
-        """A pool of workers, not a task per operation: memory stays flat at 100k operations."""
-        if not ops:
-            return
-        queue: asyncio.Queue[Operation] = asyncio.Queue()
-        for op in ops:
-            queue.put_nowait(op)
+    async def _apply_chunk(self, ops: Sequence[Operation]) -> None:
+        """Intents of a chunk in one transaction before its calls; outcomes in one after.
+
+        A crash in between leaves intents without outcomes: the calls that did land are
+        found again at the target by name (adopted) or are idempotent (deletes, members).
+        """
+        self.store.intend_many(
+            self.cycle_id, ((op.action.value, op.kind, op.source_id, op.name) for op in ops)
+        )
+        queue = iter(ops)
 
         async def worker() -> None:
             # A stop request lets each worker finish the operation it holds, no more.
-            while not queue.empty() and not self.should_stop():
-                await self._apply_one(queue.get_nowait())
+            for op in queue:
+                await self._apply_one(op)
+                if self.should_stop():
+                    return
 
-        workers = min(self.config.target.max_concurrency, len(ops))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        try:
+            workers = min(self.config.target.max_concurrency, len(ops))
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        finally:
+            self._record(ops)
 
     async def _apply_one(self, op: Operation) -> None:
-        intent = self.store.intend(self.cycle_id, op.action.value, op.kind, op.source_id, op.name)
         target_id = op.target_id
         try:
             target_id = await self._call(op)
         except Unauthorized:
             raise  # the key is wrong for every record: end the cycle
-        except ScimError as exc:
+        except (ScimError, MissingLinkError) as exc:
             self._failed(op, str(exc))
-        except MissingLinkError as exc:
-            self._failed(op, str(exc))
-        else:
-            self.outcome.applied[op.action.value] += 1
-            self.store.clear_failure(op.kind, op.source_id)
-            self.store.audit(
-                self.cycle_id,
-                op.action.value,
-                op.kind,
-                op.source_id,
-                target_id,
-                True,
-                name=op.name,
-            )
-            if self.progress:
-                self.progress.advance(op, True)
-        self.store.done(intent)
+            return
+        self.outcome.applied[op.action.value] += 1
+        if (op.kind, op.source_id) in self.failing:
+            self.pending.append(partial(self.store.clear_failure, op.kind, op.source_id))
+        self._audit(op, target_id, True)
+        if self.progress:
+            self.progress.advance(op, True)
 
     def _failed(self, op: Operation, cause: str) -> None:
         self.outcome.failed.append(Failure(op, cause))
-        self.store.audit(
-            self.cycle_id,
-            op.action.value,
-            op.kind,
-            op.source_id,
-            op.target_id,
-            False,
-            cause,
-            name=op.name,
-        )
         record = self.desired.users.get(op.source_id) if op.kind == "user" else None
         group = self.desired.groups.get(op.source_id) if op.kind == "group" else None
         subject = record or group
-        self.store.record_failure(
-            op.kind,
-            op.source_id,
-            op.name,
-            op.action.value,
-            cause,
-            source_fingerprint=of_desired(subject) if subject else "",
-            now=self.now(),
-            max_retries=self.config.options.max_retries,
-        )
+        self._audit(op, op.target_id, False, cause)
+        self.pending.append(
+            partial(
+                self.store.record_failure, op.kind, op.source_id, op.name, op.action.value,
+                cause, source_fingerprint=of_desired(subject) if subject else "",
+                now=self.now(), max_retries=self.config.options.max_retries,
+            )
+        )  # fmt: skip
         logger.warning(
             "operation failed", action=op.action.value, kind=op.kind, name=op.name, cause=cause
         )
@@ -193,11 +188,42 @@ class Executor:
 
     def _save_user(self, link: LinkedUser) -> None:
         self.users[link.source_id] = link
-        self.store.save_user(link)
+        self.pending_users[link.source_id] = link
 
     def _save_group(self, link: LinkedGroup) -> None:
         self.groups[link.source_id] = link
-        self.store.save_group(link)
+        self.pending_groups[link.source_id] = link
+
+    def _audit(
+        self, op: Operation, target_id: str | None, ok: bool, cause: str | None = None
+    ) -> None:
+        self.pending_audit.append(
+            AuditRecord(
+                self.cycle_id, self.now(), op.action.value, op.kind, op.source_id, target_id,
+                ok, cause, op.name,
+            )
+        )  # fmt: skip
+
+    def _record(self, ops: Sequence[Operation]) -> None:
+        """One transaction for a chunk's outcomes: links, audit, failures, intents done."""
+        with self.store.atomic():
+            self.store.save_users(self.pending_users.values())
+            self.store.save_groups(self.pending_groups.values())
+            for record in self.pending:  # forgets and failures: few, order kept
+                record()
+            self.store.audit_many(self.pending_audit)
+            self.store.done_many(
+                self.cycle_id, ((op.action.value, op.kind, op.source_id) for op in ops)
+            )
+        self.pending.clear()
+        self.pending_users.clear()
+        self.pending_groups.clear()
+        self.pending_audit.clear()
+
+    def _forget(self, kind: Kind, source_id: str) -> None:
+        (self.users if kind == "user" else self.groups).pop(source_id, None)
+        (self.pending_users if kind == "user" else self.pending_groups).pop(source_id, None)
+        self.pending.append(partial(self.store.forget, kind, source_id))
 
     def _pushed(self, op: Operation, before: dict[str, str | bool]) -> dict[str, str | bool]:
         values = {**before, **{k: v for k, v in op.values.items() if k != "active"}}
@@ -260,8 +286,7 @@ class Executor:
     async def _delete_user(self, op: Operation) -> str:
         link = self.users[op.source_id]
         await self.target.delete_user(link.target_id)
-        self.users.pop(op.source_id, None)
-        self.store.forget("user", op.source_id)
+        self._forget("user", op.source_id)
         return link.target_id
 
     async def _create_group(self, op: Operation) -> str:
@@ -330,8 +355,7 @@ class Executor:
     async def _delete_group(self, op: Operation) -> str:
         link = self.groups[op.source_id]
         await self.target.delete_group(link.target_id)
-        self.groups.pop(op.source_id, None)
-        self.store.forget("group", op.source_id)
+        self._forget("group", op.source_id)
         return link.target_id
 
 

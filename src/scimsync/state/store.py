@@ -420,6 +420,40 @@ class Store:
             assert inserted is not None  # an INSERT of one row always has one
             return int(inserted[0])
 
+    def intend_many(self, cycle_id: str, entries: Iterable[tuple[str, Kind, str, str]]) -> None:
+        """Record many operations (action, kind, source_id, name) about to be sent, at once."""
+        at = self._clock()
+        rows = [
+            {
+                "channel_id": self._channel_id,
+                "cycle_id": cycle_id,
+                "action": action,
+                "kind": kind,
+                "source_id": source_id,
+                "name": name,
+                "at": at,
+            }
+            for action, kind, source_id, name in entries
+        ]
+        for chunk in _chunks(rows, WRITE_CHUNK):
+            with self._write() as conn:
+                conn.execute(sa.insert(t.intents), chunk)
+
+    def done_many(self, cycle_id: str, entries: Iterable[tuple[str, Kind, str]]) -> None:
+        """Drop the intents (action, kind, source_id) of a cycle whose outcome is recorded."""
+        c = t.intents.c
+        statement = sa.delete(t.intents).where(
+            c.channel_id == self._channel_id,
+            c.cycle_id == cycle_id,
+            c.action == sa.bindparam("b_action"),
+            c.kind == sa.bindparam("b_kind"),
+            c.source_id == sa.bindparam("b_source_id"),
+        )
+        rows = [{"b_action": a, "b_kind": k, "b_source_id": sid} for a, k, sid in entries]
+        for chunk in _chunks(rows, WRITE_CHUNK):
+            with self._write() as conn:
+                conn.execute(statement, chunk)
+
     def done(self, intent_id: int) -> None:
         with self._write() as conn:
             conn.execute(
