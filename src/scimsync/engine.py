@@ -484,11 +484,28 @@ async def sync(
 def record_refusals(
     store: Store, cycle_id: str, prepared: Prepared, config: Config, now: datetime
 ) -> None:
-    """Records the planner or the mapping refused: audited, listed by `status`."""
+    """Records the planner or the mapping refused: audited, listed by `status`.
+
+    Their failure rows carry the cause's fingerprint, never the record's, so a refused
+    record is planned again every cycle; a full cycle drops the rows of records no longer
+    refused (fixed, or gone from the directory).
+    """
+    if prepared.view.mode == "full":
+        refused = {(c.kind, c.source_id) for c in prepared.plan.conflicts}
+        refused |= {(f.kind, f.source_id) for f in prepared.desired.failures}
+        for key, row in store.failures().items():
+            if row.action in ("map", "conflict") and key not in refused:
+                store.clear_failure(*key)
     for conflict in prepared.plan.conflicts:
         store.audit(
             cycle_id, "conflict", conflict.kind, conflict.source_id, None, False,
             conflict.cause, name=conflict.name,
+        )  # fmt: skip
+        # Without a row, a conflict would be invisible to `status` after its first cycle.
+        store.record_failure(
+            conflict.kind, conflict.source_id, conflict.name, "conflict", conflict.cause,
+            source_fingerprint=fingerprint({"cause": conflict.cause}),
+            now=now, max_retries=config.options.max_retries,
         )  # fmt: skip
     for failure in prepared.desired.failures:
         store.audit(
