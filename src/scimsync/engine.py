@@ -458,12 +458,13 @@ async def sync(
         )
         try:
             report.outcome = await executor.apply(verdict.allowed)
-        finally:
-            report.stopped = should_stop()
-            result = (
-                "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
-            )
-            store.finish_run(cycle_id, result, report.outcome.applied)
+        except BaseException:
+            # Cut short (target unreachable, key refused, interrupted): never a clean run.
+            store.finish_run(cycle_id, "failed", executor.outcome.applied)
+            raise
+        report.stopped = should_stop()
+        result = "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
+        store.finish_run(cycle_id, result, report.outcome.applied)
         # Held deletions keep the watermark where it was, so the next cycle meets them again.
         if view.watermark is not None and not verdict.blocked and not report.stopped:
             store.set_watermark(WATERMARK, view.watermark)
