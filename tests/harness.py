@@ -15,20 +15,25 @@ from scimsync.state import Store
 from tests.fixtures.slapd import Tree
 
 
+def source_settings(tree: Tree, password: str | None = None) -> dict[str, Any]:
+    """The `source` section reading a test subtree as the sandbox's reader account."""
+    return {
+        "url": tree.server.url,
+        "bind_dn": tree.server.bind_dn,
+        "bind_password": tree.server.password if password is None else password,
+        "base_dn": tree.base_dn,
+        "users": {"filter": "(objectClass=inetOrgPerson)"},
+        "groups": {"filter": "(objectClass=groupOfNames)"},
+    }
+
+
 class Channel:
     def __init__(self, tree: Tree, emulator: RunningEmulator, state_dir: Path) -> None:
         self.tree = tree
         self.emulator = emulator
         self.state_url = f"sqlite:///{state_dir / 'state.db'}"
-        self.source: dict[str, Any] = {
-            "url": tree.server.url,
-            "bind_dn": tree.server.bind_dn,
-            "bind_password": tree.server.password,
-            "base_dn": tree.base_dn,
-            "users": {"filter": "(objectClass=inetOrgPerson)"},
-            "groups": {"filter": "(objectClass=groupOfNames)"},
-            "account_status": {"attribute": "employeeType", "disabled_value": "disabled"},
-        }
+        self.source = source_settings(tree)
+        self.source["account_status"] = {"attribute": "employeeType", "disabled_value": "disabled"}
         self.options: dict[str, Any] = {}
         self.mapping: dict[str, Any] = {
             "userName": "mail",
@@ -109,6 +114,12 @@ class Channel:
             response = client.post("/Groups", json=body)
             response.raise_for_status()
             return str(response.json()["id"])
+
+    def patch_target(self, path: str, *operations: dict[str, Any]) -> None:
+        """A change made by hand at the target, as an admin or another tool would."""
+        body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"]}
+        with self.http() as client:
+            client.patch(path, json={**body, "Operations": list(operations)}).raise_for_status()
 
     def writes(self) -> int:
         """Write requests the emulator served since its counters were last reset."""

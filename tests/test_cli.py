@@ -14,6 +14,7 @@ import yaml
 
 from scimsync.emulator import RunningEmulator
 from tests.fixtures.slapd import Tree
+from tests.harness import source_settings
 
 BIND_PASSWORD_VAR = "TEST_LDAP_PASSWORD"
 TOKEN_VAR = "TEST_SCIM_TOKEN"
@@ -30,14 +31,7 @@ class Cli:
         )
         self.settings: dict[str, Any] = {
             "state": f"sqlite:///{work / 'state.db'}",
-            "source": {
-                "url": tree.server.url,
-                "bind_dn": tree.server.bind_dn,
-                "bind_password": "${" + BIND_PASSWORD_VAR + "}",
-                "base_dn": tree.base_dn,
-                "users": {"filter": "(objectClass=inetOrgPerson)"},
-                "groups": {"filter": "(objectClass=groupOfNames)"},
-            },
+            "source": source_settings(tree, password="${" + BIND_PASSWORD_VAR + "}"),
             "target": {"url": emulator.url, "token": "${" + TOKEN_VAR + "}"},
             "options": {"max_deletions": 2},
         }

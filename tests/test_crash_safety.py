@@ -16,6 +16,7 @@ import yaml
 
 from scimsync.emulator import RunningEmulator
 from tests.fixtures.slapd import Tree
+from tests.harness import source_settings
 
 USERS = 2000
 KILLS = 8
@@ -27,14 +28,7 @@ def write_config(tree: Tree, emulator: RunningEmulator, work: Path) -> Path:
         yaml.safe_dump(
             {
                 "state": f"sqlite:///{work / 'state.db'}",
-                "source": {
-                    "url": tree.server.url,
-                    "bind_dn": tree.server.bind_dn,
-                    "bind_password": tree.server.password,
-                    "base_dn": tree.base_dn,
-                    "users": {"filter": "(objectClass=inetOrgPerson)"},
-                    "groups": {"filter": "(objectClass=groupOfNames)"},
-                },
+                "source": source_settings(tree),
                 "target": {"url": emulator.url, "token": emulator.token, "max_concurrency": 8},
                 "options": {"max_deletions": "100%"},
                 "mapping": {"title": "title"},

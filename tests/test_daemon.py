@@ -17,6 +17,7 @@ import yaml
 from scimsync.emulator import RunningEmulator
 from scimsync.sandbox.slapd import free_port
 from tests.fixtures.slapd import Tree
+from tests.harness import source_settings
 
 T = TypeVar("T")
 
@@ -44,13 +45,7 @@ def daemon(
                 "state": f"sqlite:///{tmp_path / 'state.db'}",
                 "interval": 0.5,
                 "metrics_listen": f"127.0.0.1:{port}",
-                "source": {
-                    "url": ldap_tree.server.url,
-                    "bind_dn": ldap_tree.server.bind_dn,
-                    "bind_password": ldap_tree.server.password,
-                    "base_dn": ldap_tree.base_dn,
-                    "users": {"filter": "(objectClass=inetOrgPerson)"},
-                },
+                "source": source_settings(ldap_tree),
                 "target": {"url": emulator.url, "token": emulator.token},
                 "mapping": {"title": "title"},
             }

@@ -198,14 +198,9 @@ def test_membership_add_remove_and_overwrite_of_a_member_added_at_the_target(
     # Someone adds a member by hand at the target: the directory's membership wins.
     intruder = channel.create_target_user("intruder@example.com")
     group_id = channel.groups()["team"]["id"]
-    with channel.http() as client:
-        client.patch(
-            f"/Groups/{group_id}",
-            json={
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [{"op": "add", "path": "members", "value": [{"value": intruder}]}],
-            },
-        ).raise_for_status()
+    channel.patch_target(
+        f"/Groups/{group_id}", {"op": "add", "path": "members", "value": [{"value": intruder}]}
+    )
     with channel.store() as store:
         store.reset()  # drift at the target is corrected by the full reconciliation
     channel.sync()

@@ -101,14 +101,9 @@ def test_drift_at_the_target_is_corrected_by_the_full_reconciliation(channel: Ch
     channel.tree.add_user("d1", title="Engineer")
     channel.sync()
     user_id = channel.users()["d1@example.com"]["id"]
-    with channel.http() as client:
-        client.patch(
-            f"/Users/{user_id}",
-            json={
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [{"op": "replace", "path": "title", "value": "Hand-edited"}],
-            },
-        ).raise_for_status()
+    channel.patch_target(
+        f"/Users/{user_id}", {"op": "replace", "path": "title", "value": "Hand-edited"}
+    )
     assert channel.sync().prepared.plan.operations == ()  # incremental: the directory is quiet
     with channel.store() as store:
         store.reset()
