@@ -9,6 +9,7 @@ BENCHES = (
     ("reading the directory", ["-m", "bench.read_directory"]),
     ("SCIM client throughput", ["bench/target_throughput.py", "--server", "emulator"]),
     ("whole cycles at scale", ["-m", "bench.sync_scale", *sys.argv[1:]]),
+    ("a change's way to the target under `scimsync run`", ["-m", "bench.propagation"]),
 )
 
 
