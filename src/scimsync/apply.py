@@ -33,6 +33,7 @@ logger = log.get(__name__)
 # See plan.phase: user writes, group writes, memberships, user removals, group deletions.
 PHASE_COUNT = 5
 MEMBERSHIP_PHASE = 2
+MEMBERSHIP_ACTIONS = (Action.ADD_MEMBERS, Action.REMOVE_MEMBERS)
 
 
 class Progress(Protocol):
@@ -135,6 +136,12 @@ class Executor:
             self._record(ops)
 
     async def _apply_one(self, op: Operation) -> None:
+        if op.action in MEMBERSHIP_ACTIONS and op.source_id not in self.groups:
+            # The group's create failed in this cycle and that failure is recorded (once:
+            # a second row would count one failed attempt twice). Its members follow it.
+            if self.progress:
+                self.progress.advance(op, False)
+            return
         target_id = op.target_id
         try:
             target_id = await self._call(op)
