@@ -20,7 +20,7 @@ import yaml
 
 from scimsync import engine
 from scimsync.emulator import RunningEmulator
-from scimsync.model import Kind
+from scimsync.model import Kind, Operation
 from scimsync.state import Store
 from scimsync.state.records import FailureRecord
 from tests.fixtures.slapd import Tree
@@ -213,6 +213,49 @@ def test_a_400_from_the_target_fails_alone(channel: Channel, clock: Clock) -> No
     recorded = failures(channel)[("user", channel.tree.guid(channel.tree.user_dn("blank")))]
     assert "400" in recorded.cause and recorded.action == "create"
     assert team
+
+
+class GroupMadeByHandMeanwhile:
+    """A Progress whose start, after planning and before the first write, has someone
+    create a group of the same name at the target: the planned POST /Groups gets a 409."""
+
+    def __init__(self, channel: Channel, name: str) -> None:
+        self.channel = channel
+        self.name = name
+
+    def start(self, total: int) -> None:
+        self.channel.create_target_group(self.name)
+
+    def advance(self, op: Operation, ok: bool) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_a_group_create_refused_mid_cycle_fails_alone_and_is_adopted_next(
+    channel: Channel, clock: Clock
+) -> None:
+    members = [channel.tree.add_user(u) for u in ("gil", "hana")]
+    raced = channel.tree.add_group("raced", members)
+    channel.tree.add_group("calm", members)
+    config = channel.config()
+    with Store.open(config.state, config.channel, clock=clock) as store:
+        progress = GroupMadeByHandMeanwhile(channel, "raced")
+        report = asyncio.run(engine.sync(config, store, now=clock, progress=progress))
+    assert report.exit_code == 1
+    [failed] = report.outcome.failed
+    assert (failed.op.kind, failed.op.name, failed.op.action.value) == ("group", "raced", "create")
+    assert "409" in failed.cause
+    assert channel.member_names("calm") == {"gil@example.com", "hana@example.com"}
+    assert channel.member_names("raced") == set()
+    assert failures(channel)[("group", channel.tree.guid(raced))].action == "create"
+
+    clock.moment = failures(channel)[("group", channel.tree.guid(raced))].next_retry_at
+    again = sync_at(channel, clock)
+    assert again.exit_code == 0
+    assert channel.member_names("raced") == {"gil@example.com", "hana@example.com"}
+    assert failures(channel) == {}
 
 
 # --- the mapping refuses a record ----------------------------------------------------------
