@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from scimsync.emulator import discovery
 from scimsync.emulator.behaviour import Misbehaviour, RenameMode, Settings, Stats, authorized
 from scimsync.emulator.errors import ScimError, invalid_value
 from scimsync.emulator.patch import GroupState, patched_group, patched_user
-from scimsync.emulator.query import list_response, page, parse_filter, project
+from scimsync.emulator.query import list_response, page, parse_filter, project, returns
 from scimsync.emulator.responses import scim_response
 from scimsync.emulator.schema import CORE_GROUP, clean_user, group_name, member_ids, require_schema
 from scimsync.emulator.store import Directory, Group
@@ -93,7 +94,17 @@ def render_user(emulator: Emulator, user: dict[str, Any], base: str) -> dict[str
     return body
 
 
-def render_group(emulator: Emulator, group: Group, base: str) -> dict[str, Any]:
+def render_group(
+    emulator: Emulator, group: Group, base: str, params: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The group as GET returns it, `attributes` / `excludedAttributes` applied.
+
+    Members are not even rendered when excluded: a 100,000-member group costs nothing then.
+    """
+    if params is not None:
+        if not returns(params, "members"):
+            group = replace(group, members={})
+        return project(render_group(emulator, group, base), params)
     users = emulator.directory.users
     body: dict[str, Any] = {
         "schemas": [CORE_GROUP],
@@ -185,7 +196,7 @@ async def list_groups(request: Request) -> Response:
     found = emulator.directory.find_groups(name)
     start, items = page(params, found)
     base = _base(request)
-    rendered = [project(render_group(emulator, g, base), params) for g in items]
+    rendered = [render_group(emulator, g, base, params) for g in items]
     return scim_response(list_response(len(found), start, rendered))
 
 
@@ -207,9 +218,7 @@ async def create_group(request: Request) -> Response:
 async def get_group(request: Request) -> Response:
     emulator = _emulator(request)
     group = emulator.directory.group(request.path_params["id"])
-    return scim_response(
-        project(render_group(emulator, group, _base(request)), request.query_params)
-    )
+    return scim_response(render_group(emulator, group, _base(request), request.query_params))
 
 
 def _allow_rename(emulator: Emulator) -> bool:
@@ -247,8 +256,9 @@ async def patch_group(request: Request) -> Response:
             new.members,
             allow_rename=_allow_rename(emulator),
         )
-    # Atlassian answers a group PATCH with 200 and the full group (section 4).
-    return scim_response(render_group(emulator, group, _base(request)))
+    # Atlassian answers a group PATCH with 200 and the full group (section 4); RFC 7644
+    # 3.5.2 lets the client narrow that with attributes / excludedAttributes.
+    return scim_response(render_group(emulator, group, _base(request), request.query_params))
 
 
 async def delete_group(request: Request) -> Response:

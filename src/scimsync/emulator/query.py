@@ -82,6 +82,11 @@ def project(resource: dict[str, Any], params: Mapping[str, str]) -> dict[str, An
     }
 
 
+def returns(params: Mapping[str, str], key: str) -> bool:
+    """Whether `project` would keep the top-level attribute `key`."""
+    return key in project({key: True}, params)
+
+
 def _wanted(key: str, wanted: set[str]) -> bool:
     lowered = key.lower()
     return any(
