@@ -351,3 +351,19 @@ def test_a_group_and_a_user_may_share_a_name(channel: Channel, clock: Clock) -> 
     report = sync_at(channel, clock)
     assert report.exit_code == 0
     assert channel.member_names("shared@example.com") == {"shared@example.com"}
+
+
+def test_a_failed_record_deleted_from_the_directory_leaves_no_failure_behind(
+    channel: Channel,
+) -> None:
+    channel.create_target_user("someone-else@example.com", emails=[
+        {"value": BOB, "type": "work", "primary": True}
+    ])  # fmt: skip
+    bob = channel.tree.add_user("bob")
+    assert channel.sync().exit_code == 1
+    assert ("user", channel.tree.guid(bob)) in failures(channel)
+    channel.tree.delete(bob)
+    with channel.store() as store:
+        store.reset()  # the full reconciliation is what cleans up
+    assert channel.sync().exit_code == 0
+    assert failures(channel) == {}

@@ -489,14 +489,19 @@ def record_refusals(
 
     Their failure rows carry the cause's fingerprint, never the record's, so a refused
     record is planned again every cycle; a full cycle drops the rows of records no longer
-    refused (fixed, or gone from the directory).
+    refused, and of any record gone from both the directory and the links.
     """
     if prepared.view.mode == "full":
+        view = prepared.view
         refused = {(c.kind, c.source_id) for c in prepared.plan.conflicts}
         refused |= {(f.kind, f.source_id) for f in prepared.desired.failures}
-        for key, row in store.failures().items():
-            if row.action in ("map", "conflict") and key not in refused:
-                store.clear_failure(*key)
+        for (kind, source_id), row in store.failures().items():
+            if kind == "user":
+                gone = source_id not in view.desired.users and source_id not in view.linked_users
+            else:
+                gone = source_id not in view.desired.groups and source_id not in view.linked_groups
+            if (kind, source_id) not in refused and (gone or row.action in ("map", "conflict")):
+                store.clear_failure(kind, source_id)
     for conflict in prepared.plan.conflicts:
         store.audit(
             cycle_id, "conflict", conflict.kind, conflict.source_id, None, False,
