@@ -109,3 +109,14 @@ def test_drift_at_the_target_is_corrected_by_the_full_reconciliation(channel: Ch
         store.reset()
     assert channel.sync().prepared.plan.summary() == {"update": 1}
     assert channel.users()["d1@example.com"]["title"] == "Engineer"
+
+
+def test_a_lost_watermark_means_a_full_reconciliation(channel: Channel) -> None:
+    channel.tree.add_user("lw")
+    channel.sync()
+    with channel.store() as store:
+        store.set_watermark(engine.WATERMARK, "syncrepl:not-this-scope:garbage")
+    report = channel.sync()
+    assert mode(report) == "full"
+    assert report.exit_code == 0
+    assert mode(channel.sync()) == "incremental"  # and a good watermark again after it

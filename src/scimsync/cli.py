@@ -201,7 +201,14 @@ def emulate_atlassian(
     rename: Annotated[str, typer.Option("--rename", help="allowed or immutable")] = "allowed",
     rate: Annotated[float | None, typer.Option("--rate", help="requests/s before 429")] = None,
     latency_ms: Annotated[float, typer.Option("--latency-ms")] = 0.0,
-    fault_rate: Annotated[float, typer.Option("--fault-rate", min=0.0, max=1.0)] = 0.0,
+    fault_rate: Annotated[
+        float, typer.Option("--fault-rate", min=0.0, max=1.0, help="share of 5xx / dropped")
+    ] = 0.0,
+    lost_response_rate: Annotated[
+        float,
+        typer.Option("--lost-response-rate", min=0.0, max=1.0, help="POSTs applied, answer lost"),
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="for reproducible faults")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Keep the data in this file")] = None,
 ) -> None:
     """A local server that behaves as Atlassian's SCIM API documents."""
@@ -218,6 +225,8 @@ def emulate_atlassian(
         rate=rate,
         latency_ms=latency_ms,
         fault_rate=fault_rate,
+        lost_response_rate=lost_response_rate,
+        seed=seed,
         data_file=data,
     )
 
