@@ -22,6 +22,7 @@ from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import Mapper, compile_rules
 from scimsync.model import (
+    Conflict,
     DesiredGroup,
     DesiredUser,
     Kind,
@@ -502,25 +503,19 @@ def record_refusals(
                 gone = source_id not in view.desired.groups and source_id not in view.linked_groups
             if (kind, source_id) not in refused and (gone or row.action in ("map", "conflict")):
                 store.clear_failure(kind, source_id)
-    for conflict in prepared.plan.conflicts:
+    refusals: list[tuple[str, Conflict | MappingFailure]] = [
+        ("conflict", c) for c in prepared.plan.conflicts
+    ]
+    refusals += [("map", f) for f in prepared.desired.failures]
+    for event, refusal in refusals:
         store.audit(
-            cycle_id, "conflict", conflict.kind, conflict.source_id, None, False,
-            conflict.cause, name=conflict.name,
+            cycle_id, event, refusal.kind, refusal.source_id, None, False, refusal.cause,
+            name=refusal.name,
         )  # fmt: skip
-        # Without a row, a conflict would be invisible to `status` after its first cycle.
+        # Without a row, a refusal would be invisible to `status` after its first cycle.
         store.record_failure(
-            conflict.kind, conflict.source_id, conflict.name, "conflict", conflict.cause,
-            source_fingerprint=fingerprint({"cause": conflict.cause}),
-            now=now, max_retries=config.options.max_retries,
-        )  # fmt: skip
-    for failure in prepared.desired.failures:
-        store.audit(
-            cycle_id, "map", failure.kind, failure.source_id, None, False, failure.cause,
-            name=failure.name,
-        )  # fmt: skip
-        store.record_failure(
-            failure.kind, failure.source_id, failure.name, "map", failure.cause,
-            source_fingerprint=fingerprint({"cause": failure.cause}),
+            refusal.kind, refusal.source_id, refusal.name, event, refusal.cause,
+            source_fingerprint=fingerprint({"cause": refusal.cause}),
             now=now, max_retries=config.options.max_retries,
         )  # fmt: skip
 
