@@ -36,7 +36,7 @@ from scimsync.model import (
 )
 from scimsync.plan import PlanInput, plan
 from scimsync.state import Store
-from scimsync.target import RemoteGroup, RemoteUser, Target, open_target
+from scimsync.target import RemoteGroup, Target, open_target
 
 logger = log.get(__name__)
 
@@ -277,24 +277,27 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
     linked_users = dict(view.linked_users)
     linked_groups = dict(view.linked_groups)
     by_user_name = config.options.match_users_by == "userName"
-    remote_users: dict[str, RemoteUser] = {}
     users_by_key: dict[str, TargetRef] = {}
+    by_target_id = {link.target_id: sid for sid, link in linked_users.items()}
+    seen: set[str] = set()
+    # Streamed page by page: only unlinked candidates and drift are kept, never the listing.
     async for remote in target.iter_users():
-        remote_users[remote.id] = remote
-        key = remote.user_name if by_user_name else str(remote.values.get("externalId", ""))
-        if key:
-            users_by_key[key.lower()] = TargetRef(remote.id, remote.user_name, remote.active)
-    linked_ids = {link.target_id for link in linked_users.values()}
-    for source_id, link in list(linked_users.items()):
-        seen = remote_users.get(link.target_id)
-        if seen is None:
-            del linked_users[source_id]
+        source_id = by_target_id.get(remote.id)
+        if source_id is None:
+            key = remote.user_name if by_user_name else str(remote.values.get("externalId", ""))
+            if key:
+                users_by_key[key.lower()] = TargetRef(remote.id, remote.user_name, remote.active)
             continue
+        seen.add(source_id)
+        link = linked_users[source_id]
         wanted = desired.users.get(source_id)
         keys = set(link.values) | (set(wanted.values) if wanted else set())
-        drift = {k: seen.values[k] for k in keys if k in seen.values}
-        linked_users[source_id] = replace(link, values=drift, active=seen.active)
-    target_users = {k: ref for k, ref in users_by_key.items() if ref.target_id not in linked_ids}
+        drift = {k: remote.values[k] for k in keys if k in remote.values}
+        if drift != link.values or remote.active != link.active:
+            linked_users[source_id] = replace(link, values=drift, active=remote.active)
+    for source_id in linked_users.keys() - seen:
+        del linked_users[source_id]  # deleted at the target by hand: created again
+    del by_target_id
 
     target_groups: dict[str, TargetRef] = {}
     target_members: dict[str, frozenset[str]] = {}
@@ -325,7 +328,7 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
         desired_groups=desired.groups,
         linked_users=linked_users,
         linked_groups=linked_groups,
-        target_users=target_users,
+        target_users=users_by_key,
         target_groups=target_groups,
         target_members=target_members,
     )
