@@ -87,6 +87,12 @@ def stats(url: str) -> dict[str, int]:
 
 
 def run_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> Row:
+    row = measure_cycle(config, emulator_url, label, *extra)
+    print(row.line(), flush=True)
+    return row
+
+
+def measure_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> Row:
     """One `scimsync sync` in a child process: wall time, its own peak RSS, its requests."""
     before = stats(emulator_url)
     started = time.perf_counter()
@@ -187,7 +193,7 @@ def bench(users: int, groups: int, latency_ms: float, concurrency: int) -> list[
         started = time.perf_counter()
         base = populate(server, users, groups)
         print(f"  directory: {users} users, {groups + 1} groups loaded in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+              f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
         with emulator(latency_ms) as url:
             config = write_config(Path(tmp), server, base, url + PREFIX, concurrency)
             tag = f"{latency_ms:g} ms"
@@ -212,12 +218,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"sync at scale: {args.users} users, {args.groups} groups, "
           f"max_concurrency {args.concurrency}", flush=True)  # fmt: skip
-    rows: list[Row] = []
+    print(HEADER, flush=True)
     for latency in args.latency_ms:
-        rows += bench(args.users, args.groups, latency, args.concurrency)
-    print(HEADER)
-    for row in rows:
-        print(row.line())
+        bench(args.users, args.groups, latency, args.concurrency)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(the bench process itself: peak RSS {own:.0f} MB)")
 
