@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-ad demo test lint typecheck pytest bench clean
+.PHONY: setup setup-ad demo test lint pytest bench clean
 
 setup:
 	@scripts/bootstrap
@@ -17,14 +17,12 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-
-typecheck: setup
 	$(BIN)/mypy
 
 pytest: setup-ad
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint pytest
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
