@@ -11,7 +11,7 @@ import ldap
 import pytest
 
 from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
-from scimsync.directory.reader import Mechanism
+from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
 from tests.fixtures.samba import NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _user
 from tests.fixtures.slapd import Tree
 
@@ -337,3 +337,14 @@ def test_ad_watermark_from_another_dc_is_lost(ad: tuple[Watcher, AdSeed]) -> Non
     other = f"{name}:{tag}:{uuid.uuid4()}:{usn}"
     with pytest.raises(WatermarkLost, match="another domain controller"):
         watcher.directory.changes(other, set)
+
+
+def test_a_change_to_a_big_group_resolves_all_its_members(w: Watcher, org: Tree) -> None:
+    """Past LOOKUP_OR_SCAN unknown members the reader scans once instead of looking up each."""
+    many = org.add_users(LOOKUP_OR_SCAN + 100, prefix="m")
+    w.start()  # the adds themselves are more than one syncrepl refresh may return
+    org.add_members(org.group_dn("other"), many)
+    change = w.next()
+    other = next(g for g in change.groups.values() if g.name == "other")
+    assert len(other.member_guids) == LOOKUP_OR_SCAN + 101
+    assert org.guid(many[-1]) in other.member_guids

@@ -72,6 +72,10 @@ class _Group:
     members: frozenset[str]  # normalised member DNs, users and groups alike
 
 
+# Above this many unknown member DNs, one paged scan is cheaper than a lookup each.
+LOOKUP_OR_SCAN = 2000
+
+
 class LdapDirectory:
     """Reads what is in scope from one LDAP server.
 
@@ -502,6 +506,15 @@ class LdapDirectory:
         # Not NOT_A_GROUP: on OpenLDAP a class missing from the schema (groupOfMembers,
         # group) makes the negated filter Undefined, matching nothing (RFC 4511 4.5.1.7).
         # These DNs are leaves of the group index already, so any entry will do.
+        if len(unknown) > LOOKUP_OR_SCAN:
+            # An all-staff group of 100,000: one GUID-only paged scan beats as many lookups.
+            wanted = set(unknown)
+            scan = self._conn.paged(self._config.base_dn, "(objectClass=*)", [self._guid_attr])
+            found = ((normalize_dn(dn), dn, entry) for dn, entry in scan)
+            for key, dn, entry in found:
+                if key in wanted:
+                    self._user_guids[key] = self._guid(dn, entry)
+            return
         for dn, entry in self._conn.lookup(unknown, "(objectClass=*)", [self._guid_attr]):
             self._user_guids[normalize_dn(dn)] = self._guid(dn, entry)
 

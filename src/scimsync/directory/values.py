@@ -16,8 +16,22 @@ RawEntry = Mapping[str, Sequence[bytes]]
 _OPTIONAL_UID = re.compile(r"#'[01]*'B$")
 
 
+# DNs with nothing to escape or unescape and one attribute per RDN: the common case, which
+# a plain split normalizes the same way as the parser, in a tenth of the time.
+_PLAIN_DN = re.compile(r"^[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+(?:,[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+)*$")
+
+
 def normalize_dn(dn: str) -> str:
     """A comparable form of a DN: escapes canonical, types and values lower-cased."""
+    if _PLAIN_DN.match(dn):
+        pairs = (rdn.split("=") for rdn in dn.split(","))
+        plain = ",".join(f"{kind.strip()}={value.strip()}" for kind, value in pairs).lower()
+        if "=," not in plain and not plain.endswith("="):  # an empty value: let the parser judge
+            return plain
+    return _parsed_dn(dn)
+
+
+def _parsed_dn(dn: str) -> str:
     try:
         rdns = ldap.dn.str2dn(dn)
     except ldap.DECODING_ERROR:

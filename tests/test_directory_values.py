@@ -1,0 +1,28 @@
+"""DN normalization: the fast path for plain DNs agrees with python-ldap's parser."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scimsync.directory.values import _parsed_dn, normalize_dn
+
+value_chars = st.sampled_from(list("abcXYZ09 -_.é漢") + ["\\,", "+", "=", '"', "#", ";", "<"])
+values = st.lists(value_chars, min_size=0, max_size=6).map("".join)
+kinds = st.sampled_from(["uid", "CN", " ou ", "dc", "o"])
+dns = st.lists(st.tuples(kinds, values), min_size=1, max_size=4).map(
+    lambda rdns: ",".join(f"{k}={v}" for k, v in rdns)
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(dns)
+def test_fast_path_agrees_with_the_parser(dn: str) -> None:
+    assert normalize_dn(dn) == _parsed_dn(dn)
+
+
+def test_examples() -> None:
+    assert (
+        normalize_dn("uid=Bob,OU=People,dc=Example,dc=com") == "uid=bob,ou=people,dc=example,dc=com"
+    )
+    assert normalize_dn("cn=R\\&D \\(*\\),ou=groups") == _parsed_dn("cn=R\\&D \\(*\\),ou=groups")
