@@ -17,15 +17,16 @@ _OPTIONAL_UID = re.compile(r"#'[01]*'B$")
 
 
 # DNs with nothing to escape or unescape and one attribute per RDN: the common case, which
-# a plain split normalizes the same way as the parser, in a tenth of the time.
+# dropping the spaces around separators normalizes as the parser does, many times faster.
 _PLAIN_DN = re.compile(r"^[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+(?:,[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+)*$")
+_SEPARATOR_SPACE = re.compile(r" *([,=]) *")
+_OTHER_WHITESPACE = re.compile(r"[^\S ]")  # tabs and the like: the parser's to judge
 
 
 def normalize_dn(dn: str) -> str:
     """A comparable form of a DN: escapes canonical, types and values lower-cased."""
-    if _PLAIN_DN.match(dn):
-        pairs = (rdn.split("=") for rdn in dn.split(","))
-        plain = ",".join(f"{kind.strip()}={value.strip()}" for kind, value in pairs).lower()
+    if _PLAIN_DN.match(dn) and not _OTHER_WHITESPACE.search(dn):
+        plain = _SEPARATOR_SPACE.sub(r"\1", dn.strip(" ")).lower()
         if "=," not in plain and not plain.endswith("="):  # an empty value: let the parser judge
             return plain
     return _parsed_dn(dn)
