@@ -7,9 +7,7 @@ from hypothesis import strategies as st
 
 from scimsync.directory.values import _parsed_dn, normalize_dn
 
-value_chars = st.sampled_from(
-    list("abcXYZ09 -_.é漢\t\u3000") + ["\\,", "+", "=", '"', "#", ";", "<"]
-)
+value_chars = st.sampled_from([*"abcXYZ09 -_.é漢\t\u3000", "\\,", "+", "=", '"', "#", ";", "<"])
 values = st.lists(value_chars, min_size=0, max_size=6).map("".join)
 kinds = st.sampled_from(["uid", "CN", " ou ", "dc", "o"])
 dns = st.lists(st.tuples(kinds, values), min_size=1, max_size=4).map(
