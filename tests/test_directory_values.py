@@ -26,3 +26,7 @@ def test_examples() -> None:
         normalize_dn("uid=Bob,OU=People,dc=Example,dc=com") == "uid=bob,ou=people,dc=example,dc=com"
     )
     assert normalize_dn("cn=R\\&D \\(*\\),ou=groups") == _parsed_dn("cn=R\\&D \\(*\\),ou=groups")
+
+
+def test_a_hex_value_that_is_not_utf8_does_not_crash() -> None:
+    assert normalize_dn("uid=#AA,ou=people") == "uid=#aa,ou=people"

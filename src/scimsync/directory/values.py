@@ -35,7 +35,7 @@ def normalize_dn(dn: str) -> str:
 def _parsed_dn(dn: str) -> str:
     try:
         rdns = ldap.dn.str2dn(dn)
-    except ldap.DECODING_ERROR:
+    except (ldap.DECODING_ERROR, UnicodeDecodeError):  # e.g. a #hex value not UTF-8
         return dn.strip().lower()
     return str(
         ldap.dn.dn2str(
