@@ -9,7 +9,7 @@ universe of objects, complete within itself, so the same rules apply to both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -142,16 +142,25 @@ def unmapped_but_linked(
 
 def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: Store) -> View:
     position = directory.position()  # before the read, so changes made during it come next
-    snapshot = directory.read()
-    users, failures = map_users(snapshot.users.values(), mapper)
     linked_users = store.linked_users()
+    sources: list[SourceGroup] = []
+
+    def users_only() -> Iterator[SourceUser]:
+        for entry in directory.stream():
+            if isinstance(entry, SourceGroup):
+                sources.append(entry)
+            else:
+                yield entry
+
+    # Mapped as they arrive: 100,000 directory entries are never held next to their mapping.
+    users, failures = map_users(users_only(), mapper)
     kept = unmapped_but_linked(failures, linked_users)
     groups = (
-        map_groups(snapshot.groups.values(), mapper, lambda m: m in users or m in kept)
+        map_groups(sources, mapper, lambda m: m in users or m in kept)
         if config.options.groups
         else {}
     )
-    desired = Desired(users, groups, failures, len(snapshot.users))
+    desired = Desired(users, groups, failures, len(users) + len(failures))
     return View("full", desired, linked_users, store.linked_groups(), position)
 
 

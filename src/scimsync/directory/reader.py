@@ -135,6 +135,12 @@ class LdapDirectory:
         groups = {group.guid: group for group in self._groups()}
         return Snapshot(users=users, groups=groups)
 
+    def stream(self) -> Iterator[SourceUser | SourceGroup]:
+        """What read() returns, users first, one at a time: nothing held beyond the DN index."""
+        self._forget()
+        yield from self._users()
+        yield from self._groups()
+
     def iter_users(self) -> Iterator[SourceUser]:
         self._forget()
         yield from self._users()

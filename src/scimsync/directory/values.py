@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -60,9 +61,10 @@ def rdn_value(dn: str) -> str:
 
 def guid_text(attribute: str, raw: bytes) -> str:
     """The canonical GUID string. AD's objectGUID is 16 bytes, little-endian mixed order."""
+    # Interned: one GUID string however many groups and records name it.
     if attribute.lower() == "objectguid" and len(raw) == 16:
-        return str(uuid.UUID(bytes_le=raw))
-    return raw.decode("ascii").strip().lower()
+        return sys.intern(str(uuid.UUID(bytes_le=raw)))
+    return sys.intern(raw.decode("ascii").strip().lower())
 
 
 def get(entry: RawEntry, attribute: str) -> Sequence[bytes] | None:

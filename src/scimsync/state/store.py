@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -693,7 +694,8 @@ class Store:
         )
         for query in queries:
             for group_id, member_id in conn.execute(query):
-                out.setdefault(group_id, set()).add(member_id)
+                # Interned: the same GUID stands in many groups and in the links.
+                out.setdefault(group_id, set()).add(sys.intern(member_id))
         return out
 
     def _user_row(self, user: LinkedUser) -> dict[str, Any]:
@@ -782,7 +784,7 @@ def _ensure_channel(engine: Engine, channel: str) -> int:
 
 def _user(row: sa.Row[Any]) -> LinkedUser:
     return LinkedUser(
-        source_id=row.source_id,
+        source_id=sys.intern(row.source_id),
         target_id=row.target_id,
         user_name=row.name,
         active=row.active,
