@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx2
 
 from scimsync.config import TargetConfig
+from scimsync.emulator import PREFIX
 from scimsync.target import open_target
 
 TOKEN = "bench-token"
@@ -52,14 +53,6 @@ def _free_port() -> int:
         return port
 
 
-def _emulator_available() -> bool:
-    try:
-        from scimsync import emulator  # noqa: PLC0415 - optional, built in parallel
-    except ImportError:
-        return False
-    return bool(getattr(emulator, "__file__", None))
-
-
 @contextmanager
 def server(kind: str) -> Iterator[tuple[str, str]]:
     """(base URL, profile) of a server running until the block ends."""
@@ -68,7 +61,7 @@ def server(kind: str) -> Iterator[tuple[str, str]]:
     if kind == "emulator":
         command = [str(bindir / "scimsync"), "emulate", "atlassian", "--port", str(port)]
         command += ["--token", TOKEN]
-        url, profile = f"http://127.0.0.1:{port}", "atlassian"
+        url, profile = f"http://127.0.0.1:{port}{PREFIX}", "atlassian"
     else:
         binary = shutil.which("scim2-server", path=str(bindir)) or "scim2-server"
         command = [binary, "--port", str(port), "--bearer-token", TOKEN, "--dynamic-tenants"]
@@ -120,10 +113,10 @@ async def measure(url: str, profile: str, latency: float, users: int, concurrenc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--server", choices=["emulator", "scim2"], default=None)
+    parser.add_argument("--server", choices=["emulator", "scim2"], default="emulator")
     parser.add_argument("--users", type=int, default=300)
     args = parser.parse_args()
-    kind = args.server or ("emulator" if _emulator_available() else "scim2")
+    kind = args.server
     with server(kind) as (url, profile):
         print(f"server: {kind} ({profile} profile), {args.users} users x create+update+find")
         for latency in (0.0, 0.020):
