@@ -3,8 +3,8 @@
 Usage: .venv/bin/python bench/target_throughput.py [--server emulator|scim2] [--users N]
 
 The server runs in a subprocess on a free loopback port: the Atlassian emulator
-(`scimsync emulate atlassian`) when it is available, else scim2-server. Latency is added
-on the client side of the wire, so both servers are measured the same way.
+(`scimsync emulate atlassian`, the default) or scim2-server. Latency is added on the
+client side of the wire, so both servers are measured the same way.
 """
 
 from __future__ import annotations
