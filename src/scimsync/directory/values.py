@@ -17,19 +17,24 @@ RawEntry = Mapping[str, Sequence[bytes]]
 _OPTIONAL_UID = re.compile(r"#'[01]*'B$")
 
 
-# DNs with nothing to escape or unescape and one attribute per RDN: the common case, which
-# dropping the spaces around separators normalizes as the parser does, many times faster.
-_PLAIN_DN = re.compile(r"^[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+(?:,[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+)*$")
-_SEPARATOR_SPACE = re.compile(r" *([,=]) *")
+# DNs with nothing to escape or unescape, one attribute per RDN and no space beside a
+# separator: the common case, where lower-casing is all the parser would do.
+_PLAIN_DN = re.compile(
+    r"^[^\\\"+#;<>=,\s][^\\\"+#;<>=,]*=[^\\\"+#;<>=,]+(?:,[^\\\"+#;<>=,]+=[^\\\"+#;<>=,]+)*$"
+)
+_AWKWARD_SPACE = (" ,", ", ", " =", "= ")
 _OTHER_WHITESPACE = re.compile(r"[^\S ]")  # tabs and the like: the parser's to judge
 
 
 def normalize_dn(dn: str) -> str:
     """A comparable form of a DN: escapes canonical, types and values lower-cased."""
-    if _PLAIN_DN.match(dn) and not _OTHER_WHITESPACE.search(dn):
-        plain = _SEPARATOR_SPACE.sub(r"\1", dn.strip(" ")).lower()
-        if "=," not in plain and not plain.endswith("="):  # an empty value: let the parser judge
-            return plain
+    if (
+        _PLAIN_DN.match(dn)
+        and not dn.endswith(" ")
+        and not any(pair in dn for pair in _AWKWARD_SPACE)
+        and not _OTHER_WHITESPACE.search(dn)
+    ):
+        return dn.lower()
     return _parsed_dn(dn)
 
 
