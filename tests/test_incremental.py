@@ -120,3 +120,17 @@ def test_a_lost_watermark_means_a_full_reconciliation(channel: Channel) -> None:
     assert mode(report) == "full"
     assert report.exit_code == 0
     assert mode(channel.sync()) == "incremental"  # and a good watermark again after it
+
+
+def test_a_mapped_attribute_set_by_hand_is_cleared_by_the_full_reconciliation(
+    channel: Channel,
+) -> None:
+    channel.tree.add_user("d2")  # no title in the directory
+    channel.sync()
+    user_id = channel.users()["d2@example.com"]["id"]
+    channel.patch_target(f"/Users/{user_id}", {"op": "add", "path": "title", "value": "Boss"})
+    with channel.store() as store:
+        store.reset()
+    [op] = channel.sync().prepared.plan.operations
+    assert op.removed == ("title",)
+    assert "title" not in channel.users()["d2@example.com"]

@@ -118,6 +118,13 @@ def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
     assert store.user_fingerprints()["u1"] == fingerprint(users["u1"].values)
     assert store.linked_users_by_ids(["u2", "missing"]) == {"u2": users["u2"]}
     assert store.linked_ids("user") == {"u1", "u2"}
+    bare = store.linked_users(with_values=False)["u1"]
+    assert (bare.target_id, bare.user_name, bare.active, bare.values) == (
+        "t-u1",
+        "alice@example.com",
+        False,
+        {},
+    )
     assert store.linked_ids("group") == set()
 
     store.forget("user", "u1")

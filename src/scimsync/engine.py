@@ -142,7 +142,8 @@ def unmapped_but_linked(
 
 def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: Store) -> View:
     position = directory.position()  # before the read, so changes made during it come next
-    linked_users = store.linked_users()
+    # The target's own copy of each linked user replaces what was pushed (observe_everything).
+    linked_users = store.linked_users(with_values=False)
     sources: list[SourceGroup] = []
 
     def users_only() -> Iterator[SourceUser]:
@@ -288,6 +289,7 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
     by_user_name = config.options.match_users_by == "userName"
     users_by_key: dict[str, TargetRef] = {}
     by_target_id = {link.target_id: sid for sid, link in linked_users.items()}
+    managed = set(config.rules)
     seen: set[str] = set()
     # Streamed page by page: only unlinked candidates and drift are kept, never the listing.
     async for remote in target.iter_users():
@@ -298,12 +300,12 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
                 users_by_key[key.lower()] = TargetRef(remote.id, remote.user_name, remote.active)
             continue
         seen.add(source_id)
-        link = linked_users[source_id]
-        wanted = desired.users.get(source_id)
-        keys = set(link.values) | (set(wanted.values) if wanted else set())
-        drift = {k: remote.values[k] for k in keys if k in remote.values}
-        if drift != link.values or remote.active != link.active:
-            linked_users[source_id] = replace(link, values=drift, active=remote.active)
+        # What the target holds of the attributes scimsync maps: a hand-made edit shows as
+        # a change, a mapped attribute the directory no longer has as one to clear.
+        held = {k: remote.values[k] for k in managed if k in remote.values}
+        linked_users[source_id] = replace(
+            linked_users[source_id], values=held, active=remote.active
+        )
     for source_id in linked_users.keys() - seen:
         del linked_users[source_id]  # deleted at the target by hand: created again
     del by_target_id
