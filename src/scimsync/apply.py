@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -194,7 +194,9 @@ class Executor:
         return ids
 
     def _save_user(self, link: LinkedUser) -> None:
-        self.users[link.source_id] = link
+        # A user has one operation a cycle: later ones only need its target id, so the
+        # values go to the store and not into memory for the rest of the cycle.
+        self.users[link.source_id] = replace(link, values={})
         self.pending_users[link.source_id] = link
 
     def _save_group(self, link: LinkedGroup) -> None:

@@ -208,7 +208,7 @@ class _UserPlanner:
                     "user",
                     desired.source_id,
                     desired.user_name,
-                    values=dict(desired.values),
+                    values=desired.values,  # shared, not copied: neither side mutates it
                 )
             )
 
