@@ -8,13 +8,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
 
 from scimsync.emulator.app import PREFIX, Emulator, create_app, render_group, render_user
+from scimsync.sandbox.lifecycle import Lifecycle
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -57,7 +57,7 @@ def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> Non
     _server(app).run(sockets=[sock])
 
 
-class RunningEmulator:
+class RunningEmulator(Lifecycle):
     """The emulator on a free loopback port, served from a background thread.
 
     `with RunningEmulator(token=...) as emulator:` then point a client at `emulator.url`.
@@ -76,7 +76,7 @@ class RunningEmulator:
     def __repr__(self) -> str:  # never the token
         return f"RunningEmulator(url={self.url!r})"
 
-    def start(self, timeout: float = 10.0) -> RunningEmulator:
+    def start(self, timeout: float = 10.0) -> Self:
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
@@ -94,17 +94,6 @@ class RunningEmulator:
             self._thread.join(timeout=10)
             self._thread = None
         self._sock.close()
-
-    def __enter__(self) -> RunningEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def data_file(self) -> Path | None:

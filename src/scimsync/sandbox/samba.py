@@ -14,10 +14,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import ldap
+
+from scimsync.sandbox.lifecycle import Lifecycle
 
 CACHE_DIR = Path("/tmp/scimsync-samba-cache")
 WORK_DIR = Path("/tmp/scimsync-samba")  # smb.conf holds absolute paths: always run here
@@ -30,7 +31,7 @@ class SambaUnavailableError(RuntimeError):
     """This machine cannot run a Samba AD DC (not root, packages missing, port taken)."""
 
 
-class SambaDC:
+class SambaDC(Lifecycle):
     url = "ldap://127.0.0.1:389"
     ldaps_url = "ldaps://127.0.0.1:636"
     base_dn = "DC=sync,DC=test"
@@ -74,17 +75,6 @@ class SambaDC:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def admin(self) -> ldap.ldapobject.LDAPObject:
         conn = ldap.initialize(self.url)

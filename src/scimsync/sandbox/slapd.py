@@ -17,12 +17,13 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import ldap
 import ldap.modlist
 from ldif import LDIFRecordList  # type: ignore[import-untyped]  # part of python-ldap
+
+from scimsync.sandbox.lifecycle import Lifecycle
 
 SUFFIX = "dc=example,dc=com"
 ADMIN_DN = "cn=admin,dc=example,dc=com"
@@ -115,7 +116,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Slapd:
+class Slapd(Lifecycle):
     """Start with `start()` or `with Slapd() as server:`; `stop()` waits for the process to exit."""
 
     base_dn = SUFFIX
@@ -184,17 +185,6 @@ class Slapd:
                 process.wait(timeout)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- loading data -----------------------------------------------------------------
 
