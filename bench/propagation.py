@@ -19,10 +19,9 @@ from pathlib import Path
 
 import httpx2
 import ldap
-import yaml
 
 from bench.read_directory import populate
-from bench.sync_scale import AUTH, TOKEN, emulator
+from bench.sync_scale import AUTH, emulator, write_config
 from scimsync.emulator import PREFIX
 from scimsync.sandbox.slapd import Slapd, free_port
 
@@ -50,27 +49,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, Slapd() as server, emulator(0) as url:
         base = populate(server, args.users, 10)
-        config = Path(tmp) / "scimsync.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "state": f"sqlite:///{Path(tmp) / 'state.db'}",
-                    "interval": args.interval,
-                    "metrics_listen": f"127.0.0.1:{free_port()}",
-                    "source": {
-                        "url": server.url,
-                        "bind_dn": server.bind_dn,
-                        "bind_password": server.password,
-                        "base_dn": base,
-                        "users": {"filter": "(objectClass=inetOrgPerson)"},
-                        "groups": {"filter": "(objectClass=groupOfNames)"},
-                    },
-                    "target": {"url": url + PREFIX, "token": TOKEN},
-                    "mapping": {"title": "title"},
-                }
-            )
+        config = write_config(
+            Path(tmp),
+            server,
+            base,
+            url + PREFIX,
+            concurrency=4,
+            interval=args.interval,
+            metrics_listen=f"127.0.0.1:{free_port()}",
         )
-        config.chmod(0o600)
         daemon = subprocess.Popen(
             [sys.executable, "-m", "scimsync", "--config", str(config), "run"],
             stdout=subprocess.DEVNULL,

@@ -156,11 +156,15 @@ def make_changes(server: Slapd, base: str, users: int, groups: int, seed: int) -
         conn.unbind_s()
 
 
-def write_config(work: Path, server: Slapd, base: str, target: str, concurrency: int) -> Path:
+def write_config(
+    work: Path, server: Slapd, base: str, target: str, concurrency: int, **extra: object
+) -> Path:
+    """The bench's config file; `extra` adds top-level settings (interval, metrics_listen)."""
     path = work / "scimsync.yaml"
     path.write_text(
         yaml.safe_dump(
             {
+                **extra,
                 "state": f"sqlite:///{work / 'state.db'}",
                 "source": {
                     "url": server.url,

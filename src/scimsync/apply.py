@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -63,6 +63,7 @@ class Executor:
         config: Config,
         view: View,
         *,
+        failing: Collection[tuple[Kind, str]] = (),
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -84,7 +85,7 @@ class Executor:
         self.pending_users: dict[str, LinkedUser] = {}
         self.pending_groups: dict[str, LinkedGroup] = {}
         self.pending_audit: list[AuditRecord] = []
-        self.failing = set(store.failures())
+        self.failing = set(failing)  # records with a failure row, to clear on success
         self.chunk = max(64, 16 * config.target.max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:

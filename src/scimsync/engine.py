@@ -9,7 +9,7 @@ universe of objects, complete within itself, so the same rules apply to both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -35,7 +35,7 @@ from scimsync.model import (
     TargetRef,
 )
 from scimsync.plan import PlanInput, plan
-from scimsync.state import Store
+from scimsync.state import FailureRecord, Store
 from scimsync.target import RemoteGroup, Target, open_target
 
 logger = log.get(__name__)
@@ -45,6 +45,7 @@ WATERMARK = "directory"
 LAST_FULL = "last_full_reconciliation"
 SETTINGS = "settings"
 Clock = Callable[[], datetime]
+Failures = Mapping[tuple[Kind, str], FailureRecord]
 
 
 def utc_now() -> datetime:
@@ -79,6 +80,7 @@ class Prepared:
     plan: Plan
     verdict: GuardVerdict
     linked_user_count: int
+    failures: Failures  # as the cycle started
 
     @property
     def desired(self) -> Desired:
@@ -234,7 +236,7 @@ def settings_fingerprint(config: Config) -> str:
     )
 
 
-def choose_mode(store: Store, config: Config, now: datetime) -> Mode:
+def choose_mode(store: Store, config: Config, failures: Failures, now: datetime) -> Mode:
     """Incremental when a watermark is kept and the last full reconciliation is recent."""
     if store.watermark(WATERMARK) is None:
         return "full"
@@ -248,18 +250,23 @@ def choose_mode(store: Store, config: Config, now: datetime) -> Mode:
     if age >= timedelta(seconds=config.full_sync_interval):
         return "full"
     # A record waiting for its retry isn't among the changes: a full cycle picks it up.
-    if any(f.retry_due(now) for f in store.failures().values()):
+    if any(f.retry_due(now) for f in failures.values()):
         return "full"
     return "incremental"
 
 
 def read_view(
-    config: Config, store: Store, mapper: Mapper, only_user: str | None, now: datetime
+    config: Config,
+    store: Store,
+    mapper: Mapper,
+    only_user: str | None,
+    failures: Failures,
+    now: datetime,
 ) -> View:
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         if only_user is not None:
             return user_view(directory, mapper, config, store, only_user)
-        mode = choose_mode(store, config, now)
+        mode = choose_mode(store, config, failures, now)
         if mode == "incremental":
             watermark = store.watermark(WATERMARK)
             assert watermark is not None
@@ -382,13 +389,13 @@ async def observe_unlinked(target: Target, view: View, config: Config) -> PlanIn
     )
 
 
-def skipped(store: Store, view: View, now: datetime) -> frozenset[tuple[Kind, str]]:
+def skipped(failures: Failures, view: View, now: datetime) -> frozenset[tuple[Kind, str]]:
     """Records in back-off, quarantined and unchanged since, or linked but unmappable now."""
     desired = view.desired
     skip: set[tuple[Kind, str]] = {
         ("user", sid) for sid in unmapped_but_linked(desired.failures, view.linked_users)
     }
-    for (kind, source_id), failure in store.failures().items():
+    for (kind, source_id), failure in failures.items():
         record: DesiredUser | DesiredGroup | None = (
             desired.users.get(source_id) if kind == "user" else desired.groups.get(source_id)
         )
@@ -411,12 +418,13 @@ async def prepare(
 ) -> Prepared:
     """Read, map, observe the target and plan: everything up to the first write."""
     mapper = compile_rules(config.rules)
-    view = read_view(config, store, mapper, only_user, now())
+    failures = store.failures()  # read once: mode, skips, refusals and the executor use it
+    view = read_view(config, store, mapper, only_user, failures, now())
     if view.mode == "full":
         inputs = await observe_everything(target, view, config)
     else:
         inputs = await observe_unlinked(target, view, config)
-    inputs = replace(inputs, skip=skipped(store, view, now()))
+    inputs = replace(inputs, skip=skipped(failures, view, now()))
     the_plan = plan(inputs, config.options)
     linked_count = store.count_linked("user")
     source_count = view.desired.source_user_count
@@ -428,7 +436,7 @@ async def prepare(
     )
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
-    return Prepared(view, the_plan, verdict, linked_count)
+    return Prepared(view, the_plan, verdict, linked_count, failures)
 
 
 async def dry_run(config: Config, store: Store, only_user: str | None = None) -> Prepared:
@@ -467,6 +475,7 @@ async def sync(
             cycle_id,
             config,
             view,
+            failing=prepared.failures.keys(),
             progress=progress,
             should_stop=should_stop,
             now=now,
@@ -510,7 +519,7 @@ def record_refusals(
         view = prepared.view
         refused = {(c.kind, c.source_id) for c in prepared.plan.conflicts}
         refused |= {(f.kind, f.source_id) for f in prepared.desired.failures}
-        for (kind, source_id), row in store.failures().items():
+        for (kind, source_id), row in prepared.failures.items():
             if kind == "user":
                 gone = source_id not in view.desired.users and source_id not in view.linked_users
             else:

@@ -99,17 +99,21 @@ def _format_time(moment: datetime) -> str:
     return moment.strftime("%Y%m%d%H%M%SZ")
 
 
-class SyncreplTracker:
-    """OpenLDAP syncprov. A cookie the session log no longer covers makes the server fall
-    back to a present phase, which we treat as a lost watermark rather than diff it."""
-
-    name = "syncrepl"
-    polls = False
+class _Watching:
+    """What every tracker watches: one connection, one subtree, the group classes."""
 
     def __init__(self, conn: Connection, base: str, group_classes: frozenset[str]) -> None:
         self._conn = conn
         self._base = base
         self._group_classes = group_classes
+
+
+class SyncreplTracker(_Watching):
+    """OpenLDAP syncprov. A cookie the session log no longer covers makes the server fall
+    back to a present phase, which we treat as a lost watermark rather than diff it."""
+
+    name = "syncrepl"
+    polls = False
 
     def position(self) -> str:
         # A refresh with no cookie and a filter matching nothing returns just the current
@@ -155,7 +159,7 @@ class SyncreplTracker:
                 delta.changed.setdefault(ndn, Changed(dn, guid_text("entryUUID", values[0]), True))
 
 
-class TimestampTracker:
+class TimestampTracker(_Watching):
     """modifyTimestamp/createTimestamp polling with a short overlap; entries seen in the
     overlap are remembered in the watermark by GUID and version (entryCSN on OpenLDAP,
     uSNChanged on AD, else the timestamp) so they are not re-reported. Caveat, only where
@@ -168,10 +172,8 @@ class TimestampTracker:
     def __init__(
         self, conn: Connection, base: str, guid_attr: str, group_classes: frozenset[str]
     ) -> None:
-        self._conn = conn
-        self._base = base
+        super().__init__(conn, base, group_classes)
         self._guid_attr = guid_attr
-        self._group_classes = group_classes
 
     def position(self) -> str:
         now = self._server_now()
@@ -244,18 +246,13 @@ class TimestampTracker:
         return newest
 
 
-class UsnTracker:
+class UsnTracker(_Watching):
     """Active Directory: uSNChanged is per domain controller, so the watermark names the
     DC's invocationId; another DC (or a restored one) means a lost watermark (MS-ADTS
     3.1.1.1.9 "Change Tracking", "Polling for Changes Using uSNChanged")."""
 
     name = "usn"
     polls = False
-
-    def __init__(self, conn: Connection, base: str, group_classes: frozenset[str]) -> None:
-        self._conn = conn
-        self._base = base
-        self._group_classes = group_classes
 
     def position(self) -> str:
         invocation, usn, _ = self._now()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -18,7 +17,7 @@ from typing import Self
 
 import ldap
 
-from scimsync.sandbox.lifecycle import Lifecycle
+from scimsync.sandbox.lifecycle import Lifecycle, terminate
 
 CACHE_DIR = Path("/tmp/scimsync-samba-cache")
 WORK_DIR = Path("/tmp/scimsync-samba")  # smb.conf holds absolute paths: always run here
@@ -66,15 +65,7 @@ class SambaDC(Lifecycle):
 
     def stop(self, timeout: float = 30.0) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout)
+        terminate(process, timeout)
 
     def admin(self) -> ldap.ldapobject.LDAPObject:
         conn = ldap.initialize(self.url)

@@ -8,9 +8,7 @@ is subject to the size limit (500 per search; paged searches unlimited) so tests
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,7 +21,7 @@ import ldap
 import ldap.modlist
 from ldif import LDIFRecordList  # type: ignore[import-untyped]  # part of python-ldap
 
-from scimsync.sandbox.lifecycle import Lifecycle
+from scimsync.sandbox.lifecycle import Lifecycle, terminate
 
 SUFFIX = "dc=example,dc=com"
 ADMIN_DN = "cn=admin,dc=example,dc=com"
@@ -175,14 +173,7 @@ class Slapd(Lifecycle):
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout)
+        terminate(process, timeout)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
