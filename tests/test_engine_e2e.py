@@ -258,3 +258,14 @@ def test_plan_writes_nothing(channel: Channel) -> None:
     assert prepared.plan.summary() == {"create": 1}
     assert channel.writes() == 0
     assert channel.users() == {}
+
+
+def test_a_cycle_report_stays_short_however_many_objects_it_holds(channel: Channel) -> None:
+    # asyncio.run reprs the value the CLI's coroutine returns (cpython#112559): a full repr
+    # of a 100,000-user cycle was two 143 MB strings at the end of every `sync`.
+    channel.tree.add_group("all", channel.tree.add_users(300))
+    report = channel.sync()
+    assert report.prepared.plan.summary() == {"create": 301, "add_members": 1}
+    text = repr(report)
+    assert len(text) < 600, text
+    assert "301 users" not in text and "300 users" in text and "302 operations" in text

@@ -53,6 +53,9 @@ class Outcome:
     applied: Counter[str] = field(default_factory=Counter)
     failed: list[Failure] = field(default_factory=list)
 
+    def __repr__(self) -> str:  # short, like Plan's
+        return f"Outcome(applied={dict(self.applied)}, {len(self.failed)} failed)"
+
 
 class Executor:
     def __init__(

@@ -59,6 +59,12 @@ class Desired:
     failures: tuple[MappingFailure, ...]
     source_user_count: int | None  # None: not a full read, so no empty-directory check
 
+    def __repr__(self) -> str:  # short, like Plan's
+        return (
+            f"Desired({len(self.users)} users, {len(self.groups)} groups, "
+            f"{len(self.failures)} failures)"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class View:
@@ -71,6 +77,12 @@ class View:
     watermark: str | None = None  # where the directory was; stored once the cycle is applied
     other_members: frozenset[str] = frozenset()  # linked users outside the universe
 
+    def __repr__(self) -> str:  # short, like Plan's
+        return (
+            f"View({self.mode}, {self.desired!r}, {len(self.linked_users)} linked users, "
+            f"{len(self.linked_groups)} linked groups)"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -81,6 +93,9 @@ class Prepared:
     verdict: GuardVerdict
     linked_user_count: int
     failures: Failures  # as the cycle started
+
+    def __repr__(self) -> str:  # short, like Plan's
+        return f"Prepared({self.view!r}, {self.plan!r}, {len(self.failures)} failing records)"
 
     @property
     def desired(self) -> Desired:

@@ -16,6 +16,9 @@ class GuardVerdict:
     held: tuple[Operation, ...] = ()
     reason: str | None = None
 
+    def __repr__(self) -> str:  # short, like Plan's
+        return f"GuardVerdict({self.allowed!r}, {len(self.held)} held, reason={self.reason!r})"
+
     @property
     def blocked(self) -> bool:
         return self.reason is not None

@@ -152,6 +152,11 @@ class Plan:
     operations: tuple[Operation, ...]
     conflicts: tuple[Conflict, ...] = ()
 
+    def __repr__(self) -> str:
+        # A plan can hold 100,000 operations; asyncio.run on Python 3.11 reprs its
+        # coroutine's result (cpython#112559), and a full repr would cost hundreds of MB.
+        return f"Plan({len(self.operations)} operations, {len(self.conflicts)} conflicts)"
+
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for op in self.operations:
