@@ -26,7 +26,6 @@ It follows the rules table in design.md. Decisions beyond the table:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -106,15 +105,15 @@ def plan(inp: PlanInput, options: Options) -> Plan:
 
 def _duplicates(names: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     """source id -> the other source ids sharing its (non-empty) name."""
-    by_name: dict[str, list[str]] = defaultdict(list)
+    first: dict[str, str] = {}
+    shared: dict[str, list[str]] = {}  # only names held twice: no list per record
     for source_id, name in names:
         if name:
-            by_name[name].append(source_id)
+            holder = first.setdefault(name, source_id)
+            if holder != source_id:
+                shared.setdefault(name, [holder]).append(source_id)
     return {
-        sid: [other for other in sids if other != sid]
-        for sids in by_name.values()
-        if len(sids) > 1
-        for sid in sids
+        sid: [other for other in sids if other != sid] for sids in shared.values() for sid in sids
     }
 
 
