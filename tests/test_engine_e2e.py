@@ -192,8 +192,10 @@ def test_membership_add_remove_and_overwrite_of_a_member_added_at_the_target(
 
     channel.tree.add_members(team, [max_])
     channel.tree.remove_members(team, [lee])
+    channel.emulator.reset_stats()
     channel.sync()
     assert channel.member_names("team") == {"kim@example.com", "max@example.com"}
+    assert channel.writes() == 1  # one PATCH carries the addition and the removal
 
     # Someone adds a member by hand at the target: the directory's membership wins.
     intruder = channel.create_target_user("intruder@example.com")

@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -215,16 +216,15 @@ def test_a_400_from_the_target_fails_alone(channel: Channel, clock: Clock) -> No
     assert team
 
 
-class GroupMadeByHandMeanwhile:
+class Meanwhile:
     """A Progress whose start, after planning and before the first write, has someone
-    create a group of the same name at the target: the planned POST /Groups gets a 409."""
+    change the target by hand (`meanwhile`), so that a planned call meets a surprise."""
 
-    def __init__(self, channel: Channel, name: str) -> None:
-        self.channel = channel
-        self.name = name
+    def __init__(self, meanwhile: Callable[[], object]) -> None:
+        self.meanwhile = meanwhile
 
     def start(self, total: int) -> None:
-        self.channel.create_target_group(self.name)
+        self.meanwhile()
 
     def advance(self, op: Operation, ok: bool) -> None:
         pass
@@ -233,16 +233,19 @@ class GroupMadeByHandMeanwhile:
         pass
 
 
+def sync_with(channel: Channel, clock: Clock, progress: Meanwhile) -> engine.CycleReport:
+    config = channel.config()
+    with Store.open(config.state, config.channel, clock=clock) as store:
+        return asyncio.run(engine.sync(config, store, now=clock, progress=progress))
+
+
 def test_a_group_create_refused_mid_cycle_fails_alone_and_is_adopted_next(
     channel: Channel, clock: Clock
 ) -> None:
     members = [channel.tree.add_user(u) for u in ("gil", "hana")]
     raced = channel.tree.add_group("raced", members)
     channel.tree.add_group("calm", members)
-    config = channel.config()
-    with Store.open(config.state, config.channel, clock=clock) as store:
-        progress = GroupMadeByHandMeanwhile(channel, "raced")
-        report = asyncio.run(engine.sync(config, store, now=clock, progress=progress))
+    report = sync_with(channel, clock, Meanwhile(lambda: channel.create_target_group("raced")))
     assert report.exit_code == 1
     [failed] = report.outcome.failed
     assert (failed.op.kind, failed.op.name, failed.op.action.value) == ("group", "raced", "create")
@@ -256,6 +259,29 @@ def test_a_group_create_refused_mid_cycle_fails_alone_and_is_adopted_next(
     assert again.exit_code == 0
     assert channel.member_names("raced") == {"gil@example.com", "hana@example.com"}
     assert failures(channel) == {}
+
+
+def test_a_group_whose_member_change_fails_is_one_failure_not_two(
+    channel: Channel, clock: Clock
+) -> None:
+    ivy, jon, kit = (channel.tree.add_user(u) for u in ("ivy", "jon", "kit"))
+    team = channel.tree.add_group("team", [ivy, jon])
+    sync_at(channel, clock)
+    channel.tree.add_members(team, [kit])
+    channel.tree.remove_members(team, [ivy])
+    group_id = channel.groups()["team"]["id"]
+
+    def delete_the_group() -> None:
+        with channel.http() as client:
+            client.delete(f"/Groups/{group_id}").raise_for_status()
+
+    report = sync_with(channel, clock, Meanwhile(delete_the_group))
+    assert report.exit_code == 1
+    assert {f.op.action.value for f in report.outcome.failed} == {"add_members", "remove_members"}
+    # One PATCH carried both, so one failed attempt is recorded, not two.
+    [recorded] = failures(channel).values()
+    assert (recorded.kind, recorded.name, recorded.attempts) == ("group", "team", 1)
+    assert report.outcome.applied["add_members"] == 0 == report.outcome.applied["remove_members"]
 
 
 # --- the mapping refuses a record ----------------------------------------------------------

@@ -56,6 +56,8 @@ async def test_user_and_group_lifecycle(atlassian: TargetConfig) -> None:
         assert (await target.get_group(group.id)).member_ids == frozenset(ids)
         await target.remove_members(group.id, ids[:2])
         assert (await target.get_group(group.id)).member_ids == {ids[2]}
+        await target.change_members(group.id, add=ids[:1], remove=ids[2:])  # one PATCH
+        assert (await target.get_group(group.id)).member_ids == {ids[0]}
         await target.rename_group(group.id, group.display_name + "-renamed")
         assert (await target.get_group(group.id)).display_name.endswith("-renamed")
         await target.update_user(ids[0], {"userName": "ignored", "title": "Lead"})

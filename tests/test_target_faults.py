@@ -322,6 +322,12 @@ async def test_membership_removal_falls_back_to_a_value_list_and_remembers() -> 
         await target.remove_members("g", ["a", "b", "c"])
     assert ['members[value eq \\"a\\"]' in b for b in bodies] == [True, False, False]
     assert ['"path": "members", "value"' in b for b in bodies] == [False, True, True]
+    bodies.clear()
+    async with open_target(config, transport=httpx2.MockTransport(atlassian_like)) as target:
+        await target.change_members("g", add=["n"], remove=["o"])
+    # The refused filter form is retried as a value list, with the addition still in it.
+    assert len(bodies) == 2 and all('"op": "add"' in b for b in bodies)
+    assert ["members[value eq" in b for b in bodies] == [True, False]
 
 
 async def test_refused_rename_names_the_recreate_option() -> None:

@@ -101,6 +101,19 @@ async def test_groups_and_chunked_membership(scim2: Scim2Tenant) -> None:
             await target.get_group(group.id)
 
 
+async def test_members_in_and_out_of_a_group_go_in_one_patch(scim2: Scim2Tenant) -> None:
+    async with open_target(scim2.config(membership_chunk_size=3)) as target:
+        ids = [(await target.create_user(user(f"c{i}@example.com"), True)).id for i in range(6)]
+        group = await target.create_group("confluence-users", ids[:3])
+        patches = target.request_counts["PATCH"]
+        await target.change_members(group.id, add=ids[3:5], remove=ids[:1])  # 3 ids: one PATCH
+        assert target.request_counts["PATCH"] - patches == 1
+        assert (await target.get_group(group.id)).member_ids == {*ids[1:5]}
+        await target.change_members(group.id, add=ids[5:], remove=ids[1:4])  # 4 ids: 1 + 1
+        assert target.request_counts["PATCH"] - patches == 3
+        assert (await target.get_group(group.id)).member_ids == {ids[4], ids[5]}
+
+
 async def test_recreate_group_moves_members_and_deletes_the_old(scim2: Scim2Tenant) -> None:
     async with open_target(scim2.config()) as target:
         ids = [(await target.create_user(user(f"r{i}@example.com"), True)).id for i in range(3)]

@@ -34,6 +34,8 @@ logger = log.get(__name__)
 PHASE_COUNT = 5
 MEMBERSHIP_PHASE = 2
 MEMBERSHIP_ACTIONS = (Action.ADD_MEMBERS, Action.REMOVE_MEMBERS)
+# Operations applied by one call: one operation, or one group's additions and removals.
+Unit = tuple[Operation, ...]
 
 
 class Progress(Protocol):
@@ -99,12 +101,14 @@ class Executor:
             self.progress.start(len(plan.operations))
         try:
             for number, ops in enumerate(phases):
+                units: list[Unit] = [(op,) for op in ops]
                 if number == MEMBERSHIP_PHASE:
                     self._load_member_links(ops)
-                for start in range(0, len(ops), self.chunk):
+                    units = by_group(ops)
+                for start in range(0, len(units), self.chunk):
                     if self.should_stop():
                         return self.outcome
-                    await self._apply_chunk(ops[start : start + self.chunk])
+                    await self._apply_chunk(units[start : start + self.chunk])
         finally:
             if self.progress:
                 self.progress.finish()
@@ -115,76 +119,83 @@ class Executor:
         if wanted:
             self.users.update(self.store.linked_users_by_ids(wanted))
 
-    async def _apply_chunk(self, ops: Sequence[Operation]) -> None:
+    async def _apply_chunk(self, units: Sequence[Unit]) -> None:
         """Intents of a chunk in one transaction before its calls; outcomes in one after.
 
         A crash in between leaves intents without outcomes: the calls that did land are
         found again at the target by name (adopted) or are idempotent (deletes, members).
         """
+        ops = [op for unit in units for op in unit]
         self.store.intend_many(
             self.cycle_id, ((op.action.value, op.kind, op.source_id, op.name) for op in ops)
         )
-        queue = iter(ops)
+        queue = iter(units)
 
         async def worker() -> None:
             # A stop request lets each worker finish the operation it holds, no more.
-            for op in queue:
-                await self._apply_one(op)
+            for unit in queue:
+                await self._apply_one(unit)
                 if self.should_stop():
                     return
 
         try:
-            workers = min(self.config.target.max_concurrency, len(ops))
+            workers = min(self.config.target.max_concurrency, len(units))
             await asyncio.gather(*(worker() for _ in range(workers)))
         finally:
             self._record(ops)
 
-    async def _apply_one(self, op: Operation) -> None:
-        if op.action in MEMBERSHIP_ACTIONS and op.source_id not in self.groups:
+    async def _apply_one(self, unit: Unit) -> None:
+        """One object's operations: one call, one outcome for all of them."""
+        first = unit[0]
+        if first.action in MEMBERSHIP_ACTIONS and first.source_id not in self.groups:
             # The group's create failed in this cycle and that failure is recorded (once:
             # a second row would count one failed attempt twice). Its members follow it.
-            if self.progress:
-                self.progress.advance(op, False)
+            for op in unit:
+                if self.progress:
+                    self.progress.advance(op, False)
             return
-        target_id = op.target_id
+        target_id = first.target_id
         try:
-            target_id = await self._call(op)
+            if len(unit) == 1:
+                target_id = await _HANDLERS[(first.kind, first.action)](self, first)
+            else:
+                target_id = await self._change_members(unit[0], unit[1])
         except Unauthorized:
             raise  # the key is wrong for every record: end the cycle
         except (ScimError, MissingLinkError) as exc:
-            self._failed(op, str(exc))
+            self._failed(unit, str(exc))
             return
-        self.outcome.applied[op.action.value] += 1
-        if (op.kind, op.source_id) in self.failing:
-            self.pending.append(partial(self.store.clear_failure, op.kind, op.source_id))
-        self._audit(op, target_id, True)
-        if self.progress:
-            self.progress.advance(op, True)
+        if (first.kind, first.source_id) in self.failing:
+            self.pending.append(partial(self.store.clear_failure, first.kind, first.source_id))
+        for op in unit:
+            self.outcome.applied[op.action.value] += 1
+            self._audit(op, target_id, True)
+            if self.progress:
+                self.progress.advance(op, True)
 
-    def _failed(self, op: Operation, cause: str) -> None:
-        self.outcome.failed.append(Failure(op, cause))
-        record = self.desired.users.get(op.source_id) if op.kind == "user" else None
-        group = self.desired.groups.get(op.source_id) if op.kind == "group" else None
+    def _failed(self, unit: Unit, cause: str) -> None:
+        first = unit[0]
+        record = self.desired.users.get(first.source_id) if first.kind == "user" else None
+        group = self.desired.groups.get(first.source_id) if first.kind == "group" else None
         subject = record or group
-        self._audit(op, op.target_id, False, cause)
         self.pending.append(
             partial(
-                self.store.record_failure, op.kind, op.source_id, op.name, op.action.value,
-                cause, source_fingerprint=of_desired(subject) if subject else "",
+                self.store.record_failure, first.kind, first.source_id, first.name,
+                first.action.value, cause,
+                source_fingerprint=of_desired(subject) if subject else "",
                 now=self.now(), max_retries=self.config.options.max_retries,
             )
         )  # fmt: skip
-        logger.warning(
-            "operation failed", action=op.action.value, kind=op.kind, name=op.name, cause=cause
-        )
-        if self.progress:
-            self.progress.advance(op, False)
+        for op in unit:
+            self.outcome.failed.append(Failure(op, cause))
+            self._audit(op, op.target_id, False, cause)
+            logger.warning(
+                "operation failed", action=op.action.value, kind=op.kind, name=op.name, cause=cause
+            )
+            if self.progress:
+                self.progress.advance(op, False)
 
     # --- one operation -----------------------------------------------------------------
-
-    async def _call(self, op: Operation) -> str | None:
-        handler = _HANDLERS[(op.kind, op.action)]
-        return await handler(self, op)
 
     def _user_target_ids(self, source_ids: Iterable[str]) -> list[str]:
         ids = []
@@ -334,35 +345,29 @@ class Executor:
         return target_id
 
     async def _add_members(self, op: Operation) -> str:
-        link = self.groups[op.source_id]
-        # A member whose own create failed (its failure is recorded) has no account yet:
-        # the others go in now; it follows when the group is planned again after its retry.
-        present = [m for m in op.members if m in self.users]
-        if present:
-            await self.target.add_members(link.target_id, self._user_target_ids(present))
-        self._save_group(
-            LinkedGroup(
-                link.source_id,
-                link.target_id,
-                link.display_name,
-                link.member_source_ids | frozenset(present),
-            )
-        )
-        return link.target_id
+        return await self._change_members(op, None)
 
     async def _remove_members(self, op: Operation) -> str:
-        link = self.groups[op.source_id]
-        known = [m for m in op.members if m in self.users]
-        ids = self._user_target_ids(known) + list(op.target_members)
-        await self.target.remove_members(link.target_id, ids)
-        self._save_group(
-            LinkedGroup(
-                link.source_id,
-                link.target_id,
-                link.display_name,
-                link.member_source_ids - frozenset(op.members),
-            )
+        return await self._change_members(None, op)
+
+    async def _change_members(self, add: Operation | None, remove: Operation | None) -> str:
+        """One group's member additions and removals, in one request when they fit."""
+        group = add or remove
+        assert group is not None
+        link = self.groups[group.source_id]
+        # A member whose own create failed (its failure is recorded) has no account yet:
+        # the others go in now; it follows when the group is planned again after its retry.
+        adding = [m for m in add.members if m in self.users] if add else []
+        dropping = [m for m in remove.members if m in self.users] if remove else []
+        await self.target.change_members(
+            link.target_id,
+            add=self._user_target_ids(adding),
+            remove=self._user_target_ids(dropping) + list(remove.target_members if remove else ()),
         )
+        members = link.member_source_ids | frozenset(adding)
+        if remove:
+            members -= frozenset(remove.members)
+        self._save_group(replace(link, member_source_ids=members))
         return link.target_id
 
     async def _delete_group(self, op: Operation) -> str:
@@ -390,3 +395,14 @@ _HANDLERS: dict[tuple[str, Action], _Handler] = {
     ("group", Action.REMOVE_MEMBERS): Executor._remove_members,
     ("group", Action.DELETE): Executor._delete_group,
 }
+
+
+def by_group(ops: Iterable[Operation]) -> list[Unit]:
+    """Membership operations as units of one group each: its additions, then its removals."""
+    units: dict[str, list[Operation]] = {}
+    for op in ops:
+        units.setdefault(op.source_id, []).append(op)
+    return [
+        tuple(sorted(unit, key=lambda op: op.action is Action.REMOVE_MEMBERS))
+        for unit in units.values()
+    ]
