@@ -109,51 +109,79 @@ def measure_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> R
     return Row(label, seconds, delta, usage.ru_maxrss / 1024, process.returncode)
 
 
+CHANGES = 100
+
+
 def make_changes(server: Slapd, base: str, users: int, groups: int, seed: int) -> None:
-    """100 changes: 50 attribute edits, 20 adds, 10 deletions, 20 membership moves."""
+    """Change exactly 100 directory entries, the unit change detection sees (syncrepl and
+    uSNChanged report changed entries): 50 users edited, 10 deleted, which takes them out
+    of their groups (as in Active Directory and OpenLDAP with refint), 15 added and put in
+    `everyone`, and membership moves, each changing two groups, for the rest."""
     rng = random.Random(seed)
-    people, grp = f"ou=people,{base}", f"ou=groups,{base}"
-    picks = rng.sample(range(users), 80)
+    people, everyone = f"ou=people,{base}", f"cn=everyone,{base}"
+    picks = (f"uid=u{i:06d},{people}" for i in rng.sample(range(users), users))
+    changed: set[str] = set()
     conn = server.admin()
+
+    def modify(dn: str, changes: list[tuple[int, str, list[bytes]]]) -> bool:
+        try:
+            conn.modify_s(dn, changes)
+        except ldap.NO_SUCH_OBJECT:  # deleted by an earlier round of changes
+            return False
+        changed.add(dn.lower())
+        return True
+
+    def groups_of(dn: str) -> list[str]:
+        found = conn.search_s(base, ldap.SCOPE_SUBTREE, f"(member={dn})", ["cn"])
+        return sorted(d for d, _ in found)
+
+    def edit_one() -> None:
+        while not modify(next(picks), [(ldap.MOD_REPLACE, "title", [f"Changed {seed}".encode()])]):
+            pass
+
     try:
-        for i in picks[:50]:
-            conn.modify_s(f"uid=u{i:06d},{people}", [(ldap.MOD_REPLACE, "title", [b"Changed"])])
-        for i in picks[50:60]:
-            conn.delete_s(f"uid=u{i:06d},{people}")
-        for i in picks[60:80]:
-            dn = f"uid=u{i:06d},{people}".encode()
-            holding = conn.search_s(grp, ldap.SCOPE_ONELEVEL, f"(member={dn.decode()})", ["cn"])
-            held = {d.lower() for d, _ in holding}
-            source = next(iter(sorted(held)), None)
-            target = f"cn=g{rng.randrange(groups):03d},{grp}"
-            if source and target.lower() not in held:
-                conn.modify_s(source, [(ldap.MOD_DELETE, "member", [dn])])
-                conn.modify_s(target, [(ldap.MOD_ADD, "member", [dn])])
+        for _ in range(50):
+            edit_one()
+        deleted = 0
+        while deleted < 10:
+            dn = next(picks)
+            holding = groups_of(dn)
+            if not holding:
+                continue
+            conn.delete_s(dn)  # the sandbox's memberof-refint takes it out of its groups
+            changed.update(entry.lower() for entry in [dn, *holding])
+            deleted += 1
+        added = [
+            (
+                f"uid=n{seed:02d}{k:04d},{people}",
+                {
+                    "objectClass": [b"inetOrgPerson"],
+                    "uid": [f"n{seed:02d}{k:04d}".encode()],
+                    "cn": [b"New User"],
+                    "sn": [b"New"],
+                    "mail": [f"n{seed:02d}{k:04d}@example.com".encode()],
+                    "title": [b"Engineer"],
+                },
+            )
+            for k in range(15)
+        ]
+        server.add_entries(added)
+        changed.update(dn.lower() for dn, _ in added)
+        modify(everyone, [(ldap.MOD_ADD, "member", [dn.encode() for dn, _ in added])])
+        while len(changed) < CHANGES:
+            dn = next(picks)
+            held = [g for g in groups_of(dn) if g.lower() != everyone.lower()]
+            target = f"cn=g{rng.randrange(groups):03d},ou=groups,{base}"
+            if not held or target in held:
+                continue
+            if len(changed | {held[0].lower(), target.lower()}) > CHANGES:
+                edit_one()  # one entry left to change: a move would change two
+                continue
+            modify(held[0], [(ldap.MOD_DELETE, "member", [dn.encode()])])
+            modify(target, [(ldap.MOD_ADD, "member", [dn.encode()])])
     finally:
         conn.unbind_s()
-    added = [
-        (
-            f"uid=n{seed:02d}{k:04d},{people}",
-            {
-                "objectClass": [b"inetOrgPerson"],
-                "uid": [f"n{seed:02d}{k:04d}".encode()],
-                "cn": [b"New User"],
-                "sn": [b"New"],
-                "mail": [f"n{seed:02d}{k:04d}@example.com".encode()],
-                "title": [b"Engineer"],
-            },
-        )
-        for k in range(20)
-    ]
-    server.add_entries(added)
-    conn = server.admin()
-    try:
-        conn.modify_s(
-            f"cn=everyone,{base}",
-            [(ldap.MOD_ADD, "member", [dn.encode() for dn, _ in added])],
-        )
-    finally:
-        conn.unbind_s()
+    assert len(changed) == CHANGES, len(changed)
 
 
 def write_config(
