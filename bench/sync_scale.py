@@ -14,13 +14,15 @@ import argparse
 import os
 import random
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx2
@@ -43,19 +45,22 @@ class Row:
     requests: dict[str, int]
     rss_mb: float
     exit_code: int
+    creates_per_s: float | None = None
 
     def line(self) -> str:
         reqs = " ".join(f"{m}={self.requests.get(m, 0)}" for m in ("GET", *WRITES))
         writes = sum(self.requests.get(m, 0) for m in WRITES)
+        rate = f"{self.creates_per_s:9.0f}" if self.creates_per_s else f"{'':9}"
         return (
-            f"| {self.label:<34} | {self.seconds:8.2f} | {writes:7d} | {reqs:<52} | "
-            f"{self.rss_mb:7.0f} | {self.exit_code} |"
+            f"| {self.label:<36} | {self.seconds:8.2f} | {writes:7d} | {reqs:<52} | "
+            f"{self.rss_mb:7.0f} | {rate} | {self.exit_code} |"
         )
 
 
 HEADER = (
-    f"| {'cycle':<34} | {'wall s':>8} | {'writes':>7} | {'requests by method':<52} | "
-    f"{'RSS MB':>7} | rc |\n|{'-' * 36}|{'-' * 10}|{'-' * 9}|{'-' * 54}|{'-' * 9}|----|"
+    f"| {'cycle':<36} | {'wall s':>8} | {'writes':>7} | {'requests by method':<52} | "
+    f"{'RSS MB':>7} | creates/s | rc |\n"
+    f"|{'-' * 38}|{'-' * 10}|{'-' * 9}|{'-' * 54}|{'-' * 9}|{'-' * 11}|----|"
 )
 
 
@@ -95,6 +100,7 @@ def run_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> Row:
 def measure_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> Row:
     """One `scimsync sync` in a child process: wall time, its own peak RSS, its requests."""
     before = stats(emulator_url)
+    audited = last_audit_id(config.parent / "state.db")
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "scimsync", "--config", str(config), "sync", *extra],
@@ -106,7 +112,34 @@ def measure_cycle(config: Path, emulator_url: str, label: str, *extra: str) -> R
     seconds = time.perf_counter() - started
     after = stats(emulator_url)
     delta = {m: after.get(m, 0) - before.get(m, 0) for m in after}
-    return Row(label, seconds, delta, usage.ru_maxrss / 1024, process.returncode)
+    rate = create_rate(config.parent / "state.db", audited)
+    return Row(label, seconds, delta, usage.ru_maxrss / 1024, process.returncode, rate)
+
+
+def last_audit_id(state: Path) -> int:
+    if not state.exists():
+        return 0
+    with closing(sqlite3.connect(state)) as db:
+        found: int | None = db.execute("SELECT max(id) FROM audit").fetchone()[0]
+    return found or 0
+
+
+def create_rate(state: Path, after_id: int) -> float | None:
+    """User creates per second of a cycle, first to last, from its audit trail: the
+    engine's own throughput, without the directory read and the group phase."""
+    count: int
+    first: str
+    last: str
+    with closing(sqlite3.connect(state)) as db:
+        count, first, last = db.execute(
+            "SELECT count(*), min(at), max(at) FROM audit "
+            "WHERE event = 'create' AND kind = 'user' AND success AND id > ?",
+            (after_id,),
+        ).fetchone()
+    if count < 100:
+        return None
+    span = datetime.fromisoformat(last) - datetime.fromisoformat(first)
+    return (count - 1) / span.total_seconds()
 
 
 CHANGES = 100
