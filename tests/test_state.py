@@ -209,6 +209,9 @@ def test_group_member_changes_write_only_the_difference(
     assert groups["g2"].member_source_ids == {"u1"}
     assert store.linked_groups_by_ids(["g2"]) == {"g2": groups["g2"]}
     assert store.count_linked("group") == 2
+    assert store.groups_holding(["u1", "x1"]) == {"g2", "g1"}
+    assert store.groups_holding(["u2999"]) == {"g1"}
+    assert store.groups_holding(["u0", "nobody"]) == set()  # u0 left g1
 
 
 def test_forget_drops_a_group_members_and_a_user_memberships(store: Store) -> None:

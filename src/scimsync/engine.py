@@ -200,13 +200,12 @@ def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: 
             if failure.source_id not in kept:
                 in_scope.discard(failure.source_id)
         groups = map_groups(changes.groups.values(), mapper, in_scope.__contains__)
-        all_linked = store.linked_groups()
-        for source_id, link in all_linked.items():
-            if source_id in groups or source_id in changes.gone_groups:
-                linked_groups[source_id] = link
-            elif link.member_source_ids & touched:
+        # Only the groups this change concerns are loaded: O(changes), not O(groups).
+        concerned = groups.keys() | changes.gone_groups | store.groups_holding(touched)
+        for source_id, link in store.linked_groups_by_ids(concerned).items():
+            linked_groups[source_id] = link
+            if source_id not in groups and source_id not in changes.gone_groups:
                 # Unchanged in the directory, but a member left scope or changed.
-                linked_groups[source_id] = link
                 members = frozenset(m for m in link.member_source_ids if m in in_scope)
                 groups[source_id] = DesiredGroup(source_id, link.display_name, members)
     desired = Desired(users, groups, failures, None)

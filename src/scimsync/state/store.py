@@ -222,6 +222,17 @@ class Store:
                     found[row.source_id] = _group(row, members.get(row.source_id, ()))
         return found
 
+    def groups_holding(self, member_ids: Collection[str]) -> set[str]:
+        """Source ids of the linked groups that hold any of these members."""
+        c = t.members.c
+        found: set[str] = set()
+        with self._read() as conn:
+            for chunk in _chunks(member_ids, READ_CHUNK):
+                query = sa.select(c.group_id).distinct()
+                query = query.where(c.channel_id == self._channel_id, c.member_id.in_(chunk))
+                found.update(conn.scalars(query))
+        return found
+
     def count_linked(self, kind: Kind) -> int:
         query = (
             sa.select(sa.func.count())
