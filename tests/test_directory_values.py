@@ -21,6 +21,14 @@ def test_fast_path_agrees_with_the_parser(dn: str) -> None:
     assert normalize_dn(dn) == _parsed_dn(dn)
 
 
+@settings(max_examples=2000, deadline=None)
+@given(dns)
+def test_a_dn_and_its_lower_case_have_one_normal_form(dn: str) -> None:
+    # The reader's GUID scan relies on it: a lower-cased DN found among normal forms is one.
+    assert normalize_dn(dn.lower()) == normalize_dn(dn)
+    assert normalize_dn(normalize_dn(dn)) == normalize_dn(dn)
+
+
 def test_examples() -> None:
     assert (
         normalize_dn("uid=Bob,OU=People,dc=Example,dc=com") == "uid=bob,ou=people,dc=example,dc=com"

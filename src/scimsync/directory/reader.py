@@ -446,11 +446,20 @@ class LdapDirectory:
             filterstr = f"(|{GROUP_FILTER}{_parenthesised(scope.filter)})"
         attrs = [self._guid_attr, name_attr, *member_attrs]
         index: dict[str, _Group] = {}
+        # A user stands in several groups: its DN is parsed once, and held once.
+        parsed: dict[bytes, str] = {}
+
+        def member(value: bytes) -> str:
+            found = parsed.get(value)
+            if found is None:
+                found = parsed[value] = member_dn(value)
+            return found
+
         for dn, entry in self._conn.paged(self._config.base_dn, filterstr, attrs):
             names = get(entry, name_attr)
             name = names[0].decode("utf-8", "replace") if names else rdn_value(dn)
             members = frozenset(
-                member_dn(value) for attr in member_attrs for value in get(entry, attr) or ()
+                member(value) for attr in member_attrs for value in get(entry, attr) or ()
             )
             index[normalize_dn(dn)] = _Group(dn, self._guid(dn, entry), name, members)
         self._index = index
@@ -516,8 +525,12 @@ class LdapDirectory:
             # An all-staff group of 100,000: one GUID-only paged scan beats as many lookups.
             wanted = set(unknown)
             scan = self._conn.paged(self._config.base_dn, "(objectClass=*)", [self._guid_attr])
-            found = ((normalize_dn(dn), dn, entry) for dn, entry in scan)
-            for key, dn, entry in found:
+            for dn, entry in scan:
+                # Lower-casing is what normalising a plain DN does, and the normal form of
+                # a DN equals that of its lower-cased self: the parser only for the rest.
+                key = dn.lower()
+                if key not in wanted:
+                    key = normalize_dn(dn)
                 if key in wanted:
                     self._user_guids[key] = self._guid(dn, entry)
             return
