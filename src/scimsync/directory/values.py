@@ -39,10 +39,22 @@ def normalize_dn(dn: str) -> str:
 
 
 def _parsed_dn(dn: str) -> str:
+    # python-ldap's dn2str leaves a value's edge whitespace (a tab, say) unescaped, so its
+    # output can parse to something else: re-parse until the form is its own normal form.
+    form = _parsed_once(dn)
+    for _ in range(3):
+        again = _parsed_once(form)
+        if again == form:
+            break
+        form = again
+    return form
+
+
+def _parsed_once(dn: str) -> str:
     try:
         rdns = ldap.dn.str2dn(dn)
     except (ldap.DECODING_ERROR, UnicodeDecodeError):  # e.g. a #hex value not UTF-8
-        return dn.strip().lower()
+        return dn.lower()  # not stripped: a normal form must be its own normal form
     return str(
         ldap.dn.dn2str(
             [
