@@ -89,6 +89,7 @@ class Executor:
         self.pending: list[Callable[[], object]] = []
         self.pending_users: dict[str, LinkedUser] = {}
         self.pending_groups: dict[str, LinkedGroup] = {}
+        self.stored_members: dict[str, frozenset[str]] = {}  # as the store holds them now
         self.pending_audit: list[AuditRecord] = []
         self.failing = set(failing)  # records with a failure row, to clear on success
         self.chunk = max(64, 16 * config.target.max_concurrency)
@@ -214,7 +215,10 @@ class Executor:
         self.users[link.source_id] = replace(link, values={})
         self.pending_users[link.source_id] = link
 
-    def _save_group(self, link: LinkedGroup) -> None:
+    def _save_group(self, link: LinkedGroup, stored: frozenset[str] | None = None) -> None:
+        """`stored`: the member set the store holds for a group linked before this call."""
+        if stored is not None:
+            self.stored_members.setdefault(link.source_id, stored)
         self.groups[link.source_id] = link
         self.pending_groups[link.source_id] = link
 
@@ -232,7 +236,7 @@ class Executor:
         """One transaction for a chunk's outcomes: links, audit, failures, intents done."""
         with self.store.atomic():
             self.store.save_users(self.pending_users.values())
-            self.store.save_groups(self.pending_groups.values())
+            self.store.save_groups(self.pending_groups.values(), self.stored_members)
             for record in self.pending:  # forgets and failures: few, order kept
                 record()
             self.store.audit_many(self.pending_audit)
@@ -242,6 +246,7 @@ class Executor:
         self.pending.clear()
         self.pending_users.clear()
         self.pending_groups.clear()
+        self.stored_members.clear()
         self.pending_audit.clear()
 
     def _forget(self, kind: Kind, source_id: str) -> None:
@@ -341,7 +346,10 @@ class Executor:
         else:
             await self.target.rename_group(link.target_id, op.name)
             target_id = link.target_id
-        self._save_group(LinkedGroup(link.source_id, target_id, op.name, link.member_source_ids))
+        self._save_group(
+            LinkedGroup(link.source_id, target_id, op.name, link.member_source_ids),
+            link.member_source_ids,
+        )
         return target_id
 
     async def _add_members(self, op: Operation) -> str:
@@ -367,7 +375,7 @@ class Executor:
         members = link.member_source_ids | frozenset(adding)
         if remove:
             members -= frozenset(remove.members)
-        self._save_group(replace(link, member_source_ids=members))
+        self._save_group(replace(link, member_source_ids=members), link.member_source_ids)
         return link.target_id
 
     async def _delete_group(self, op: Operation) -> str:

@@ -255,16 +255,25 @@ class Store:
     def save_group(self, group: LinkedGroup) -> None:
         self.save_groups([group])
 
-    def save_groups(self, groups: Iterable[LinkedGroup]) -> None:
-        """Upsert groups; member rows change only where the set differs from what is stored."""
+    def save_groups(
+        self, groups: Iterable[LinkedGroup], stored: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
+        """Upsert groups; member rows change only where the set differs from what is stored.
+
+        `stored`: member sets the caller knows to be the stored ones (the executor read them
+        this cycle), so that a 100,000-member group is not read back to change one row.
+        """
+        known = stored or {}
         for chunk in _chunks(groups, 100):
             with self._write() as conn:
                 conn.execute(self._upsert_link(), [self._group_row(g) for g in chunk])
-                stored = self._members(conn, [g.source_id for g in chunk])
+                unknown = [g.source_id for g in chunk if g.source_id not in known]
+                read = self._members(conn, unknown) if unknown else {}
                 gone: list[dict[str, Any]] = []
                 new: list[dict[str, Any]] = []
                 for group in chunk:
-                    before = stored.get(group.source_id, set())
+                    sid = group.source_id
+                    before = known[sid] if sid in known else read.get(sid, set())
                     after = group.member_source_ids
                     gone += [self._member_row(group.source_id, m) for m in before - after]
                     new += [self._member_row(group.source_id, m) for m in after - before]
