@@ -406,11 +406,16 @@ _HANDLERS: dict[tuple[str, Action], _Handler] = {
 
 
 def by_group(ops: Iterable[Operation]) -> list[Unit]:
-    """Membership operations as units of one group each: its additions, then its removals."""
-    units: dict[str, list[Operation]] = {}
+    """Membership operations, a unit per group: its addition and its removal together."""
+    by_source: dict[str, list[Operation]] = {}
     for op in ops:
-        units.setdefault(op.source_id, []).append(op)
-    return [
-        tuple(sorted(unit, key=lambda op: op.action is Action.REMOVE_MEMBERS))
-        for unit in units.values()
-    ]
+        by_source.setdefault(op.source_id, []).append(op)
+    units: list[Unit] = []
+    for group_ops in by_source.values():
+        actions = sorted(op.action for op in group_ops)
+        if actions == sorted(MEMBERSHIP_ACTIONS):
+            add, remove = sorted(group_ops, key=lambda op: op.action is Action.REMOVE_MEMBERS)
+            units.append((add, remove))
+        else:  # the planner makes one of each at most: anything else goes one by one
+            units += [(op,) for op in group_ops]
+    return units
