@@ -195,7 +195,7 @@ def reset(
 
 @emulate_app.command("atlassian")
 def emulate_atlassian(
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks a free port")],
     token: Annotated[str, typer.Option("--token", envvar="SCIMSYNC_EMULATOR_TOKEN")],
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     rename: Annotated[str, typer.Option("--rename", help="allowed or immutable")] = "allowed",
