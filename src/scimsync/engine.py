@@ -184,7 +184,7 @@ def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: S
 
 def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: Store) -> View:
     """The changed objects, their links, and the linked groups their changes touch."""
-    if not (changes.users or changes.groups or changes.gone_users or changes.gone_groups):
+    if changes.empty:
         return View("incremental", Desired({}, {}, (), None), {}, {}, changes.watermark)
     users, failures = map_users(changes.users.values(), mapper)
     touched = set(changes.users) | changes.gone_users

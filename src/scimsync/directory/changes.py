@@ -18,7 +18,7 @@ from ldap.controls import LDAPControl
 
 from scimsync.directory.connection import Connection
 from scimsync.directory.errors import DirectoryError
-from scimsync.directory.values import RawEntry, get, guid_text, normalize_dn
+from scimsync.directory.values import RawEntry, get, guid_text, normalize_dn, within
 from scimsync.model import SourceGroup, SourceUser
 
 SYNC_CONTROL_OID = "1.3.6.1.4.1.4203.1.9.1.1"  # RFC 4533 Sync Request control
@@ -231,7 +231,7 @@ class TimestampTracker(_Watching):
         for context in get(dse, "namingContexts") or ():
             name = context.decode("utf-8", "replace")
             normal = normalize_dn(name)
-            if normal and (base == normal or base.endswith("," + normal)):
+            if normal and within(base, normal):
                 _, entry = self._conn.read(name, ["contextCSN"], "namingContexts")
                 csns = get(entry, "contextCSN")
                 if csns:
@@ -299,7 +299,7 @@ class UsnTracker(_Watching):
                 continue
             if parent:
                 where = normalize_dn(parent[0].decode("utf-8", "replace"))
-                if where != base and not where.endswith("," + base):
+                if not within(where, base):
                     continue
             text = guid_text("objectGUID", guid[0])
             if _is_group(entry, self._group_classes):

@@ -35,6 +35,7 @@ from scimsync.directory.values import (
     normalize_dn,
     rdn_value,
     text_attributes,
+    within,
 )
 from scimsync.model import SourceGroup, SourceUser
 
@@ -52,7 +53,6 @@ def _any_of_classes(classes: Iterable[str]) -> str:
 
 
 GROUP_FILTER = _any_of_classes(GROUP_CLASSES)
-NOT_A_GROUP = f"(!{GROUP_FILTER})"
 GROUP_CLASS_NAMES = frozenset(c.lower() for c in GROUP_CLASSES)
 
 Mechanism = Literal["syncrepl", "usn", "timestamp"]
@@ -145,10 +145,6 @@ class LdapDirectory:
         self._forget()
         yield from self._users()
 
-    def iter_groups(self) -> Iterator[SourceGroup]:
-        self._forget()
-        yield from self._groups()
-
     def server_info(self) -> str:
         dse = self._conn.root_dse(
             ["vendorName", "vendorVersion", "objectClass", "forestFunctionality"]
@@ -207,7 +203,7 @@ class LdapDirectory:
         others = {
             dn: c
             for dn, c in delta.changed.items()
-            if dn not in changed_groups and (dn == base or dn.endswith("," + base))
+            if dn not in changed_groups and within(dn, base)
         }
         # Deletions are explicit except under polling, but a deleted group below a scope
         # group takes its members out of scope without touching them.
@@ -243,11 +239,9 @@ class LdapDirectory:
         leaves: set[str] | None = None
         if scope.group_dn is not None:
             root = self._root_group(scope.group_dn, "users.group_dn")
-            scope_groups = {normalize_dn(root.dn)}
-            if scope.nested:
-                scope_groups |= self._walk(root, True)[0]
+            below, leaves = self._walk(root, scope.nested)
+            scope_groups = {normalize_dn(root.dn)} | (below if scope.nested else set())
             reshaped = reshaped or bool(scope_groups & changed_groups)
-            leaves = self._walk(root, scope.nested)[1]
         else:
             reshaped = polls  # a filter scope changes only through changed entries
         wanted = [c.dn for dn, c in candidates.items() if leaves is None or dn in leaves]
@@ -257,7 +251,9 @@ class LdapDirectory:
             current = self._scope_guids(leaves)
             known = set(known_users())
             gone |= known - set(current.values())
-            entered = [dn for dn, guid in current.items() if guid not in known | users.keys()]
+            entered = [
+                dn for dn, guid in current.items() if guid not in known and guid not in users
+            ]
             users.update((user.guid, user) for user in self._read_users(entered))
         return users, gone
 
@@ -300,21 +296,16 @@ class LdapDirectory:
 
     def _read_users(self, dns: Iterable[str]) -> Iterator[SourceUser]:
         """The given entries that are users in scope, read in full (base-scope lookups)."""
-        scope = self._config.users
-        filterstr = _parenthesised(scope.filter or DEFAULT_USER_FILTER[self._config.directory])
-        for dn, entry in self._conn.lookup(sorted(set(dns)), filterstr, self._user_attrs):
+        for dn, entry in self._conn.lookup(sorted(set(dns)), self._user_filter(), self._user_attrs):
             yield self._source_user(dn, entry)
 
     def _scope_guids(self, leaves: set[str] | None) -> dict[str, str]:
         """DN -> GUID of every user in scope, reading only the GUID attribute."""
-        scope = self._config.users
         attrs = [self._guid_attr]
         if leaves is not None:
-            filterstr = _parenthesised(scope.filter or DEFAULT_USER_FILTER[self._config.directory])
-            entries = self._conn.lookup(sorted(leaves), filterstr, attrs)
+            entries = self._conn.lookup(sorted(leaves), self._user_filter(), attrs)
         else:
-            assert scope.filter is not None
-            entries = self._conn.paged(self._config.base_dn, _parenthesised(scope.filter), attrs)
+            entries = self._conn.paged(self._config.base_dn, self._user_filter(), attrs)
         found = {normalize_dn(dn): self._guid(dn, entry) for dn, entry in entries}
         self._user_guids.update(found)
         return found
@@ -378,19 +369,18 @@ class LdapDirectory:
         clause = f"({escape_filter_chars(attribute)}={escape_filter_chars(value)})"
         yield from self._users(clause)
 
+    def _user_filter(self) -> str:
+        """The scope's filter; with only a scope group, the flavour's user classes."""
+        scope = self._config.users
+        return _parenthesised(scope.filter or DEFAULT_USER_FILTER[self._config.directory])
+
     def _users(self, extra: str = "") -> Iterator[SourceUser]:
         scope = self._config.users
+        filterstr = f"(&{self._user_filter()}{extra})" if extra else self._user_filter()
         if scope.group_dn is not None:
             members = self._leaf_members(scope.group_dn, scope.nested, "users.group_dn")
-            filterstr = _parenthesised(scope.filter or DEFAULT_USER_FILTER[self._config.directory])
-            if extra:
-                filterstr = f"(&{filterstr}{extra})"
             entries = self._conn.lookup(sorted(members), filterstr, self._user_attrs)
         else:
-            assert scope.filter is not None  # UserScope requires one of the two
-            filterstr = _parenthesised(scope.filter)
-            if extra:
-                filterstr = f"(&{filterstr}{extra})"
             entries = self._conn.paged(self._config.base_dn, filterstr, self._user_attrs)
         for dn, entry in entries:
             yield self._source_user(dn, entry)
@@ -518,7 +508,7 @@ class LdapDirectory:
     def _resolve_users(self, dns: set[str]) -> None:
         """Learn the GUIDs of member users not read as users in scope."""
         unknown = sorted(dns - self._user_guids.keys())
-        # Not NOT_A_GROUP: on OpenLDAP a class missing from the schema (groupOfMembers,
+        # Not a negated GROUP_FILTER: on OpenLDAP a class missing from the schema (groupOfMembers,
         # group) makes the negated filter Undefined, matching nothing (RFC 4511 4.5.1.7).
         # These DNs are leaves of the group index already, so any entry will do.
         if len(unknown) > LOOKUP_OR_SCAN:

@@ -65,6 +65,11 @@ def _parsed_once(dn: str) -> str:
     )
 
 
+def within(dn: str, base: str) -> bool:
+    """Whether normalised `dn` is `base` or below it (both normalised)."""
+    return dn == base or dn.endswith("," + base)
+
+
 def member_dn(value: bytes) -> str:
     return normalize_dn(_OPTIONAL_UID.sub("", value.decode("utf-8", "replace")))
 
