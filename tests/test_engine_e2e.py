@@ -93,6 +93,30 @@ def test_updates_only_changed_attributes_and_on_re_enable(channel: Channel) -> N
     assert channel.users()["erin@example.com"]["active"] is True
 
 
+def test_an_update_in_a_full_cycle_records_every_value_the_target_then_holds(
+    channel: Channel,
+) -> None:
+    dn = channel.tree.add_user("fay", title="Engineer")
+    channel.sync()
+    channel.tree.modify(dn, title="Manager")
+    with channel.store() as store:
+        store.reset()
+    assert actions(channel.sync()) == {"update": 1}  # a full reconciliation
+    with channel.store() as store:
+        [link] = store.linked_users().values()
+    assert dict(link.values) == {
+        "userName": "fay@example.com",
+        "emails.work": "fay@example.com",
+        "displayName": "fay",
+        "name.familyName": "fay",
+        "title": "Manager",
+    }
+    # So the next incremental cycle sees the title removed, and sends only that.
+    channel.tree.delete_attribute(dn, "title")
+    [op] = channel.sync().prepared.plan.operations
+    assert (op.action, dict(op.values), op.removed) == (Action.UPDATE, {}, ("title",))
+
+
 @pytest.mark.parametrize("remove_user_action", ["disable", "delete"])
 @pytest.mark.parametrize("trigger", ["deleted", "disabled", "left scope"])
 def test_deprovisions(channel: Channel, remove_user_action: str, trigger: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -25,7 +25,7 @@ from scimsync.target.errors import ScimError, Unauthorized
 
 if TYPE_CHECKING:
     from scimsync.config import Config
-    from scimsync.engine import View
+    from scimsync.engine import Prepared
     from scimsync.state import Store
 
 logger = log.get(__name__)
@@ -66,9 +66,8 @@ class Executor:
         store: Store,
         cycle_id: str,
         config: Config,
-        view: View,
+        prepared: Prepared,
         *,
-        failing: Collection[tuple[Kind, str]] = (),
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -77,12 +76,15 @@ class Executor:
         self.store = store
         self.cycle_id = cycle_id
         self.config = config
+        view = prepared.view
         self.desired = view.desired
         self.progress = progress
         self.should_stop = should_stop
         self.now = now
-        # The view's links; member links from outside it are fetched when memberships need them.
-        self.users = dict(view.linked_users)
+        # The links the plan was made against (with the values the target holds), not the
+        # view's value-less ones: an update stores what the target then has, in full.
+        # Member links from outside them are fetched when memberships need them.
+        self.users = dict(prepared.linked_users)
         self.groups = dict(view.linked_groups)
         self.outcome = Outcome()
         # Store writes wait here until their chunk's calls are done: one transaction a chunk.
@@ -91,7 +93,7 @@ class Executor:
         self.pending_groups: dict[str, LinkedGroup] = {}
         self.stored_members: dict[str, frozenset[str]] = {}  # as the store holds them now
         self.pending_audit: list[AuditRecord] = []
-        self.failing = set(failing)  # records with a failure row, to clear on success
+        self.failing = set(prepared.failures)  # records with a failure row, to clear on success
         self.chunk = max(64, 16 * config.target.max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:

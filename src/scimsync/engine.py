@@ -93,6 +93,8 @@ class Prepared:
     verdict: GuardVerdict
     linked_user_count: int
     failures: Failures  # as the cycle started
+    # The links the plan compared against; a full cycle's carry the target's own values.
+    linked_users: Mapping[str, LinkedUser]
 
     def __repr__(self) -> str:  # short, like Plan's
         return f"Prepared({self.view!r}, {self.plan!r}, {len(self.failures)} failing records)"
@@ -450,7 +452,7 @@ async def prepare(
     )
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
-    return Prepared(view, the_plan, verdict, linked_count, failures)
+    return Prepared(view, the_plan, verdict, linked_count, failures, inputs.linked_users)
 
 
 async def dry_run(config: Config, store: Store, only_user: str | None = None) -> Prepared:
@@ -488,8 +490,7 @@ async def sync(
             store,
             cycle_id,
             config,
-            view,
-            failing=prepared.failures.keys(),
+            prepared,
             progress=progress,
             should_stop=should_stop,
             now=now,
