@@ -85,6 +85,7 @@ class Executor:
         # view's value-less ones: an update stores what the target then has, in full.
         # Member links from outside them are fetched when memberships need them.
         self.users = dict(prepared.linked_users)
+        self._by_target: dict[str, str] | None = None  # derived from users, when asked
         self.groups = dict(view.linked_groups)
         self.outcome = Outcome()
         # Store writes wait here until their chunk's calls are done: one transaction a chunk.
@@ -119,8 +120,9 @@ class Executor:
 
     def _load_member_links(self, ops: Sequence[Operation]) -> None:
         wanted = {m for op in ops for m in op.members if m not in self.users}
-        if wanted:
-            self.users.update(self.store.linked_users_by_ids(wanted))
+        if wanted:  # only their target ids are needed
+            self.users.update(self.store.linked_users_by_ids(wanted, with_values=False))
+            self._by_target = None
 
     async def _apply_chunk(self, units: Sequence[Unit]) -> None:
         """Intents of a chunk in one transaction before its calls; outcomes in one after.
@@ -165,7 +167,7 @@ class Executor:
                 target_id = await self._change_members(unit[0], unit[1])
         except Unauthorized:
             raise  # the key is wrong for every record: end the cycle
-        except (ScimError, MissingLinkError) as exc:
+        except ScimError as exc:
             self._failed(unit, str(exc))
             return
         if (first.kind, first.source_id) in self.failing:
@@ -200,22 +202,18 @@ class Executor:
 
     # --- one operation -----------------------------------------------------------------
 
-    def _user_target_ids(self, source_ids: Iterable[str]) -> list[str]:
-        ids = []
-        for source_id in source_ids:
-            link = self.users.get(source_id)
-            if link is None:
-                raise MissingLinkError(
-                    f"member {source_id} has no target account (not yet created)"
-                )
-            ids.append(link.target_id)
-        return ids
+    def _source_ids_by_target(self) -> dict[str, str]:
+        # Built once for all the groups adopted in a phase; users change only before it.
+        if self._by_target is None:
+            self._by_target = {link.target_id: sid for sid, link in self.users.items()}
+        return self._by_target
 
     def _save_user(self, link: LinkedUser) -> None:
         # A user has one operation a cycle: later ones only need its target id, so the
         # values go to the store and not into memory for the rest of the cycle.
         self.users[link.source_id] = replace(link, values={})
         self.pending_users[link.source_id] = link
+        self._by_target = None
 
     def _save_group(self, link: LinkedGroup, stored: frozenset[str] | None = None) -> None:
         """`stored`: the member set the store holds for a group linked before this call."""
@@ -252,6 +250,7 @@ class Executor:
         self.pending_audit.clear()
 
     def _forget(self, kind: Kind, source_id: str) -> None:
+        self._by_target = None
         (self.users if kind == "user" else self.groups).pop(source_id, None)
         (self.pending_users if kind == "user" else self.pending_groups).pop(source_id, None)
         self.pending.append(partial(self.store.forget, kind, source_id))
@@ -328,26 +327,22 @@ class Executor:
     async def _link_group(self, op: Operation) -> str:
         assert op.target_id is not None
         remote = await self.target.get_group(op.target_id)
-        ours = {link.target_id: sid for sid, link in self.users.items()}
+        ours = self._source_ids_by_target()
         members = frozenset(ours[tid] for tid in remote.member_ids if tid in ours)
         self._save_group(LinkedGroup(op.source_id, op.target_id, op.name, members))
         return op.target_id
 
     async def _rename_group(self, op: Operation) -> str:
         link = self.groups[op.source_id]
-        if self.config.options.group_rename == "recreate":
-            try:
-                await self.target.rename_group(link.target_id, op.name)
-                target_id = link.target_id
-            except ScimError as exc:
-                if exc.scim_type != "mutability":
-                    raise
-                old = await self.target.get_group(link.target_id)
-                new: RemoteGroup = await self.target.recreate_group(old, op.name)
-                target_id = new.id
-        else:
+        try:
             await self.target.rename_group(link.target_id, op.name)
             target_id = link.target_id
+        except ScimError as exc:
+            if self.config.options.group_rename != "recreate" or exc.scim_type != "mutability":
+                raise
+            old = await self.target.get_group(link.target_id)
+            new: RemoteGroup = await self.target.recreate_group(old, op.name)
+            target_id = new.id
         self._save_group(
             LinkedGroup(link.source_id, target_id, op.name, link.member_source_ids),
             link.member_source_ids,
@@ -371,8 +366,9 @@ class Executor:
         dropping = [m for m in remove.members if m in self.users] if remove else []
         await self.target.change_members(
             link.target_id,
-            add=self._user_target_ids(adding),
-            remove=self._user_target_ids(dropping) + list(remove.target_members if remove else ()),
+            add=[self.users[m].target_id for m in adding],
+            remove=[self.users[m].target_id for m in dropping]
+            + list(remove.target_members if remove else ()),
         )
         members = link.member_source_ids | frozenset(adding)
         if remove:
@@ -385,10 +381,6 @@ class Executor:
         await self.target.delete_group(link.target_id)
         self._forget("group", op.source_id)
         return link.target_id
-
-
-class MissingLinkError(Exception):
-    """A membership names a user the target does not hold (its create failed)."""
 
 
 _Handler = Callable[[Executor, Operation], Awaitable[str | None]]

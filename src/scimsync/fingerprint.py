@@ -16,7 +16,12 @@ def canonical_json(value: object) -> str:
 
 def fingerprint(values: Mapping[str, object]) -> str:
     """sha256 of the canonical JSON of `values`, hex, first 32 characters."""
-    return hashlib.sha256(canonical_json(dict(values)).encode()).hexdigest()[:32]
+    return digest(canonical_json(dict(values)))
+
+
+def digest(text: str) -> str:
+    """The fingerprint of a canonical JSON text already made."""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def of_desired(record: DesiredUser | DesiredGroup) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from scimsync.fingerprint import digest
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import tables as t
 from scimsync.state.connect import create_engine, is_memory, parse_url, safe_url
@@ -36,7 +37,6 @@ from scimsync.state.records import (
     RunRecord,
     backoff,
     canonical_json,
-    fingerprint,
 )
 
 Clock = Callable[[], datetime]
@@ -172,35 +172,30 @@ class Store:
     def linked_users(self, *, with_values: bool = True) -> dict[str, LinkedUser]:
         """Every linked user; `with_values=False` leaves the pushed values out (empty), for a
         caller that reads them from the target anyway: at 100,000 users that is 100 MB."""
-        query = self._links_query("user")
-        if not with_values:
-            c = t.links.c
-            query = sa.select(c.source_id, c.target_id, c.name, c.active).where(
-                c.channel_id == self._channel_id, c.kind == "user"
-            )
+        query = self._user_links_query(with_values)
         with self._read() as conn:
             return {row.source_id: _user(row) for row in conn.execute(query)}
 
-    def linked_users_by_ids(self, source_ids: Collection[str]) -> dict[str, LinkedUser]:
+    def linked_users_by_ids(
+        self, source_ids: Collection[str], *, with_values: bool = True
+    ) -> dict[str, LinkedUser]:
         found: dict[str, LinkedUser] = {}
         with self._read() as conn:
             for chunk in _chunks(source_ids, READ_CHUNK):
-                query = self._links_query("user").where(t.links.c.source_id.in_(chunk))
+                query = self._user_links_query(with_values).where(t.links.c.source_id.in_(chunk))
                 found.update((row.source_id, _user(row)) for row in conn.execute(query))
         return found
 
     def linked_ids(self, kind: Kind) -> set[str]:
         """The source ids of every link of a kind, without loading the links."""
-        query = sa.select(t.links.c.source_id).where(
-            t.links.c.channel_id == self._channel_id, t.links.c.kind == kind
-        )
+        query = self._links_query(kind).with_only_columns(t.links.c.source_id)
         with self._read() as conn:
             return set(conn.scalars(query))
 
     def user_fingerprints(self) -> dict[str, str]:
         """source_id -> fingerprint of the values last pushed, without loading the values."""
-        query = sa.select(t.links.c.source_id, t.links.c.fingerprint).where(
-            t.links.c.channel_id == self._channel_id, t.links.c.kind == "user"
+        query = self._links_query("user").with_only_columns(
+            t.links.c.source_id, t.links.c.fingerprint
         )
         with self._read() as conn:
             return {row.source_id: row.fingerprint for row in conn.execute(query)}
@@ -234,11 +229,7 @@ class Store:
         return found
 
     def count_linked(self, kind: Kind) -> int:
-        query = (
-            sa.select(sa.func.count())
-            .select_from(t.links)
-            .where(t.links.c.channel_id == self._channel_id, t.links.c.kind == kind)
-        )
+        query = self._links_query(kind).with_only_columns(sa.func.count())
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -709,6 +700,13 @@ class Store:
             t.links.c.channel_id == self._channel_id, t.links.c.kind == kind
         )
 
+    def _user_links_query(self, with_values: bool) -> sa.Select[Any]:
+        query = self._links_query("user")
+        if with_values:
+            return query
+        c = t.links.c
+        return query.with_only_columns(c.source_id, c.target_id, c.name, c.active)
+
     def _members(self, conn: Connection, group_ids: list[str] | None) -> dict[str, set[str]]:
         """group source_id -> stored member source_ids; all groups when group_ids is None."""
         c = t.members.c
@@ -735,7 +733,7 @@ class Store:
             "name": user.user_name,
             "active": user.active,
             "values_json": values,
-            "fingerprint": fingerprint(user.values),
+            "fingerprint": digest(values),
         }
 
     def _group_row(self, group: LinkedGroup) -> dict[str, Any]:
