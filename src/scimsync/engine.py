@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache, partial
 from typing import Literal
 
 from scimsync import log
@@ -91,7 +92,6 @@ class Prepared:
     view: View
     plan: Plan
     verdict: GuardVerdict
-    linked_user_count: int
     failures: Failures  # as the cycle started
     # The links the plan compared against; a full cycle's carry the target's own values.
     linked_users: Mapping[str, LinkedUser]
@@ -184,7 +184,13 @@ def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: S
     return View("full", desired, linked_users, store.linked_groups(), position)
 
 
-def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: Store) -> View:
+def incremental_view(
+    changes: ChangeSet,
+    mapper: Mapper,
+    config: Config,
+    store: Store,
+    linked_user_ids: Callable[[], set[str]],
+) -> View:
     """The changed objects, their links, and the linked groups their changes touch."""
     if changes.empty:
         return View("incremental", Desired({}, {}, (), None), {}, {}, changes.watermark)
@@ -196,7 +202,7 @@ def incremental_view(changes: ChangeSet, mapper: Mapper, config: Config, store: 
     linked_groups: dict[str, LinkedGroup] = {}
     in_scope: set[str] = set()
     if config.options.groups:
-        in_scope = store.linked_ids("user") - changes.gone_users
+        in_scope = linked_user_ids() - changes.gone_users
         in_scope |= users.keys() | kept
         for failure in failures:  # unmappable and never linked: not at the target
             if failure.source_id not in kept:
@@ -286,14 +292,14 @@ def read_view(
         if mode == "incremental":
             watermark = store.watermark(WATERMARK)
             assert watermark is not None
+            # Read at most once a cycle, by change detection or by the view, whichever asks.
+            user_ids = cache(partial(store.linked_ids, "user"))
             try:
-                changes = directory.changes(
-                    watermark, lambda: store.linked_ids("user"), lambda: store.linked_ids("group")
-                )
+                changes = directory.changes(watermark, user_ids, partial(store.linked_ids, "group"))
             except WatermarkLost as exc:
                 logger.info("watermark lost: full reconciliation", reason=str(exc))
             else:
-                return incremental_view(changes, mapper, config, store)
+                return incremental_view(changes, mapper, config, store, user_ids)
         return full_view(directory, mapper, config, store)
 
 
@@ -442,17 +448,18 @@ async def prepare(
         inputs = await observe_unlinked(target, view, config)
     inputs = replace(inputs, skip=skipped(failures, view, now()))
     the_plan = plan(inputs, config.options)
-    linked_count = store.count_linked("user")
-    source_count = view.desired.source_user_count
-    verdict = guard(
-        the_plan,
-        linked_count,
-        config.options,
-        linked_count if source_count is None else source_count,
-    )
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
-    return Prepared(view, the_plan, verdict, linked_count, failures, inputs.linked_users)
+    else:
+        linked_count = store.count_linked("user")
+        source_count = view.desired.source_user_count
+        verdict = guard(
+            the_plan,
+            linked_count,
+            config.options,
+            linked_count if source_count is None else source_count,
+        )
+    return Prepared(view, the_plan, verdict, failures, inputs.linked_users)
 
 
 async def dry_run(config: Config, store: Store, only_user: str | None = None) -> Prepared:
@@ -530,32 +537,37 @@ def record_refusals(
     record is planned again every cycle; a full cycle drops the rows of records no longer
     refused, and of any record gone from both the directory and the links.
     """
-    if prepared.view.mode == "full":
-        view = prepared.view
-        refused = {(c.kind, c.source_id) for c in prepared.plan.conflicts}
-        refused |= {(f.kind, f.source_id) for f in prepared.desired.failures}
-        for (kind, source_id), row in prepared.failures.items():
-            if kind == "user":
-                gone = source_id not in view.desired.users and source_id not in view.linked_users
-            else:
-                gone = source_id not in view.desired.groups and source_id not in view.linked_groups
-            if (kind, source_id) not in refused and (gone or row.action in ("map", "conflict")):
-                store.clear_failure(kind, source_id)
     refusals: list[tuple[str, Conflict | MappingFailure]] = [
         ("conflict", c) for c in prepared.plan.conflicts
     ]
     refusals += [("map", f) for f in prepared.desired.failures]
-    for event, refusal in refusals:
-        store.audit(
-            cycle_id, event, refusal.kind, refusal.source_id, None, False, refusal.cause,
-            name=refusal.name,
-        )  # fmt: skip
-        # Without a row, a refusal would be invisible to `status` after its first cycle.
-        store.record_failure(
-            refusal.kind, refusal.source_id, refusal.name, event, refusal.cause,
-            source_fingerprint=fingerprint({"cause": refusal.cause}),
-            now=now, max_retries=config.options.max_retries,
-        )  # fmt: skip
+    with store.atomic():  # one transaction, not two per refusal
+        if prepared.view.mode == "full":
+            clear_settled_failures(store, prepared, {(r.kind, r.source_id) for _, r in refusals})
+        for event, refusal in refusals:
+            store.audit(
+                cycle_id, event, refusal.kind, refusal.source_id, None, False, refusal.cause,
+                name=refusal.name,
+            )  # fmt: skip
+            # Without a row, a refusal would be invisible to `status` after its first cycle.
+            store.record_failure(
+                refusal.kind, refusal.source_id, refusal.name, event, refusal.cause,
+                source_fingerprint=fingerprint({"cause": refusal.cause}),
+                now=now, max_retries=config.options.max_retries,
+            )  # fmt: skip
+
+
+def clear_settled_failures(
+    store: Store, prepared: Prepared, refused: Collection[tuple[Kind, str]]
+) -> None:
+    """After a full read: refusals no longer refused, and records gone everywhere."""
+    view = prepared.view
+    for (kind, source_id), row in prepared.failures.items():
+        desired = view.desired.users if kind == "user" else view.desired.groups
+        linked = view.linked_users if kind == "user" else view.linked_groups
+        gone = source_id not in desired and source_id not in linked
+        if (kind, source_id) not in refused and (gone or row.action in ("map", "conflict")):
+            store.clear_failure(kind, source_id)
 
 
 # --- check ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def guard(
     more often a broken filter or bind than a company with no staff. Then every
     remove_members is held too, since every group would be emptied.
     """
-    removals = [op for op in plan.operations if op.action in DEPROVISIONING]
+    removals = plan.deprovisioning
     if source_user_count == 0 and linked_user_count > 0:
         reason = f"directory returned no users while {linked_user_count} are linked"
         return _hold(plan, reason, hold_all_member_removals=True)

@@ -84,7 +84,7 @@ def user_key(user: DesiredUser, options: Options) -> str:
     return user.user_name.lower()
 
 
-def group_key(group: DesiredGroup, options: Options) -> str:
+def group_key(group: DesiredGroup) -> str:
     return group.display_name.lower()
 
 
@@ -131,11 +131,7 @@ class _UserPlanner:
         inp = self.inp
         blocked = self._find_conflicts()
         for source_id, desired in inp.desired_users.items():
-            if ("user", source_id) in inp.skip:
-                if source_id in inp.linked_users:
-                    self.provisioned.add(source_id)
-                continue
-            if source_id in blocked:
+            if ("user", source_id) in inp.skip or source_id in blocked:
                 if source_id in inp.linked_users:
                     self.provisioned.add(source_id)
                 continue
@@ -309,7 +305,7 @@ class _GroupPlanner:
             if linked is not None:
                 self._linked(desired, linked)
                 continue
-            found = inp.target_groups.get(group_key(desired, self.options))
+            found = inp.target_groups.get(group_key(desired))
             if found is not None:
                 self.ops.append(
                     Operation(
@@ -365,7 +361,7 @@ class _GroupPlanner:
     def _linked(self, desired: DesiredGroup, linked: LinkedGroup) -> None:
         name = desired.display_name
         if name != linked.display_name:
-            taken = self.inp.target_groups.get(name.lower())
+            taken = self.inp.target_groups.get(group_key(desired))
             if taken is not None:
                 self._conflict(
                     desired,
