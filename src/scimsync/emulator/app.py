@@ -255,6 +255,7 @@ async def patch_group(request: Request) -> Response:
             new.external_id,
             new.members,
             allow_rename=_allow_rename(emulator),
+            touched=new.touched,
         )
     # Atlassian answers a group PATCH with 200 and the full group (section 4); RFC 7644
     # 3.5.2 lets the client narrow that with attributes / excludedAttributes.

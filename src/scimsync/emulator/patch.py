@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scimsync.emulator.errors import ScimError, invalid_value
@@ -211,6 +211,23 @@ class GroupState:
     display_name: str
     external_id: str | None
     members: dict[str, None]
+    # The member ids operations added or removed, so the store updates its indexes by the
+    # change and not by the group's size; None once the list was replaced wholesale.
+    touched: set[str] | None = field(default_factory=set)
+
+    def add_members(self, ids: list[str]) -> None:
+        self.members.update(dict.fromkeys(ids))
+        if self.touched is not None:
+            self.touched.update(ids)
+
+    def remove_member(self, user_id: str) -> None:
+        self.members.pop(user_id, None)
+        if self.touched is not None:
+            self.touched.add(user_id)
+
+    def replace_members(self, ids: list[str]) -> None:
+        self.members = dict.fromkeys(ids)
+        self.touched = None
 
 
 _MEMBER_FILTER = re.compile(r'^members\[\s*value\s+eq\s+("(?:[^"\\]|\\.)*")\s*\]$', re.IGNORECASE)
@@ -227,17 +244,17 @@ def _apply_group(state: GroupState, op: str, path: str, value: Any) -> None:
     elif lowered == "members":
         ids = member_ids(value)
         if op == "add":
-            state.members.update(dict.fromkeys(ids))
+            state.add_members(ids)
         elif op == "replace":
-            state.members = dict.fromkeys(ids)
+            state.replace_members(ids)
         elif value is None:
-            state.members = {}
+            state.replace_members([])
         else:
             for user_id in ids:
-                state.members.pop(user_id, None)
+                state.remove_member(user_id)
     elif (match := _MEMBER_FILTER.match(path.strip())) and op == "remove":
         # Removing a non-member is a no-op, so a retried removal succeeds.
-        state.members.pop(json.loads(match.group(1)), None)
+        state.remove_member(json.loads(match.group(1)))
     else:
         raise invalid_path(path)
 

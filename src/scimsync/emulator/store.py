@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 import uuid
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,20 +170,25 @@ class Directory:
         members: dict[str, None],
         *,
         allow_rename: bool,
+        touched: Collection[str] | None = None,
     ) -> Group:
-        """Sets all of a group's state at once, after every check passed."""
+        """Sets all of a group's state at once, after every check passed. `touched`: the
+        only ids whose membership may differ (a PATCH's), so a 100,000-member group is not
+        walked for a change of one."""
         with self.lock:
             group = self.group(group_id)
             if name != group.display_name:
                 if not allow_rename:
                     raise ScimError(400, "displayName is immutable", "mutability")
                 self._check_group_name(name, group_id)
-            self._check_members(list(members))
+            self._check_members(
+                members if touched is None else [m for m in touched if m in members]
+            )
             self.by_group_name.pop(group.display_name.lower(), None)
             self.by_group_name[name.lower()] = group_id
             group.display_name = name
             group.external_id = external_id
-            self._set_members(group, members)
+            self._set_members(group, members, touched)
             group.last_modified = _now()
             self._saved()
             return group
@@ -207,17 +213,20 @@ class Directory:
         if holder is not None and holder != own_id:
             raise _uniqueness(f"Resource [GROUP]: with displayName[{name}] already exists.")
 
-    def _check_members(self, members: list[str]) -> None:
+    def _check_members(self, members: Iterable[str]) -> None:
         for user_id in members:
             if user_id not in self.users:
                 raise invalid_value(f"member {user_id} is not a user of this directory")
 
-    def _set_members(self, group: Group, members: dict[str, None]) -> None:
-        for user_id in group.members:
-            if user_id not in members:
+    def _set_members(
+        self, group: Group, members: dict[str, None], touched: Collection[str] | None = None
+    ) -> None:
+        """`touched`: the ids that may have changed; by default every old and new member."""
+        for user_id in group.members.keys() | members.keys() if touched is None else touched:
+            if user_id in members:
+                self.memberships.setdefault(user_id, {})[group.id] = None
+            else:
                 self.memberships.get(user_id, {}).pop(group.id, None)
-        for user_id in members:
-            self.memberships.setdefault(user_id, {})[group.id] = None
         group.members = members
 
     # --- whole directory -----------------------------------------------------------------
