@@ -25,6 +25,7 @@ import httpx2
 
 from scimsync.config import TargetConfig
 from scimsync.emulator import PREFIX
+from scimsync.sandbox.slapd import free_port
 from scimsync.target import open_target
 
 TOKEN = "bench-token"
@@ -46,17 +47,10 @@ class Latency(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def server(kind: str) -> Iterator[tuple[str, str]]:
     """(base URL, profile) of a server running until the block ends."""
-    port = _free_port()
+    port = free_port()
     bindir = Path(sys.executable).parent
     if kind == "emulator":
         command = [str(bindir / "scimsync"), "emulate", "atlassian", "--port", str(port)]

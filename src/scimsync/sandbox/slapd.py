@@ -131,7 +131,6 @@ class Slapd(Lifecycle):
         self.tls_port = free_port()
         self._ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
-        self._pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -166,7 +165,6 @@ class Slapd(Lifecycle):
             stdout=subprocess.DEVNULL,
             stderr=(self.dir / "slapd.log").open("wb"),
         )
-        self._pid = self._process.pid
         self._wait_ready()
         self.add_entries(_BASE_ENTRIES)
         return self

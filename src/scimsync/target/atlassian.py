@@ -17,8 +17,6 @@ class AtlassianTarget(ScimTarget):
     - PUT clears omitted attributes (2): updates are PATCH replace of changed paths only.
     """
 
-    profile = "atlassian"
-
     async def patch_supported(self) -> bool:
         return True
 

@@ -62,10 +62,7 @@ def group_from(resource: Any) -> RemoteGroup:
 class ScimTarget:
     """RFC 7644 client; reads /ServiceProviderConfig to learn whether PATCH is supported."""
 
-    profile = "scim"
-
     def __init__(self, config: TargetConfig, http: ScimHttp) -> None:
-        self.config = config
         self.http = http
         self.request_counts = http.request_counts
         self.page_size = min(config.page_size, MAX_PAGE)
