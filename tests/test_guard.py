@@ -81,3 +81,21 @@ def test_allow_lets_everything_through() -> None:
     the_plan = Plan(tuple(disables(100)))
     verdict = GuardVerdict.allow(the_plan)
     assert (verdict.blocked, verdict.allowed, verdict.held) == (False, the_plan, ())
+
+
+def test_member_removals_of_users_held_as_disables_are_held_with_them() -> None:
+    """Users leaving scope over the limit keep their groups: a removal takes away the
+    product access granted through the group as surely as the disable does."""
+    leaving = disables(3)
+    removal = op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0", "u1", "u2", "other"))
+    add = op(Action.ADD_MEMBERS, "group", "g1", members=("new",))
+    verdict = guard(Plan((*leaving, add, removal)), 10, Options(max_deletions=2), 7)
+    assert verdict.blocked
+    assert verdict.allowed.operations == (
+        add,
+        op(Action.REMOVE_MEMBERS, "group", "g1", members=("other",)),
+    )
+    assert verdict.held == (
+        *leaving,
+        op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0", "u1", "u2")),
+    )

@@ -52,8 +52,10 @@ def guard(
 
 
 def _hold(plan: Plan, reason: str, *, hold_all_member_removals: bool) -> GuardVerdict:
-    deleted_users = {
-        op.source_id for op in plan.operations if op.kind == "user" and op.action is Action.DELETE
+    """Hold the deprovisioning and what follows from it: a held user's removal from its
+    groups takes away the product access granted through them as surely as a disable."""
+    held_users = {
+        op.source_id for op in plan.operations if op.kind == "user" and op.action in DEPROVISIONING
     }
     allowed: list[Operation] = []
     held: list[Operation] = []
@@ -61,10 +63,10 @@ def _hold(plan: Plan, reason: str, *, hold_all_member_removals: bool) -> GuardVe
         member_removal = op.action is Action.REMOVE_MEMBERS
         if op.action in DEPROVISIONING or (member_removal and hold_all_member_removals):
             held.append(op)
-        elif member_removal and deleted_users & set(op.members):
-            # A user kept (not deleted) must keep its memberships: split the operation.
-            keep = tuple(m for m in op.members if m not in deleted_users)
-            gone = tuple(m for m in op.members if m in deleted_users)
+        elif member_removal and held_users & set(op.members):
+            # The other removals go ahead: split the operation.
+            keep = tuple(m for m in op.members if m not in held_users)
+            gone = tuple(m for m in op.members if m in held_users)
             held.append(replace(op, members=gone, target_members=()))
             if keep or op.target_members:
                 allowed.append(replace(op, members=keep))

@@ -84,6 +84,8 @@ def print_plan(console: Console, prepared: Prepared) -> None:
             f"({prepared.verdict.reason}); `sync --allow-deletions` applies them once",
             markup=False,
         )
+        for op in prepared.verdict.held:
+            console.print(f"  held  {_describe(op)}", markup=False)
 
 
 def print_cycle(console: Console, cycle: CycleReport) -> None:
@@ -159,7 +161,9 @@ def print_status(console: Console, store: Store) -> None:
             markup=False,
         )
         for op in staged:
-            console.print(f"  {op['action']} {op['kind']} {op['name']}", markup=False)
+            members = op.get("members")
+            count = f" ({len(members)} members)" if isinstance(members, list) else ""
+            console.print(f"  {op['action']} {op['kind']} {op['name']}{count}", markup=False)
 
 
 def print_audit(console: Console, rows: Sequence[AuditRecord]) -> None:
