@@ -280,9 +280,14 @@ class Executor:
         active = bool(op.values.get("active", desired.active))
         if "active" in op.values:
             await self.target.set_active(op.target_id, active)
-        self._save_user(
-            LinkedUser(op.source_id, op.target_id, desired.user_name, active, self._pushed(op, {}))
+        # The target now holds the mapped values: those sent and those it had already
+        # (create-only ones are the target's own). Without update_users nothing was sent.
+        held = (
+            {k: v for k, v in desired.values.items() if k not in desired.create_only}
+            if self.config.options.update_users
+            else {}
         )
+        self._save_user(LinkedUser(op.source_id, op.target_id, desired.user_name, active, held))
         return op.target_id
 
     async def _update_user(self, op: Operation) -> str:
@@ -309,7 +314,15 @@ class Executor:
         link = self.users[op.source_id]
         await self.target.set_active(link.target_id, False)
         self._save_user(
-            LinkedUser(link.source_id, link.target_id, link.user_name, False, link.values)
+            LinkedUser(
+                link.source_id,
+                link.target_id,
+                link.user_name,
+                False,
+                link.values,
+                # A user disabled in the directory is still in scope; one who left it isn't.
+                in_scope=op.source_id in self.desired.users,
+            )
         )
         return link.target_id
 

@@ -30,6 +30,7 @@ from scimsync.model import (
     LinkedGroup,
     LinkedUser,
     MappingFailure,
+    Operation,
     Plan,
     SourceGroup,
     SourceUser,
@@ -37,6 +38,7 @@ from scimsync.model import (
 )
 from scimsync.plan import PlanInput, plan
 from scimsync.state import FailureRecord, Store
+from scimsync.state.store import MAX_CAUSE
 from scimsync.target import RemoteGroup, Target, open_target
 
 logger = log.get(__name__)
@@ -47,6 +49,9 @@ LAST_FULL = "last_full_reconciliation"
 SETTINGS = "settings"
 Clock = Callable[[], datetime]
 Failures = Mapping[tuple[Kind, str], FailureRecord]
+Record = tuple[Kind, str]
+# Failure rows of records the planner or the mapping refused, rather than the target.
+REFUSALS = frozenset({"map", "conflict"})
 
 
 def utc_now() -> datetime:
@@ -77,6 +82,11 @@ class View:
     linked_groups: dict[str, LinkedGroup]
     watermark: str | None = None  # where the directory was; stored once the cycle is applied
     other_members: frozenset[str] = frozenset()  # linked users outside the universe
+    # The records this view looked at; None: every record (a full reconciliation).
+    universe: frozenset[Record] | None = frozenset()
+    # Linked users that came back into the user scope, and those that left it.
+    scope_entered: frozenset[str] = frozenset()
+    scope_left: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # short, like Plan's
         return (
@@ -95,6 +105,7 @@ class Prepared:
     failures: Failures  # as the cycle started
     # The links the plan compared against; a full cycle's carry the target's own values.
     linked_users: Mapping[str, LinkedUser]
+    skipped: frozenset[Record] = frozenset()  # in back-off or quarantine: not planned
 
     def __repr__(self) -> str:  # short, like Plan's
         return f"Prepared({self.view!r}, {self.plan!r}, {len(self.failures)} failing records)"
@@ -156,6 +167,15 @@ def unmapped_but_linked(
     return frozenset(f.source_id for f in failures if f.source_id in linked)
 
 
+def scope_moves(
+    linked: Mapping[str, LinkedUser], in_scope: Collection[str]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(entered, left): linked users whose place in the user scope differs from the store's."""
+    entered = frozenset(s for s, link in linked.items() if not link.in_scope and s in in_scope)
+    left = frozenset(s for s, link in linked.items() if link.in_scope and s not in in_scope)
+    return entered, left
+
+
 # --- views ---------------------------------------------------------------------------------
 
 
@@ -181,7 +201,17 @@ def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: S
         else {}
     )
     desired = Desired(users, groups, failures, len(users) + len(failures))
-    return View("full", desired, linked_users, store.linked_groups(), position)
+    entered, left = scope_moves(linked_users, users.keys() | kept)
+    return View(
+        "full",
+        desired,
+        linked_users,
+        store.linked_groups(),
+        position,
+        universe=None,
+        scope_entered=entered,
+        scope_left=left,
+    )
 
 
 def incremental_view(
@@ -191,7 +221,10 @@ def incremental_view(
     store: Store,
     linked_user_ids: Callable[[], set[str]],
 ) -> View:
-    """The changed objects, their links, and the linked groups their changes touch."""
+    """The changed objects, their links, and the linked groups their changes touch.
+
+    `linked_user_ids()`: the linked users in scope, as the store recorded them.
+    """
     if changes.empty:
         return View("incremental", Desired({}, {}, (), None), {}, {}, changes.watermark)
     users, failures = map_users(changes.users.values(), mapper)
@@ -218,7 +251,21 @@ def incremental_view(
                 groups[source_id] = DesiredGroup(source_id, link.display_name, members)
     desired = Desired(users, groups, failures, None)
     others = frozenset(in_scope - linked_users.keys() - users.keys()) if groups else frozenset()
-    return View("incremental", desired, linked_users, linked_groups, changes.watermark, others)
+    universe: set[Record] = {("user", sid) for sid in touched} | {
+        ("group", sid) for sid in groups.keys() | changes.gone_groups
+    }
+    entered, left = scope_moves(linked_users, users.keys() | kept)
+    return View(
+        "incremental",
+        desired,
+        linked_users,
+        linked_groups,
+        changes.watermark,
+        others,
+        universe=frozenset(universe),
+        scope_entered=entered,
+        scope_left=left,
+    )
 
 
 def user_view(
@@ -243,7 +290,18 @@ def user_view(
             groups[sid] = replace(group, member_source_ids=members)
     mine = tuple(f for f in failures if f.name.lower() == user_name.lower())
     desired = Desired(wanted, groups, mine, None)
-    return View("user", desired, store.linked_users_by_ids(wanted), linked_groups)
+    linked_users = store.linked_users_by_ids(wanted)
+    universe: set[Record] = {("user", sid) for sid in wanted}
+    universe |= {("group", sid) for sid in groups}
+    entered, _ = scope_moves(linked_users, wanted.keys())
+    return View(
+        "user",
+        desired,
+        linked_users,
+        linked_groups,
+        universe=frozenset(universe),
+        scope_entered=entered,
+    )
 
 
 def settings_fingerprint(config: Config) -> str:
@@ -271,10 +329,26 @@ def choose_mode(store: Store, config: Config, failures: Failures, now: datetime)
     age = now - datetime.fromisoformat(last_full)
     if age >= timedelta(seconds=config.full_sync_interval):
         return "full"
-    # A record waiting for its retry isn't among the changes: a full cycle picks it up.
-    if any(f.retry_due(now) for f in failures.values()):
-        return "full"
+    # Records waiting for a retry are read again by the incremental cycle (revisit).
     return "incremental"
+
+
+def revisit_failing(
+    directory: LdapDirectory, changes: ChangeSet, failures: Failures, now: datetime
+) -> ChangeSet:
+    """Add the records an earlier cycle could not apply, which change detection would not
+    report again until they are edited: every refused one (a conflict can end by a change
+    to another record), and failed ones whose retry is due."""
+    users: set[str] = set()
+    groups: set[str] = set()
+    for (kind, source_id), row in failures.items():
+        if row.action in REFUSALS or row.retry_due(now):
+            (users if kind == "user" else groups).add(source_id)
+    users -= changes.users.keys() | changes.gone_users
+    groups -= changes.groups.keys() | changes.gone_groups
+    if not users and not groups:
+        return changes
+    return changes.merged(directory.revisit(users, groups, changes.watermark))
 
 
 def read_view(
@@ -293,17 +367,24 @@ def read_view(
             watermark = store.watermark(WATERMARK)
             assert watermark is not None
             # Read at most once a cycle, by change detection or by the view, whichever asks.
-            user_ids = cache(partial(store.linked_ids, "user"))
+            # Only users in scope: one who left it and comes back must be seen entering.
+            user_ids = cache(partial(store.linked_ids, "user", in_scope=True))
             try:
                 changes = directory.changes(watermark, user_ids, partial(store.linked_ids, "group"))
             except WatermarkLost as exc:
                 logger.info("watermark lost: full reconciliation", reason=str(exc))
             else:
+                changes = revisit_failing(directory, changes, failures, now)
                 return incremental_view(changes, mapper, config, store, user_ids)
         return full_view(directory, mapper, config, store)
 
 
 # --- observe the target -------------------------------------------------------------------
+
+
+def _managed(values: Mapping[str, str | bool], managed: Collection[str]) -> dict[str, str | bool]:
+    """What the target holds of the attributes scimsync maps."""
+    return {k: values[k] for k in managed if k in values}
 
 
 async def observe_everything(target: Target, view: View, config: Config) -> PlanInput:
@@ -326,12 +407,14 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
         if source_id is None:
             key = remote.user_name if by_user_name else str(remote.values.get("externalId", ""))
             if key:
-                users_by_key[key.lower()] = TargetRef(remote.id, remote.user_name, remote.active)
+                users_by_key[key.lower()] = TargetRef(
+                    remote.id, remote.user_name, remote.active, _managed(remote.values, managed)
+                )
             continue
         seen.add(source_id)
         # What the target holds of the attributes scimsync maps: a hand-made edit shows as
         # a change, a mapped attribute the directory no longer has as one to clear.
-        held = {k: remote.values[k] for k in managed if k in remote.values}
+        held = _managed(remote.values, managed)
         linked_users[source_id] = replace(
             linked_users[source_id], values=held, active=remote.active
         )
@@ -374,10 +457,11 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
     )
 
 
-async def observe_unlinked(target: Target, view: View, config: Config) -> PlanInput:
+async def observe_unlinked(target: Target, view: View, config: Config, store: Store) -> PlanInput:
     """Incremental: look up only the desired objects that have no link yet, by their key."""
     desired = view.desired
     by_user_name = config.options.match_users_by == "userName"
+    managed = set(config.rules)
     users_by_key: dict[str, TargetRef] = {}
     groups_by_key: dict[str, TargetRef] = {}
 
@@ -388,26 +472,41 @@ async def observe_unlinked(target: Target, view: View, config: Config) -> PlanIn
             found = await target.find_user_by_external_id(str(user.values.get("externalId", "")))
         if found is not None:
             key = found.user_name if by_user_name else str(found.values.get("externalId", ""))
-            users_by_key[key.lower()] = TargetRef(found.id, found.user_name, found.active)
+            users_by_key[key.lower()] = TargetRef(
+                found.id, found.user_name, found.active, _managed(found.values, managed)
+            )
 
     async def find_group(group: DesiredGroup) -> None:
         found = await target.find_group(group.display_name)
         if found is not None:
             groups_by_key[found.display_name.lower()] = TargetRef(found.id, found.display_name)
 
-    linked_targets = {link.target_id for link in view.linked_users.values()}
     lookups = [find_user(u) for sid, u in desired.users.items() if sid not in view.linked_users]
     lookups += [find_group(g) for sid, g in desired.groups.items() if sid not in view.linked_groups]
     await asyncio.gather(*lookups)  # the target's own semaphore bounds the concurrency
+    # An object found by its key may be linked already, to a record outside this view: it
+    # is then taken, never adopted a second time.
+    user_holders = store.linked_to("user", [r.target_id for r in users_by_key.values()])
+    group_holders = store.linked_to("group", [r.target_id for r in groups_by_key.values()])
     return PlanInput(
         desired_users=desired.users,
         desired_groups=desired.groups,
         linked_users=view.linked_users,
         linked_groups=view.linked_groups,
-        target_users={k: r for k, r in users_by_key.items() if r.target_id not in linked_targets},
-        target_groups=groups_by_key,
+        target_users={k: r for k, r in users_by_key.items() if r.target_id not in user_holders},
+        target_groups={k: r for k, r in groups_by_key.items() if r.target_id not in group_holders},
         scope="partial" if view.mode == "user" else "full",
         other_members=view.other_members,
+        taken_user_names={
+            r.name.lower(): user_holders[r.target_id]
+            for r in users_by_key.values()
+            if r.target_id in user_holders
+        },
+        taken_group_names={
+            r.name.lower(): group_holders[r.target_id]
+            for r in groups_by_key.values()
+            if r.target_id in group_holders
+        },
     )
 
 
@@ -445,8 +544,9 @@ async def prepare(
     if view.mode == "full":
         inputs = await observe_everything(target, view, config)
     else:
-        inputs = await observe_unlinked(target, view, config)
-    inputs = replace(inputs, skip=skipped(failures, view, now()))
+        inputs = await observe_unlinked(target, view, config, store)
+    skip = skipped(failures, view, now())
+    inputs = replace(inputs, skip=skip)
     the_plan = plan(inputs, config.options)
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
@@ -459,7 +559,7 @@ async def prepare(
             config.options,
             linked_count if source_count is None else source_count,
         )
-    return Prepared(view, the_plan, verdict, failures, inputs.linked_users)
+    return Prepared(view, the_plan, verdict, failures, inputs.linked_users, skip)
 
 
 async def dry_run(config: Config, store: Store, only_user: str | None = None) -> Prepared:
@@ -483,15 +583,24 @@ async def sync(
             config, store, target, only_user=only_user, allow_deletions=allow_deletions, now=now
         )
         view, verdict = prepared.view, prepared.verdict
-        if view.mode == "incremental" and not prepared.plan.operations and not verdict.held:
+        refusals = refusals_to_record(prepared)
+        if (
+            view.mode == "incremental"
+            and not prepared.plan.operations
+            and not verdict.held
+            and not refusals
+        ):
             # Nothing changed that matters: move the watermark, record no run.
-            if view.watermark is not None:
-                store.set_watermark(WATERMARK, view.watermark)
+            with store.atomic():
+                clear_settled_failures(store, prepared)
+                record_scope(store, view)
+                if view.watermark is not None:
+                    store.set_watermark(WATERMARK, view.watermark)
             return CycleReport(None, prepared)
         cycle_id = store.begin_run(view.mode)
         report = CycleReport(cycle_id, prepared)
-        store.stage_deletions(cycle_id, [op.to_json() for op in verdict.held])
-        record_refusals(store, cycle_id, prepared, config, now())
+        stage_held(store, cycle_id, prepared)
+        record_refusals(store, cycle_id, prepared, refusals, config, now())
         executor = Executor(
             target,
             store,
@@ -511,12 +620,15 @@ async def sync(
         report.stopped = should_stop()
         result = "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
         store.finish_run(cycle_id, result, report.outcome.applied)
-        # Held deletions keep the watermark where it was, so the next cycle meets them again.
-        if view.watermark is not None and not verdict.blocked and not report.stopped:
-            store.set_watermark(WATERMARK, view.watermark)
-            if view.mode == "full":
-                store.set_watermark(LAST_FULL, now().isoformat())
-                store.set_watermark(SETTINGS, settings_fingerprint(config))
+        # Held deletions keep the watermark where it was, so the next cycle meets them again;
+        # so does the users' place in scope, from which change detection derives departures.
+        if not verdict.blocked and not report.stopped:
+            record_scope(store, view)
+            if view.watermark is not None:
+                store.set_watermark(WATERMARK, view.watermark)
+                if view.mode == "full":
+                    store.set_watermark(LAST_FULL, now().isoformat())
+                    store.set_watermark(SETTINGS, settings_fingerprint(config))
         logger.info(
             "cycle finished",
             cycle_id=cycle_id,
@@ -528,22 +640,78 @@ async def sync(
         return report
 
 
+def record_scope(store: Store, view: View) -> None:
+    """Which linked users entered or left the user scope, for the next change detection."""
+    if view.scope_entered:
+        store.set_in_scope(view.scope_entered, True)
+    if view.scope_left:
+        store.set_in_scope(view.scope_left, False)
+
+
+def stage_held(store: Store, cycle_id: str, prepared: Prepared) -> None:
+    """What `status` lists as held. A one-user cycle decides only about its own records:
+    the operations held earlier for others stay listed."""
+    held = [op.to_json() for op in prepared.verdict.held]
+    if prepared.view.mode == "user":
+        held = unaffected(store.staged_deletions(), prepared.plan.operations) + held
+    store.stage_deletions(cycle_id, held)
+
+
+def unaffected(
+    staged: Iterable[Mapping[str, object]], planned: Iterable[Operation]
+) -> list[dict[str, object]]:
+    """The staged operations, less what this plan decides again (members one by one)."""
+    decided: dict[tuple[object, object, object], set[object]] = {}
+    for op in planned:
+        decided.setdefault((op.action.value, op.kind, op.source_id), set()).update(op.members)
+    kept: list[dict[str, object]] = []
+    for entry in staged:
+        key = (entry.get("action"), entry.get("kind"), entry.get("source_id"))
+        if key not in decided:
+            kept.append(dict(entry))
+            continue
+        members = entry.get("members")
+        if isinstance(members, list):
+            rest = [m for m in members if m not in decided[key]]
+            if rest:
+                kept.append({**entry, "members": rest})
+    return kept
+
+
+Refusal = tuple[str, Conflict | MappingFailure]
+
+
+def every_refusal(prepared: Prepared) -> list[Refusal]:
+    refusals: list[Refusal] = [("conflict", c) for c in prepared.plan.conflicts]
+    return refusals + [("map", f) for f in prepared.desired.failures]
+
+
+def refusals_to_record(prepared: Prepared) -> list[Refusal]:
+    """Refusals not on record with this cause yet. Refused records are planned again every
+    cycle (revisit_failing); one that is refused for the same reason is not audited again."""
+    fresh: list[Refusal] = []
+    for event, refusal in every_refusal(prepared):
+        row = prepared.failures.get((refusal.kind, refusal.source_id))
+        if row is None or row.action != event or row.cause != refusal.cause[:MAX_CAUSE]:
+            fresh.append((event, refusal))
+    return fresh
+
+
 def record_refusals(
-    store: Store, cycle_id: str, prepared: Prepared, config: Config, now: datetime
+    store: Store,
+    cycle_id: str,
+    prepared: Prepared,
+    refusals: Iterable[Refusal],
+    config: Config,
+    now: datetime,
 ) -> None:
     """Records the planner or the mapping refused: audited, listed by `status`.
 
     Their failure rows carry the cause's fingerprint, never the record's, so a refused
-    record is planned again every cycle; a full cycle drops the rows of records no longer
-    refused, and of any record gone from both the directory and the links.
+    record is planned again every cycle; the rows of records settled since go.
     """
-    refusals: list[tuple[str, Conflict | MappingFailure]] = [
-        ("conflict", c) for c in prepared.plan.conflicts
-    ]
-    refusals += [("map", f) for f in prepared.desired.failures]
     with store.atomic():  # one transaction, not two per refusal
-        if prepared.view.mode == "full":
-            clear_settled_failures(store, prepared, {(r.kind, r.source_id) for _, r in refusals})
+        clear_settled_failures(store, prepared)
         for event, refusal in refusals:
             store.audit(
                 cycle_id, event, refusal.kind, refusal.source_id, None, False, refusal.cause,
@@ -557,16 +725,21 @@ def record_refusals(
             )  # fmt: skip
 
 
-def clear_settled_failures(
-    store: Store, prepared: Prepared, refused: Collection[tuple[Kind, str]]
-) -> None:
-    """After a full read: refusals no longer refused, and records gone everywhere."""
+def clear_settled_failures(store: Store, prepared: Prepared) -> None:
+    """Failure rows of records this cycle looked at that need nothing now: gone from both
+    the directory and the links, no longer refused, or planned again with nothing to do
+    (the change that failed was undone). Records in back-off or quarantine are not looked at."""
     view = prepared.view
-    for (kind, source_id), row in prepared.failures.items():
+    refused = {(r.kind, r.source_id) for _, r in every_refusal(prepared)}
+    planned = {(op.kind, op.source_id) for op in prepared.plan.operations}
+    for key, row in prepared.failures.items():
+        kind, source_id = key
+        if key in refused or (view.universe is not None and key not in view.universe):
+            continue
         desired = view.desired.users if kind == "user" else view.desired.groups
         linked = view.linked_users if kind == "user" else view.linked_groups
         gone = source_id not in desired and source_id not in linked
-        if (kind, source_id) not in refused and (gone or row.action in ("map", "conflict")):
+        if gone or (key not in prepared.skipped and (row.action in REFUSALS or key not in planned)):
             store.clear_failure(kind, source_id)
 
 

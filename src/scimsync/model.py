@@ -118,6 +118,10 @@ class LinkedUser:
     user_name: str
     active: bool
     values: ScimValues  # the flat values last pushed (the fingerprint's input)
+    # In the directory's user scope when a cycle last saw it. A linked user who left scope
+    # keeps its link (and its disabled account) but is no member of any group, and coming
+    # back into scope, which may touch only a scope group, is what change detection must see.
+    in_scope: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,9 @@ class TargetRef:
     target_id: str
     name: str
     active: bool = True
+    # What the target holds of the attributes scimsync maps, where the caller read them:
+    # adoption then writes only the values that differ.
+    values: ScimValues = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The planner: desired state + recorded state + options -> operations. Pure, no I/O.
 
 It follows the rules table in design.md. Decisions beyond the table:
-- Adopting a user is one `link` op carrying the mapped values (except userName, which
-  matched, and create-only attributes, which belong to creation), plus `active` when the
+- Adopting a user is one `link` op carrying the mapped values that differ from the
+  target's (never userName, which matched, nor create-only attributes, which belong to
+  creation), the mapped attributes the directory lacks as `removed`, plus `active` when the
   target's account differs. With update_users off it carries no values.
 - userName is write-once (reference/atlassian-scim-api.md: "Treat it as write-once"): a
   linked user whose mapped userName changes (other than in case) is a Conflict and nothing
@@ -59,6 +60,10 @@ class PlanInput:
     # Incremental plans: users linked earlier but outside this plan's universe. They may be
     # members of the groups planned here; nothing else is planned for them.
     other_members: frozenset[str] = frozenset()
+    # Incremental plans: names (lower-case) held by objects linked outside this plan's
+    # universe, with the source id holding each. Never adopted: a name in use is a Conflict.
+    taken_user_names: Mapping[str, str] = field(default_factory=dict)
+    taken_group_names: Mapping[str, str] = field(default_factory=dict)
 
 
 # The executor's order: users written, groups written, memberships, user removals, group deletions.
@@ -163,7 +168,8 @@ class _UserPlanner:
                         candidates[sid], f"externalId is also mapped from {', '.join(others)}"
                     )
                     blocked.add(sid)
-        holders = {link.user_name.lower(): sid for sid, link in inp.linked_users.items()}
+        holders = dict(inp.taken_user_names)
+        holders.update((link.user_name.lower(), sid) for sid, link in inp.linked_users.items())
         for sid, desired in candidates.items():
             if sid in blocked:
                 continue
@@ -210,12 +216,19 @@ class _UserPlanner:
     def _link(self, desired: DesiredUser, found: TargetRef) -> Operation:
         options = self.options
         values: dict[str, str | bool] = {}
+        removed: tuple[str, ...] = ()
         if options.update_users:
+            # Only what differs from what the target holds (design.md: the link carries the
+            # values that differ); a mapped attribute the directory lacks is cleared.
+            fixed = {"userName"} | desired.create_only
             values = {
                 k: v
                 for k, v in desired.values.items()
-                if k != "userName" and k not in desired.create_only
+                if k not in fixed and found.values.get(k) != v
             }
+            removed = tuple(
+                sorted(k for k in found.values if k not in fixed and k not in desired.values)
+            )
         if found.active != desired.active:
             may = options.update_users if desired.active else options.deprovision_users
             if may:
@@ -227,6 +240,7 @@ class _UserPlanner:
             desired.user_name,
             target_id=found.target_id,
             values=values,
+            removed=removed,
         )
 
     def _linked(self, desired: DesiredUser, linked: LinkedUser) -> None:
@@ -347,7 +361,8 @@ class _GroupPlanner:
         for sid, others in names.items():
             self._conflict(candidates[sid], f"displayName is also used by {', '.join(others)}")
             blocked.add(sid)
-        holders = {link.display_name.lower(): sid for sid, link in inp.linked_groups.items()}
+        holders = dict(inp.taken_group_names)
+        holders.update((link.display_name.lower(), sid) for sid, link in inp.linked_groups.items())
         for sid, group in candidates.items():
             holder = holders.get(group.display_name.lower())
             if sid not in blocked and holder is not None and holder != sid:

@@ -52,6 +52,18 @@ class ChangeSet:
     def empty(self) -> bool:
         return not (self.users or self.groups or self.gone_users or self.gone_groups)
 
+    def merged(self, other: ChangeSet) -> ChangeSet:
+        """Both sets of changes; where both name a record, a read of it beats a gone."""
+        users = {**other.users, **self.users}
+        groups = {**other.groups, **self.groups}
+        return ChangeSet(
+            users=users,
+            groups=groups,
+            gone_users=(self.gone_users | other.gone_users) - users.keys(),
+            gone_groups=(self.gone_groups | other.gone_groups) - groups.keys(),
+            watermark=self.watermark,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Changed:

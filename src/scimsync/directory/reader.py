@@ -29,6 +29,7 @@ from scimsync.directory.errors import DirectoryError
 from scimsync.directory.values import (
     RawEntry,
     get,
+    guid_assertion,
     guid_text,
     is_disabled,
     member_dn,
@@ -74,6 +75,8 @@ class _Group:
 
 # Above this many unknown member DNs, one paged scan is cheaper than a lookup each.
 LOOKUP_OR_SCAN = 2000
+# GUIDs asked for in one search by revisit(): an OR of this many equality clauses.
+REVISIT_CHUNK = 100
 
 
 class LdapDirectory:
@@ -226,6 +229,55 @@ class LdapDirectory:
             gone_groups=frozenset(gone_groups - groups.keys()),
             watermark=mark,
         )
+
+    def revisit(
+        self, user_guids: Collection[str], group_guids: Collection[str], watermark: str
+    ) -> ChangeSet:
+        """These records as the directory holds them now: the ones in scope read in full,
+        the others reported gone. For records an earlier cycle refused or failed to apply,
+        which change detection would not report again until they are edited."""
+        self._forget()
+        users: dict[str, SourceUser] = {}
+        if user_guids:
+            users = self._users_by_guid(set(user_guids))
+        groups: dict[str, SourceGroup] = {}
+        scope = self._config.groups
+        if group_guids and scope is not None:
+            index = self._groups_index()
+            wanted = [dn for dn in self._selected_groups() if index[dn].guid in group_guids]
+            groups = {g.guid: g for g in self._source_groups(wanted, scope.nested)}
+        return ChangeSet(
+            users=users,
+            groups=groups,
+            gone_users=frozenset(set(user_guids) - users.keys()),
+            gone_groups=frozenset(set(group_guids) - groups.keys()),
+            watermark=watermark,
+        )
+
+    def _users_by_guid(self, guids: set[str]) -> dict[str, SourceUser]:
+        scope = self._config.users
+        leaves: set[str] | None = None
+        if scope.group_dn is not None:
+            leaves = self._leaf_members(scope.group_dn, scope.nested, "users.group_dn")
+        found: dict[str, SourceUser] = {}
+        attr = self._guid_attr
+        ordered = sorted(guids)
+        for start in range(0, len(ordered), REVISIT_CHUNK):
+            chunk = ordered[start : start + REVISIT_CHUNK]
+            wanted = "".join(f"({attr}={guid_assertion(attr, guid)})" for guid in chunk)
+            filterstr = f"(&{self._user_filter()}(|{wanted}))"
+            for dn, entry in self._conn.paged(self._config.base_dn, filterstr, self._user_attrs):
+                if leaves is None or normalize_dn(dn) in leaves:
+                    user = self._source_user(dn, entry)
+                    found[user.guid] = user
+        if leaves is not None and guids - found.keys():
+            # A scope group may hold users outside base_dn: never call them gone unread.
+            base = normalize_dn(self._config.base_dn)
+            outside = [dn for dn in leaves if not within(dn, base)]
+            for user in self._read_users(outside):
+                if user.guid in guids:
+                    found[user.guid] = user
+        return found
 
     def _changed_users(
         self,

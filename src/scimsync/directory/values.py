@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 import ldap.dn
+from ldap.filter import escape_filter_chars
 
 from scimsync.config import AccountStatus
 
@@ -87,6 +88,17 @@ def guid_text(attribute: str, raw: bytes) -> str:
     if attribute.lower() == "objectguid" and len(raw) == 16:
         return sys.intern(str(uuid.UUID(bytes_le=raw)))
     return sys.intern(raw.decode("ascii").strip().lower())
+
+
+def guid_assertion(attribute: str, text: str) -> str:
+    """An equality filter's assertion value for a GUID spelled as guid_text() spells it."""
+    if attribute.lower() == "objectguid":
+        try:
+            raw = uuid.UUID(text).bytes_le
+        except ValueError:
+            return str(escape_filter_chars(text))
+        return "".join(f"\\{byte:02x}" for byte in raw)  # RFC 4515 3: escaped octets
+    return str(escape_filter_chars(text))
 
 
 def get(entry: RawEntry, attribute: str) -> Sequence[bytes] | None:

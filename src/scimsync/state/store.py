@@ -186,11 +186,29 @@ class Store:
                 found.update((row.source_id, _user(row)) for row in conn.execute(query))
         return found
 
-    def linked_ids(self, kind: Kind) -> set[str]:
-        """The source ids of every link of a kind, without loading the links."""
+    def linked_ids(self, kind: Kind, *, in_scope: bool | None = None) -> set[str]:
+        """The source ids of every link of a kind, without loading the links; with
+        `in_scope`, only the users that were (True) or were not (False) in scope."""
         query = self._links_query(kind).with_only_columns(t.links.c.source_id)
+        if in_scope is not None:
+            query = query.where(t.links.c.in_scope == in_scope)
         with self._read() as conn:
             return set(conn.scalars(query))
+
+    def set_in_scope(self, source_ids: Collection[str], in_scope: bool) -> None:
+        """Record that these linked users entered (True) or left (False) the user scope."""
+        c = t.links.c
+        with self._write() as conn:
+            for chunk in _chunks(source_ids, READ_CHUNK):
+                conn.execute(
+                    sa.update(t.links)
+                    .where(
+                        c.channel_id == self._channel_id,
+                        c.kind == "user",
+                        c.source_id.in_(chunk),
+                    )
+                    .values(in_scope=in_scope)
+                )
 
     def user_fingerprints(self) -> dict[str, str]:
         """source_id -> fingerprint of the values last pushed, without loading the values."""
@@ -215,6 +233,19 @@ class Store:
                 members = self._members(conn, [row.source_id for row in heads])
                 for row in heads:
                     found[row.source_id] = _group(row, members.get(row.source_id, ()))
+        return found
+
+    def linked_to(self, kind: Kind, target_ids: Collection[str]) -> dict[str, str]:
+        """target id -> source id, for the given target ids that are linked."""
+        c = t.links.c
+        found: dict[str, str] = {}
+        with self._read() as conn:
+            for chunk in _chunks(target_ids, READ_CHUNK):
+                query = self._links_query(kind).with_only_columns(c.target_id, c.source_id)
+                found.update(
+                    (row.target_id, row.source_id)
+                    for row in conn.execute(query.where(c.target_id.in_(chunk)))
+                )
         return found
 
     def groups_holding(self, member_ids: Collection[str]) -> set[str]:
@@ -705,7 +736,7 @@ class Store:
         if with_values:
             return query
         c = t.links.c
-        return query.with_only_columns(c.source_id, c.target_id, c.name, c.active)
+        return query.with_only_columns(c.source_id, c.target_id, c.name, c.active, c.in_scope)
 
     def _members(self, conn: Connection, group_ids: list[str] | None) -> dict[str, set[str]]:
         """group source_id -> stored member source_ids; all groups when group_ids is None."""
@@ -734,6 +765,7 @@ class Store:
             "active": user.active,
             "values_json": values,
             "fingerprint": digest(values),
+            "in_scope": user.in_scope,
         }
 
     def _group_row(self, group: LinkedGroup) -> dict[str, Any]:
@@ -746,6 +778,7 @@ class Store:
             "active": True,
             "values_json": None,
             "fingerprint": None,
+            "in_scope": True,
         }
 
     def _member_row(self, group_id: str, member_id: str) -> dict[str, Any]:
@@ -814,6 +847,7 @@ def _user(row: sa.Row[Any]) -> LinkedUser:
         user_name=row.name,
         active=row.active,
         values=json.loads(row.values_json or "{}") if "values_json" in row._fields else {},
+        in_scope=row.in_scope,
     )
 
 

@@ -62,6 +62,8 @@ links = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("values_json", sa.Text, nullable=True),
     sa.Column("fingerprint", sa.String(32), nullable=True),
+    # Users only: in the directory's scope when last seen (a user who left it keeps its link).
+    sa.Column("in_scope", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Index("ix_links_target", "channel_id", "kind", "target_id"),
 )
 

@@ -1,0 +1,353 @@
+"""Incremental cycles that must land where a full reconciliation would: users coming back
+into scope, changes made while a record was refused, memberships of users who left scope,
+failures that heal, and adoption that writes only what differs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from scimsync import engine
+from scimsync.emulator import RunningEmulator
+from tests.fixtures.slapd import Tree
+from tests.harness import Channel
+
+# `openldap` detects changes by syncrepl (the sandbox slapd has syncprov), `generic` by
+# modifyTimestamp polling: each behaviour below must hold for both.
+MECHANISMS = ["openldap", "generic"]
+
+
+@pytest.fixture(params=MECHANISMS)
+def channel(
+    request: pytest.FixtureRequest, ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> Channel:
+    made = Channel(ldap_tree, emulator, tmp_path)
+    made.source["directory"] = request.param
+    return made
+
+
+def mode(report: engine.CycleReport) -> str:
+    return report.prepared.view.mode
+
+
+def active(channel: Channel, user_name: str) -> bool:
+    return bool(channel.users()[user_name]["active"])
+
+
+# --- coming back into scope ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_user_put_back_into_the_scope_group_is_reactivated_incrementally(
+    channel: Channel, nested: bool
+) -> None:
+    tree = channel.tree
+    anna, ben = tree.add_user("anna"), tree.add_user("ben")
+    inner = tree.add_group("inner", [anna, ben])
+    scope = tree.add_group("atlassian-users", [inner] if nested else [anna, ben])
+    channel.source["users"] = {"group_dn": scope, "nested": nested}
+    channel.options["groups"] = False
+    channel.sync()
+    tree.remove_members(inner if nested else scope, [anna])
+    left = channel.sync()
+    assert (mode(left), left.prepared.plan.summary()) == ("incremental", {"disable": 1})
+    assert not active(channel, "anna@example.com")
+
+    tree.add_members(inner if nested else scope, [anna])
+    planned = channel.plan()
+    assert [(op.action.value, op.name) for op in planned.plan.operations] == [
+        ("update", "anna@example.com")
+    ]
+    back = channel.sync()
+    assert mode(back) == "incremental"
+    assert active(channel, "anna@example.com")
+    assert active(channel, "ben@example.com")
+    assert channel.sync().prepared.plan.operations == ()  # and it stays so
+
+
+def test_a_user_matching_the_filter_again_is_reactivated_incrementally(channel: Channel) -> None:
+    tree = channel.tree
+    anna = tree.add_user("anna", title="staff")
+    channel.source["users"] = {"filter": "(&(objectClass=inetOrgPerson)(title=staff))"}
+    channel.options["groups"] = False
+    channel.sync()
+    tree.modify(anna, title="contractor")
+    channel.sync()
+    assert not active(channel, "anna@example.com")
+    tree.modify(anna, title="staff")
+    back = channel.sync()
+    assert (mode(back), back.prepared.plan.summary()) == ("incremental", {"update": 1})
+    assert active(channel, "anna@example.com")
+
+
+def test_a_user_disabled_and_re_enabled_between_cycles_is_active(channel: Channel) -> None:
+    tree = channel.tree
+    anna = tree.add_user("anna")
+    channel.options["groups"] = False
+    channel.sync()
+    tree.modify(anna, employeeType="disabled")
+    channel.sync()
+    assert not active(channel, "anna@example.com")
+    tree.modify(anna, employeeType="staff")
+    back = channel.sync()
+    assert (mode(back), back.prepared.plan.summary()) == ("incremental", {"update": 1})
+    assert active(channel, "anna@example.com")
+
+
+# --- memberships of users who left scope -------------------------------------------------------
+
+
+def test_a_user_who_left_scope_is_not_put_back_into_groups_by_an_incremental_cycle(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    anna, ben, cleo = (tree.add_user(n) for n in ("anna", "ben", "cleo"))
+    scope = tree.add_group("atlassian-users", [anna, ben, cleo])
+    developers = tree.add_group("jira-developers", [anna, ben, cleo])
+    channel.source["users"] = {"group_dn": scope}
+    channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
+    channel.sync()
+    tree.remove_members(scope, [anna])
+    channel.sync()
+    assert channel.member_names("jira-developers") == {"ben@example.com", "cleo@example.com"}
+
+    tree.modify(ben, title="lead")  # ben is in the group: the group is planned again
+    touched = channel.sync()
+    assert mode(touched) == "incremental"
+    assert touched.prepared.plan.summary() == {"update": 1}
+    assert channel.member_names("jira-developers") == {"ben@example.com", "cleo@example.com"}
+
+    tree.add_members(developers, [tree.add_user("dan")])  # the group itself changes
+    tree.add_members(scope, [tree.user_dn("dan")])
+    channel.sync()
+    assert channel.member_names("jira-developers") == {
+        "ben@example.com",
+        "cleo@example.com",
+        "dan@example.com",
+    }
+    channel.store().reset()
+    assert channel.sync().prepared.plan.operations == ()  # a full reconciliation agrees
+
+
+# --- records refused in one cycle come back ------------------------------------------------------
+
+
+def test_a_change_made_while_a_record_was_in_conflict_reaches_the_target(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    ben = tree.add_user("ben", title="Engineer")
+    tree.add_user("cleo")
+    channel.options["groups"] = False
+    channel.sync()
+    tree.modify(ben, title="Manager")
+    intruder = tree.add_user("ben2", mail="ben@example.com")  # maps to ben's userName
+    refused = channel.sync()
+    assert refused.exit_code == 1
+    assert {c.name for c in refused.prepared.plan.conflicts} == {"ben@example.com"}
+    assert channel.users()["ben@example.com"]["title"] == "Engineer"
+
+    tree.delete(intruder)
+    settled = channel.sync()
+    assert mode(settled) == "incremental"
+    assert settled.exit_code == 0
+    assert settled.prepared.plan.summary() == {"update": 1}
+    assert channel.users()["ben@example.com"]["title"] == "Manager"
+    with channel.store() as store:
+        assert store.failures() == {}  # both rows settled: the conflict and the intruder's
+
+
+def test_a_lasting_conflict_is_audited_once_and_holds_back_no_one(channel: Channel) -> None:
+    tree = channel.tree
+    tree.add_user("ben")
+    channel.options["groups"] = False
+    channel.sync()
+    tree.add_user("ben2", mail="ben@example.com")
+    assert channel.sync().exit_code == 1
+    with channel.store() as store:
+        audited = len(store.audit_log())
+    tree.add_user("cleo")
+    other = channel.sync()
+    assert other.exit_code == 1  # still refused, and said so
+    assert other.outcome.applied == {"create": 1}
+    assert "cleo@example.com" in channel.users()
+    quiet = channel.sync()
+    assert quiet.outcome.applied == {}
+    with channel.store() as store:
+        conflicts = [r for r in store.audit_log() if r.event == "conflict"]
+        assert len(store.audit_log()) == audited + 1  # cleo's create, no conflict again
+    assert {r.name for r in conflicts} == {"ben@example.com"}
+    assert [r.cause for r in conflicts] == [
+        f"userName is held by the account linked to {tree.guid(tree.user_dn('ben'))}"
+    ]
+
+
+# --- failures that heal ------------------------------------------------------------------------
+
+
+def test_a_failure_undone_in_the_directory_leaves_the_failure_list(channel: Channel) -> None:
+    tree = channel.tree
+    anna = tree.add_user("anna")
+    tree.add_user("ben")
+    channel.options["groups"] = False
+    channel.mapping["userName"] = "uid"
+    channel.sync()
+    tree.modify(anna, mail="ben@example.com")  # the target refuses a taken email: 409
+    failed = channel.sync()
+    assert failed.exit_code == 1
+    with channel.store() as store:
+        assert [r.name for r in store.failures().values()] == ["anna"]
+    tree.modify(anna, mail="anna@example.com")
+    healed = channel.sync()
+    assert mode(healed) == "incremental"
+    assert healed.prepared.plan.operations == ()  # nothing left to write
+    with channel.store() as store:
+        assert store.failures() == {}
+
+
+def test_a_due_retry_is_an_incremental_cycle_that_retries_only_that_record(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    tree.add_user("anna")
+    tree.add_user("ben")
+    channel.options["groups"] = False
+    channel.mapping["userName"] = "uid"
+    channel.sync()
+    taken = [{"value": "cleo@example.com", "type": "work", "primary": True}]
+    channel.create_target_user("intruder", emails=taken)
+    tree.add_user("cleo")
+    assert channel.sync().exit_code == 1  # cleo's email is taken at the target
+    later = datetime.now(UTC) + timedelta(minutes=5)  # past the first back-off
+    channel.emulator.reset_stats()
+    retried = channel.sync(now=lambda: later)
+    assert mode(retried) == "incremental"
+    assert [op.name for op in retried.prepared.plan.operations] == ["cleo"]
+    assert channel.emulator.stats()["by_method"].get("GET", 0) <= 2  # a lookup, no listing
+
+
+# --- adoption ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_adopting_a_user_writes_only_the_values_that_differ(channel: Channel, full: bool) -> None:
+    tree = channel.tree
+    tree.add_user("warm")  # so that the second cycle has a watermark
+    channel.options["groups"] = False
+    channel.sync()
+    same = channel.create_target_user(
+        "anna@example.com",
+        displayName="anna",
+        name={"familyName": "anna"},
+        title="Engineer",
+        active=True,
+    )
+    other = channel.create_target_user("ben@example.com", displayName="Old Ben", title="Old")
+    tree.add_user("anna", title="Engineer")
+    tree.add_user("ben")  # no title in the directory: the target's is cleared
+    if full:
+        channel.store().reset()
+    channel.emulator.reset_stats()
+    report = channel.sync()
+    assert mode(report) == ("full" if full else "incremental")
+    links = {op.name: op for op in report.prepared.plan.operations}
+    assert dict(links["anna@example.com"].values) == {}
+    assert dict(links["ben@example.com"].values) == {
+        "displayName": "ben",
+        "name.familyName": "ben",
+    }
+    assert links["ben@example.com"].removed == ("title",)
+    assert channel.emulator.stats()["by_method"].get("PATCH", 0) == 1  # ben's only
+    users = channel.users()
+    assert (users["anna@example.com"]["id"], users["ben@example.com"]["id"]) == (same, other)
+    assert "title" not in users["ben@example.com"]
+    assert channel.sync().prepared.plan.operations == ()
+    channel.store().reset()
+    assert channel.sync().prepared.plan.operations == ()
+
+
+def test_a_new_group_named_like_a_linked_group_is_a_conflict_not_a_second_link(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    channel.source["groups"] = {"filter": "(objectClass=groupOfNames)", "name_attribute": "ou"}
+    anna = tree.add_user("anna")
+    tree.add_group("team", [anna], ou="Team")
+    channel.sync()
+    tree.add_group("team2", [anna], ou="team")  # another entry, the same name at the target
+    report = channel.sync()
+    assert mode(report) == "incremental"
+    assert [c.cause for c in report.prepared.plan.conflicts] == [
+        f"displayName is held by the group linked to {tree.guid(tree.group_dn('team'))}"
+    ]
+    assert report.prepared.plan.operations == ()
+    with channel.store() as store:
+        assert store.count_linked("group") == 1
+
+
+# --- the safety threshold and what follows from a held deprovisioning ------------------------
+
+
+def held_names(report: engine.CycleReport) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(op.action.value, op.name, op.members) for op in report.prepared.verdict.held]
+
+
+def test_users_held_by_the_threshold_keep_their_groups_until_released(channel: Channel) -> None:
+    tree = channel.tree
+    users = [tree.add_user(f"u{i}") for i in range(5)]
+    scope = tree.add_group("atlassian-users", users)
+    tree.add_group("jira-software", users)
+    channel.source["users"] = {"group_dn": scope}
+    channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
+    channel.options["max_deletions"] = 2
+    channel.sync()
+    everyone = {f"u{i}@example.com" for i in range(5)}
+    tree.remove_members(scope, users[:3])
+    held = channel.sync()
+    assert held.exit_code == 3
+    guids = {tree.guid(dn) for dn in users[:3]}
+    assert [(a, n) for a, n, _ in held_names(held)] == [
+        ("remove_members", "jira-software"),
+        *((("disable", f"u{i}@example.com")) for i in range(3)),
+    ]
+    assert set(held_names(held)[0][2]) == guids
+    assert channel.member_names("jira-software") == everyone  # product access kept
+    assert all(active(channel, name) for name in everyone)
+    with channel.store() as store:
+        staged = store.staged_deletions()
+    assert sorted(str(op["action"]) for op in staged) == ["disable"] * 3 + ["remove_members"]
+
+    released = channel.sync(allow_deletions=True)
+    assert released.exit_code == 0
+    assert released.outcome.applied == {"remove_members": 1, "disable": 3}
+    assert channel.member_names("jira-software") == {"u3@example.com", "u4@example.com"}
+    with channel.store() as store:
+        assert store.staged_deletions() == []
+
+
+def test_one_user_synced_past_the_threshold_leaves_the_others_listed_as_held(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    users = [tree.add_user(f"u{i}") for i in range(6)]
+    scope = tree.add_group("atlassian-users", users)
+    tree.add_group("jira-software", users)
+    channel.source["users"] = {"group_dn": scope}
+    channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
+    channel.options["max_deletions"] = 1
+    channel.sync()
+    tree.modify(users[5], employeeType="disabled")  # disabled, still in scope and group
+    tree.remove_members(scope, users[:4])
+    assert channel.sync().exit_code == 3
+    with channel.store() as store:
+        before = store.staged_deletions()
+    assert len(before) == 6  # five disables and the group's removal of four members
+
+    channel.sync(only_user="u5@example.com")  # disables u5 now, as asked
+    assert not active(channel, "u5@example.com")
+    with channel.store() as store:
+        after = store.staged_deletions()
+    assert after == [op for op in before if op.get("name") != "u5@example.com"]
+    assert len(channel.plan().verdict.held) == len(after)
