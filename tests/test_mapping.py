@@ -167,7 +167,7 @@ def test_default_filter_is_defined_and_a_rule_default_mark_a_variable_optional()
 )
 @pytest.mark.parametrize("attribute", ["title", "userName"])
 def test_a_sandbox_refusal_fails_the_record_naming_the_rule(attribute: str, template: str) -> None:
-    m = mapper(**{attribute: MappingRule(template=template, default="safe")})
+    m = mapper(**{attribute: MappingRule(template=template)})
     result = m.map_user(person())
     assert isinstance(result, MappingFailure), result
     assert result.cause.startswith(

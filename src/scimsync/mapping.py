@@ -305,12 +305,14 @@ class Mapper:
             if value:
                 values[attribute] = value
         name = values.get("userName") or dn
-        if refusal is not None:
-            return MappingFailure("user", user.guid, name, refusal)
+        # Every problem is counted (for `check`); the record reports the first.
+        causes = [refusal] if refusal is not None else []
         for attribute in REQUIRED:
             cause = self._required_problem(attribute, values.get(attribute), rendered, dn)
             if cause:
-                return MappingFailure("user", user.guid, name, cause)
+                causes.append(cause)
+        if causes:
+            return MappingFailure("user", user.guid, name, causes[0])
         return DesiredUser(
             source_id=user.guid,
             user_name=values["userName"],
@@ -380,8 +382,10 @@ class Mapper:
     def _required_problem(
         self, attribute: str, value: str | None, rendered: Mapping[str, _Rendered], dn: str
     ) -> str | None:
+        result = rendered.get(attribute)
+        if result is not None and result.refused is not None:
+            return None  # the refusal is the cause
         if not value:
-            result = rendered.get(attribute)
             if result is not None and result.missing:
                 for variable in result.missing:
                     self._note(attribute, "missing", variable, variable, dn)
