@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NamedTuple, NoReturn
 
 import jinja2
 import jinja2.meta
@@ -124,6 +124,9 @@ class _Trace:
     missing: list[str] = field(default_factory=list)  # variables the entry lacks, used
     refused: list[str] = field(default_factory=list)  # sandbox messages
     undefined: list[str] = field(default_factory=list)  # other undefined values used
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.refused or self.undefined)
 
 
 _TRACE: ContextVar[_Trace | None] = ContextVar("scimsync_template_trace", default=None)
@@ -224,8 +227,7 @@ class Finding:
         return f"{where} {what}; {self.consequence}"
 
 
-@dataclass(frozen=True, slots=True)
-class _Rendered:
+class _Rendered(NamedTuple):  # a NamedTuple: one per rule per user, cheap to build
     value: str
     missing: tuple[str, ...] = ()  # variables the entry lacks, used by the template
     refused: str | None = None  # the sandbox's message
@@ -251,6 +253,7 @@ class Mapper:
         self._create_only = frozenset(a for a, r in self._rules.items() if r.rule.create_only)
         self._variables = frozenset(v for r in self._rules.values() for v in r.variables)
         self._findings: dict[tuple[str, Problem, str], Finding] = {}
+        self._trace = _Trace()  # one per Mapper, emptied after each render that used it
 
     def ldap_attributes(self) -> set[str]:
         """What the reader must fetch: rule sources and template variables (not guid, dn)."""
@@ -273,10 +276,13 @@ class Mapper:
         return [str(f) for f in self._findings.values() if not f.unmappable]
 
     def map_user(self, user: SourceUser) -> DesiredUser | MappingFailure:
+        token = _TRACE.set(self._trace)
         try:
             return self._map_user(user)
         except Exception as exc:  # a record must never end the cycle
             return MappingFailure("user", user.guid, clean(user.dn), f"mapping failed: {exc!r}")
+        finally:
+            _TRACE.reset(token)
 
     def map_group(self, group: SourceGroup) -> DesiredGroup:
         name = clean(group.name).strip()[:MAX_VALUE_LENGTH]
@@ -337,24 +343,26 @@ class Mapper:
         value, refused, failed = "", None, None
         lacking: tuple[str, ...] = ()
         if compiled.template is not None:
-            trace = _Trace()
-            token = _TRACE.set(trace)
+            trace = self._trace
             try:
                 value = clean(compiled.template.render(context))
             except SecurityError as exc:
                 trace.refused.append(str(exc))
             except Exception as exc:  # jinja2 errors: PingFederate sends the default
                 failed = f"{type(exc).__name__}: {exc}"
-            finally:
-                _TRACE.reset(token)
-            lacking = tuple(dict.fromkeys(trace.missing))
-            refused = compiled.refused or (trace.refused[0] if trace.refused else None)
-            if lacking:
-                failed = None  # `{{ sn + 1 }}` failed because the entry lacks `sn`
-                if compiled.attribute in REQUIRED:
-                    value = ""  # a required rule yields nothing rather than part of a name
-            elif failed is None and trace.undefined:
-                failed = f"UndefinedError: {trace.undefined[0]}"
+            refused = compiled.refused
+            if trace:
+                lacking = tuple(dict.fromkeys(trace.missing))
+                refused = refused or (trace.refused[0] if trace.refused else None)
+                if lacking:
+                    failed = None  # `{{ sn + 1 }}` failed because the entry lacks `sn`
+                    if compiled.attribute in REQUIRED:
+                        value = ""  # a required rule yields nothing, not part of a name
+                elif failed is None and trace.undefined:
+                    failed = f"UndefinedError: {trace.undefined[0]}"
+                trace.missing.clear()
+                trace.refused.clear()
+                trace.undefined.clear()
         elif rule.source is not None:
             value = context.get(rule.source.lower(), "")
         if value and rule.parser is not None:
