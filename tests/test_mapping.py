@@ -78,6 +78,9 @@ def test_template_sees_attributes_by_config_and_lower_case_names_plus_guid_and_d
     assert user.values["organization"] == "uid=jsmith,ou=people,dc=example,dc=com"
 
 
+DN = "uid=jsmith,ou=people,dc=example,dc=com"
+
+
 def test_missing_attribute_renders_empty_and_default_applies() -> None:
     m = mapper(
         displayName=MappingRule(template="{{ givenName }} {{ sn }}", default="Nobody"),
@@ -88,16 +91,117 @@ def test_missing_attribute_renders_empty_and_default_applies() -> None:
     assert user.values["displayName"] == "Nobody"  # " " trimmed to empty, then default
     assert user.values["title"] == "Staff"
     assert "nickName" not in user.values  # empty values are dropped
+    # The default that stood in says "optional"; the chained lookup is still counted.
+    assert m.warnings() == [
+        f"mapping.nickName: 1 entry lacks 'manager' (e.g. {DN}); rendered empty"
+    ]
 
 
-def test_template_that_fails_at_render_falls_back_to_default() -> None:
-    m = mapper(title=MappingRule(template="{{ 1 // 0 }}", default="fallback"))
+@pytest.mark.parametrize(
+    ("rules", "cause"),
+    [
+        ({"userName": "{{ surname }}"}, "mapping.userName: template uses 'surname'"),
+        (
+            {"userName": "{{ givenName }}.{{ sn }}"},
+            "mapping.userName: template uses 'givenName', 'sn'",
+        ),
+        ({"emails.work": "{{ uid }}@{{ domain }}"}, "mapping.emails.work: template uses 'domain'"),
+    ],
+)
+def test_a_variable_missing_from_a_required_attribute_fails_the_record_naming_it(
+    rules: dict[str, str], cause: str
+) -> None:
+    m = mapper(**rules)
+    result = m.map_user(person())
+    assert isinstance(result, MappingFailure), result
+    assert result.cause == f"{cause}, which entry {DN} lacks"
+    assert m.warnings() == []  # each record is reported as unmappable instead
+    assert {(f.problem, f.count, f.unmappable) for f in m.findings()} == {("missing", 1, True)}
+
+
+def test_a_variable_missing_from_an_optional_attribute_renders_and_is_counted() -> None:
+    m = mapper(
+        displayName="{{ givenName }} {{ surname }}",
+        nickName="{{ surname }}{{ initials }}",
+        title="{{ level + 1 }}",  # an operation on it fails: still the missing variable
+    )
+    for name in ("Ann", "Ben", "Cas"):
+        assert mapped(m, person(givenName=name)).values["displayName"] == name
+    assert m.warnings() == [
+        f"mapping.displayName: 3 entries lack 'surname' (e.g. {DN}); rendered empty",
+        f"mapping.nickName: 3 entries lack 'surname' (e.g. {DN}); rendered empty",
+        f"mapping.nickName: 3 entries lack 'initials' (e.g. {DN}); rendered empty",
+        f"mapping.title: 3 entries lack 'level' (e.g. {DN}); rendered empty",
+    ]
+    mapped(m, person(givenName="Dot", surname="Dee", initials="D", level="x"))
+    assert m.warnings()[0].startswith("mapping.displayName: 3 entries lack")  # not counted
+
+
+def test_default_filter_is_defined_and_a_rule_default_mark_a_variable_optional() -> None:
+    m = mapper(
+        displayName="{{ givenName }} {{ surname | default('') }}",
+        nickName="{% if surname is defined %}{{ surname }}{% else %}{{ uid }}{% endif %}",
+        title="{{ surname | d(givenName) }}",
+        department=MappingRule(template="{{ surname }}", default="R&D"),
+        organization="{{ (surname or 'none') }}",
+    )
+    user = mapped(m, person(givenName="Janet"))
+    assert user.values["displayName"] == "Janet"
+    assert user.values["nickName"] == "jsmith"
+    assert user.values["title"] == "Janet"
+    assert user.values["department"] == "R&D"
+    assert user.values["organization"] == "none"
+    assert m.warnings() == []
+    assert m.findings() == []
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__ }}",
+        "{{ uid.__class__.__mro__ }}",
+        "{{ ''.__class__ | default('x') }}",  # a default never makes unsafe access fine
+        "{{ [].append(1) }}",
+        "{{ uid.__class__.__subclasses__() }}",
+    ],
+)
+@pytest.mark.parametrize("attribute", ["title", "userName"])
+def test_a_sandbox_refusal_fails_the_record_naming_the_rule(attribute: str, template: str) -> None:
+    m = mapper(**{attribute: MappingRule(template=template)})
+    result = m.map_user(person())
+    assert isinstance(result, MappingFailure), result
+    assert result.cause.startswith(
+        f"mapping.{attribute}: the template was refused by the sandbox: access to attribute"
+    )
+    assert "unsafe" in result.cause
+    assert m.warnings() == []
+    [finding] = m.findings()
+    assert (finding.attribute, finding.problem, finding.unmappable) == (attribute, "refused", True)
+
+
+def test_template_that_fails_at_render_falls_back_to_default_and_is_counted() -> None:
+    m = mapper(
+        title=MappingRule(template="{{ 1 // 0 }}", default="fallback"),
+        nickName="{{ mail.nope }}",  # an attribute of a value, not a variable of the entry
+    )
     assert mapped(m, person()).values["title"] == "fallback"
+    assert "nickName" not in mapped(m, person()).values
+    assert m.warnings() == [
+        f"mapping.title: the template failed for 2 entries (e.g. {DN}): "
+        "ZeroDivisionError: integer division or modulo by zero; the rule's default was used",
+        f"mapping.nickName: the template failed for 2 entries (e.g. {DN}): "
+        "UndefinedError: 'str object' has no attribute 'nope'; the attribute was left empty",
+    ]
 
 
-def test_sandbox_refuses_unsafe_access() -> None:
-    m = mapper(title=MappingRule(template="{{ uid.__class__.__mro__ }}", default="safe"))
-    assert mapped(m, person()).values["title"] == "safe"
+def test_findings_count_unmappable_records_per_rule_for_check() -> None:
+    m = mapper(displayName="{{ surname }}")
+    m.map_user(person())
+    m.map_user(person(uid=()))
+    assert [str(f) for f in m.findings()] == [
+        f"mapping.displayName: 2 entries lack 'surname' (e.g. {DN}); rendered empty",
+        f"mapping.userName: required but empty for 1 entry (e.g. {DN}); reported as unmappable",
+    ]
 
 
 def test_required_template_failure_names_attribute_and_error() -> None:

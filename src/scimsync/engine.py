@@ -21,7 +21,7 @@ from scimsync.config import Config
 from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
-from scimsync.mapping import Mapper, compile_rules
+from scimsync.mapping import Finding, Mapper, compile_rules
 from scimsync.model import (
     Conflict,
     DesiredGroup,
@@ -135,7 +135,7 @@ class CycleReport:
 
 
 def map_users(
-    sources: Iterable[SourceUser], mapper: Mapper
+    sources: Iterable[SourceUser], mapper: Mapper, *, log_warnings: bool = True
 ) -> tuple[dict[str, DesiredUser], tuple[MappingFailure, ...]]:
     users: dict[str, DesiredUser] = {}
     failures: list[MappingFailure] = []
@@ -145,6 +145,9 @@ def map_users(
             failures.append(mapped)
         else:
             users[mapped.source_id] = mapped
+    if log_warnings:  # a cycle maps once with its own Mapper: one line per rule per cycle
+        for line in mapper.warnings():
+            logger.warning(line)
     return users, tuple(failures)
 
 
@@ -754,6 +757,7 @@ class DirectoryCheck:
     groups: int
     memberships: int
     unmappable: tuple[MappingFailure, ...]
+    template_findings: tuple[Finding, ...] = ()  # per rule, over every user in scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -768,7 +772,8 @@ def check_directory(config: Config) -> DirectoryCheck:
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         server = directory.server_info()
         snapshot = directory.read()
-    _, failures = map_users(snapshot.users.values(), mapper)
+    # Every template runs against every user in scope: the read is complete already.
+    _, failures = map_users(snapshot.users.values(), mapper, log_warnings=False)
     memberships = sum(
         len(group.member_guids & snapshot.users.keys()) for group in snapshot.groups.values()
     )
@@ -779,6 +784,7 @@ def check_directory(config: Config) -> DirectoryCheck:
         groups=len(snapshot.groups),
         memberships=memberships,
         unmappable=failures,
+        template_findings=tuple(mapper.findings()),
     )
 
 

@@ -2,10 +2,20 @@
 
 Decisions:
 - A template sees every LDAP attribute by its lower-case name and by the spelling used in
-  the config, first value as str, plus `guid` and `dn`. A missing attribute renders empty
-  (jinja2.ChainableUndefined, so `{{ manager.x }}` is empty too). A template that fails to
-  render counts as empty and the rule's default applies, as PingFederate sends the default
-  when an expression fails (reference/pingfederate-provisioning.md, Attribute Mapping).
+  the config, first value as str, plus `guid` and `dn`.
+- A variable the entry lacks is never silent. In `userName` and `emails.work` the rule
+  yields nothing (then its default, if any) and the record is a MappingFailure naming the
+  rule and the variable. Elsewhere the template renders it empty, as before, and the Mapper
+  counts it: `warnings()` gives one line per rule and variable with the count, which the
+  engine logs once a cycle and `check` prints. No count when the rule's own default
+  replaced the empty result, and none for `{{ x | default(...) }}` or `{% if x is defined
+  %}`: those say the attribute is optional (the undefined value is tested, never rendered).
+- A sandbox refusal (`{{ ''.__class__ }}`, `{{ [].append(1) }}`) makes the record a
+  MappingFailure naming the rule, whatever the attribute: it is a mistake in the config, and
+  dropping the attribute silently would hide it. Other render errors count as empty and the
+  rule's default applies, as PingFederate sends the default when an expression fails
+  (reference/pingfederate-provisioning.md, Attribute Mapping); they are counted and warned
+  about like missing variables, and in a required attribute the record fails.
 - Values are cleaned before any rule sees them: control characters become spaces (tabs and
   newlines too: every SCIM attribute we map is one line), lone surrogates (undecodable
   bytes) become U+FFFD, so a value can always be encoded as JSON and UTF-8.
@@ -19,12 +29,16 @@ Decisions:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, NoReturn
 
 import jinja2
 import jinja2.meta
+from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import missing
 
 from scimsync.config import MappingRule
 from scimsync.model import DesiredGroup, DesiredUser, MappingFailure, SourceGroup, SourceUser
@@ -103,9 +117,122 @@ def _unescape_dn_value(value: str) -> str:
 _PARSERS = {"cn_from_dn": cn_from_dn, "username_from_email": username_from_email}
 
 
+@dataclass(slots=True)
+class _Trace:
+    """What the undefined values of one render stood for."""
+
+    missing: list[str] = field(default_factory=list)  # variables the entry lacks, used
+    refused: list[str] = field(default_factory=list)  # sandbox messages
+    undefined: list[str] = field(default_factory=list)  # other undefined values used
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.refused or self.undefined)
+
+
+_TRACE: ContextVar[_Trace | None] = ContextVar("scimsync_template_trace", default=None)
+
+
+class _TracingUndefined(jinja2.ChainableUndefined):
+    """ChainableUndefined (renders as '') that tells the running render what it stood for.
+
+    Only *using* it counts (rendering, iterating, arithmetic): `is defined` and `|default`
+    test it without using it. An unsafe attribute counts as soon as it is looked up.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = missing,
+        name: str | None = None,
+        exc: type[TemplateRuntimeError] = UndefinedError,
+    ) -> None:
+        super().__init__(hint, obj, name, exc)
+        trace = _TRACE.get()
+        if trace is not None and exc is SecurityError:
+            trace.refused.append(self._undefined_message)
+
+    def _used(self) -> None:
+        trace = _TRACE.get()
+        if trace is None or self._undefined_exception is SecurityError:
+            return
+        if self._undefined_obj is missing and isinstance(self._undefined_name, str):
+            trace.missing.append(self._undefined_name)
+        else:  # `{{ mail.nope }}`: an attribute of a value, not of the entry
+            trace.undefined.append(self._undefined_message)
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._used()
+        super()._fail_with_undefined_error(*args, **kwargs)
+
+    # Undefined binds these to its own _fail_with_undefined_error: bind them to ours.
+    __add__ = __radd__ = __sub__ = __rsub__ = _fail_with_undefined_error
+    __mul__ = __rmul__ = __div__ = __rdiv__ = _fail_with_undefined_error
+    __truediv__ = __rtruediv__ = _fail_with_undefined_error
+    __floordiv__ = __rfloordiv__ = _fail_with_undefined_error
+    __mod__ = __rmod__ = _fail_with_undefined_error
+    __pos__ = __neg__ = _fail_with_undefined_error
+    __call__ = _fail_with_undefined_error
+    __lt__ = __le__ = __gt__ = __ge__ = _fail_with_undefined_error
+    __int__ = __float__ = __complex__ = _fail_with_undefined_error
+    __pow__ = __rpow__ = _fail_with_undefined_error
+
+    def __str__(self) -> str:
+        self._used()
+        return ""
+
+    def __len__(self) -> int:
+        self._used()
+        return 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._used()
+        return iter(())
+
+
 def _new_environment() -> ImmutableSandboxedEnvironment:
-    # Not HTML: no autoescape. ChainableUndefined: a missing attribute renders as ''.
-    return ImmutableSandboxedEnvironment(autoescape=False, undefined=jinja2.ChainableUndefined)
+    # Not HTML: no autoescape. A missing attribute renders as '', and is traced.
+    return ImmutableSandboxedEnvironment(autoescape=False, undefined=_TracingUndefined)
+
+
+Problem = Literal["missing", "refused", "failed", "empty"]
+
+
+@dataclass(slots=True)
+class Finding:
+    """One rule's template problem over the entries mapped so far, as one line."""
+
+    attribute: str
+    problem: Problem  # missing: a variable the entry lacks; empty: a required attribute
+    detail: str  # the variable, or the first error message
+    unmappable: bool  # the entries concerned are MappingFailures (each reported)
+    consequence: str
+    example: str  # the first entry's DN
+    count: int = 0
+
+    def __str__(self) -> str:
+        entries = f"{self.count} {'entry' if self.count == 1 else 'entries'}"
+        where = f"mapping.{self.attribute}:"
+        if self.problem == "missing":
+            lack = "lacks" if self.count == 1 else "lack"
+            what = f"{entries} {lack} {self.detail!r} (e.g. {self.example})"
+        elif self.problem == "refused":
+            what = f"the sandbox refused the template for {entries} (e.g. {self.example}): "
+            what += self.detail
+        elif self.problem == "failed":
+            what = f"the template failed for {entries} (e.g. {self.example}): {self.detail}"
+        else:
+            what = f"required but empty for {entries} (e.g. {self.example})"
+        return f"{where} {what}; {self.consequence}"
+
+
+class _Rendered(NamedTuple):  # a NamedTuple: one per rule per user, cheap to build
+    value: str
+    missing: tuple[str, ...] = ()  # variables the entry lacks, used by the template
+    refused: str | None = None  # the sandbox's message
+    failed: str | None = None  # an error, or an undefined value other than a variable
+    default_used: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +241,19 @@ class CompiledRule:
     rule: MappingRule
     template: jinja2.Template | None
     variables: frozenset[str]  # names a template reads, as spelled in the config
+    # Jinja2 folds constant output while compiling: `{{ ''.__class__ }}` is refused then.
+    refused: str | None = None
 
 
 class Mapper:
-    """Maps source records with rules compiled once per run."""
+    """Maps source records with rules compiled once per run (one per cycle)."""
 
     def __init__(self, rules: Mapping[str, CompiledRule]) -> None:
         self._rules = dict(rules)
         self._create_only = frozenset(a for a, r in self._rules.items() if r.rule.create_only)
         self._variables = frozenset(v for r in self._rules.values() for v in r.variables)
+        self._findings: dict[tuple[str, Problem, str], Finding] = {}
+        self._trace = _Trace()  # one per Mapper, emptied after each render that used it
 
     def ldap_attributes(self) -> set[str]:
         """What the reader must fetch: rule sources and template variables (not guid, dn)."""
@@ -136,11 +267,22 @@ class Mapper:
                     names.setdefault(name.lower(), name)
         return set(names.values())
 
+    def findings(self) -> list[Finding]:
+        """Every template problem met so far, one per rule and problem (and variable)."""
+        return list(self._findings.values())
+
+    def warnings(self) -> list[str]:
+        """The problems no MappingFailure reports: one line per rule, with the count."""
+        return [str(f) for f in self._findings.values() if not f.unmappable]
+
     def map_user(self, user: SourceUser) -> DesiredUser | MappingFailure:
+        token = _TRACE.set(self._trace)
         try:
             return self._map_user(user)
         except Exception as exc:  # a record must never end the cycle
             return MappingFailure("user", user.guid, clean(user.dn), f"mapping failed: {exc!r}")
+        finally:
+            _TRACE.reset(token)
 
     def map_group(self, group: SourceGroup) -> DesiredGroup:
         name = clean(group.name).strip()[:MAX_VALUE_LENGTH]
@@ -148,21 +290,35 @@ class Mapper:
 
     def _map_user(self, user: SourceUser) -> DesiredUser | MappingFailure:
         context = self._context(user)
+        dn = clean(user.dn)
         values: dict[str, str] = {}
-        template_errors: dict[str, str] = {}
+        refusal: str | None = None
+        rendered: dict[str, _Rendered] = {}
         for attribute, compiled in self._rules.items():
-            value, error = self._value(compiled, user, context)
-            if error:
-                template_errors[attribute] = error
+            result = self._value(compiled, context)
+            rendered[attribute] = result
+            value = result.value
+            if result.refused is not None:
+                self._note(attribute, "refused", "", result.refused, dn)
+                refusal = refusal or (
+                    f"mapping.{attribute}: the template was refused by the sandbox: "
+                    f"{result.refused}"
+                )
+            elif attribute not in REQUIRED:
+                self._note_optional(attribute, result, dn)
             if len(value) > MAX_VALUE_LENGTH and attribute not in REQUIRED:
                 value = value[:MAX_VALUE_LENGTH]
             if value:
                 values[attribute] = value
-        name = values.get("userName") or clean(user.dn)
+        name = values.get("userName") or dn
+        # Every problem is counted (for `check`); the record reports the first.
+        causes = [refusal] if refusal is not None else []
         for attribute in REQUIRED:
-            cause = _required_problem(attribute, values.get(attribute), template_errors)
+            cause = self._required_problem(attribute, values.get(attribute), rendered, dn)
             if cause:
-                return MappingFailure("user", user.guid, name, cause)
+                causes.append(cause)
+        if causes:
+            return MappingFailure("user", user.guid, name, causes[0])
         return DesiredUser(
             source_id=user.guid,
             user_name=values["userName"],
@@ -182,16 +338,31 @@ class Mapper:
         context["dn"] = clean(user.dn)
         return context
 
-    def _value(
-        self, compiled: CompiledRule, user: SourceUser, context: Mapping[str, str]
-    ) -> tuple[str, str | None]:
-        rule, error = compiled.rule, None
-        value = ""
+    def _value(self, compiled: CompiledRule, context: Mapping[str, str]) -> _Rendered:
+        rule = compiled.rule
+        value, refused, failed = "", None, None
+        lacking: tuple[str, ...] = ()
         if compiled.template is not None:
+            trace = self._trace
             try:
                 value = clean(compiled.template.render(context))
-            except Exception as exc:  # jinja2 and sandbox errors: PingFederate sends the default
-                error = f"{type(exc).__name__}: {exc}"
+            except SecurityError as exc:
+                trace.refused.append(str(exc))
+            except Exception as exc:  # jinja2 errors: PingFederate sends the default
+                failed = f"{type(exc).__name__}: {exc}"
+            refused = compiled.refused
+            if trace:
+                lacking = tuple(dict.fromkeys(trace.missing))
+                refused = refused or (trace.refused[0] if trace.refused else None)
+                if lacking:
+                    failed = None  # `{{ sn + 1 }}` failed because the entry lacks `sn`
+                    if compiled.attribute in REQUIRED:
+                        value = ""  # a required rule yields nothing, not part of a name
+                elif failed is None and trace.undefined:
+                    failed = f"UndefinedError: {trace.undefined[0]}"
+                trace.missing.clear()
+                trace.refused.clear()
+                trace.undefined.clear()
         elif rule.source is not None:
             value = context.get(rule.source.lower(), "")
         if value and rule.parser is not None:
@@ -202,26 +373,58 @@ class Mapper:
             value = value.lower()
         elif rule.case == "upper":
             value = value.upper()
+        default_used = False
         if not value and rule.default is not None:
-            value = clean(rule.default)
-        return value, error
+            value, default_used = clean(rule.default), True
+        return _Rendered(value, lacking, refused, failed, default_used)
 
+    def _note_optional(self, attribute: str, result: _Rendered, dn: str) -> None:
+        if result.failed is not None:
+            has_default = self._rules[attribute].rule.default is not None
+            then = "the rule's default was used" if has_default else "the attribute was left empty"
+            self._note(attribute, "failed", "", result.failed, dn, consequence=then)
+        elif not result.default_used:  # a default that stood in says: optional
+            for variable in result.missing:
+                self._note(attribute, "missing", variable, variable, dn, "rendered empty")
 
-def _required_problem(
-    attribute: str, value: str | None, template_errors: Mapping[str, str]
-) -> str | None:
-    if not value:
-        why = (
-            f" (template failed: {template_errors[attribute]})"
-            if attribute in template_errors
-            else ""
-        )
-        return f"mapping.{attribute}: required but empty{why}"
-    if len(value) > MAX_VALUE_LENGTH:
-        return f"mapping.{attribute}: longer than {MAX_VALUE_LENGTH} characters"
-    if attribute == "emails.work" and not looks_like_email(value):
-        return f"mapping.{attribute}: {value[:80]!r} is not an email address"
-    return None
+    def _required_problem(
+        self, attribute: str, value: str | None, rendered: Mapping[str, _Rendered], dn: str
+    ) -> str | None:
+        result = rendered.get(attribute)
+        if result is not None and result.refused is not None:
+            return None  # the refusal is the cause
+        if not value:
+            if result is not None and result.missing:
+                for variable in result.missing:
+                    self._note(attribute, "missing", variable, variable, dn)
+                lacking = ", ".join(repr(v) for v in result.missing)
+                return f"mapping.{attribute}: template uses {lacking}, which entry {dn} lacks"
+            if result is not None and result.failed is not None:
+                self._note(attribute, "failed", "", result.failed, dn)
+                return f"mapping.{attribute}: required but empty (template failed: {result.failed})"
+            self._note(attribute, "empty", "", "", dn)
+            return f"mapping.{attribute}: required but empty"
+        if len(value) > MAX_VALUE_LENGTH:
+            return f"mapping.{attribute}: longer than {MAX_VALUE_LENGTH} characters"
+        if attribute == "emails.work" and not looks_like_email(value):
+            return f"mapping.{attribute}: {value[:80]!r} is not an email address"
+        return None
+
+    def _note(
+        self,
+        attribute: str,
+        problem: Problem,
+        key: str,
+        detail: str,
+        dn: str,
+        consequence: str = "reported as unmappable",
+    ) -> None:
+        finding = self._findings.get((attribute, problem, key))
+        if finding is None:
+            unmappable = problem == "refused" or attribute in REQUIRED
+            finding = Finding(attribute, problem, detail, unmappable, consequence, dn)
+            self._findings[(attribute, problem, key)] = finding
+        finding.count += 1
 
 
 def compile_rules(rules: Mapping[str, MappingRule]) -> Mapper:
@@ -232,8 +435,10 @@ def compile_rules(rules: Mapping[str, MappingRule]) -> Mapper:
         if attribute not in rules:
             raise MappingConfigError(f"mapping.{attribute}: required, but no rule maps it")
     for attribute, rule in rules.items():
-        template, variables = None, frozenset[str]()
+        template, variables, refused = None, frozenset[str](), None
         if rule.template is not None:
+            trace = _Trace()
+            token = _TRACE.set(trace)
             try:
                 template = env.from_string(rule.template)
                 variables = frozenset(
@@ -244,5 +449,8 @@ def compile_rules(rules: Mapping[str, MappingRule]) -> Mapper:
                 raise MappingConfigError(
                     f"mapping.{attribute}: bad template: {exc.message}{where}"
                 ) from None
-        compiled[attribute] = CompiledRule(attribute, rule, template, variables)
+            finally:
+                _TRACE.reset(token)
+            refused = trace.refused[0] if trace.refused else None
+        compiled[attribute] = CompiledRule(attribute, rule, template, variables, refused)
     return Mapper(compiled)

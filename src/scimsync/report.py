@@ -120,8 +120,16 @@ def print_directory_check(console: Console, check: DirectoryCheck) -> None:
         f"{check.memberships} memberships",
         markup=False,
     )
+    for finding in check.template_findings:
+        console.print(f"  warning: {finding}", markup=False)
     for failure in check.unmappable[:10]:
         console.print(f"  unmappable user {failure.name}: {failure.cause}", markup=False)
+    if check.users and len(check.unmappable) == check.users:
+        console.print(
+            f"  no user can be mapped: all {check.users} in scope are unmappable; "
+            "fix the mapping before the first sync",
+            markup=False,
+        )
 
 
 def print_target_check(console: Console, check: TargetCheck) -> None:
