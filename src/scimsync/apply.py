@@ -94,7 +94,11 @@ class Executor:
         self.pending_groups: dict[str, LinkedGroup] = {}
         self.stored_members: dict[str, frozenset[str]] = {}  # as the store holds them now
         self.pending_audit: list[AuditRecord] = []
-        self.failing = set(prepared.failures)  # records with a failure row, to clear on success
+        # Records with a failure row, to clear on success; not those refused again now (a
+        # conflict's deprovisioning succeeds, and the conflict stays on record).
+        refused = {(c.kind, c.source_id) for c in prepared.plan.conflicts}
+        refused |= {(f.kind, f.source_id) for f in prepared.desired.failures}
+        self.failing = set(prepared.failures) - refused
         self.chunk = max(64, 16 * config.target.max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:
@@ -303,7 +307,7 @@ class Executor:
             LinkedUser(
                 link.source_id,
                 link.target_id,
-                link.user_name,
+                str(op.values.get("userName", link.user_name)),
                 active,
                 self._pushed(op, dict(link.values)),
             )

@@ -205,6 +205,7 @@ class Options(Strict):
     max_deletions: int | str = 50
     max_retries: Annotated[int, Field(ge=1)] = 5
     match_users_by: Literal["userName", "externalId"] = "userName"
+    user_name_changes: Literal["conflict", "update"] = "conflict"
     match_groups_by: Literal["displayName"] = "displayName"  # Atlassian filters groups by it only
 
     @field_validator("max_deletions")
@@ -282,6 +283,9 @@ DEFAULT_MAPPING: dict[Flavour, dict[str, str]] = {
         "displayName": "cn",
     },
     Flavour.ACTIVE_DIRECTORY: {
+        # objectGUID survives UPN and mail changes, and Atlassian's own Entra mapping sends
+        # the directory's object id as externalId (atlassian-scim-api.md section 7).
+        "externalId": "objectGUID",
         "userName": "userPrincipalName",
         "emails.work": "mail",
         "name.givenName": "givenName",

@@ -7,7 +7,11 @@ It follows the rules table in design.md. Decisions beyond the table:
   target's account differs. With update_users off it carries no values.
 - userName is write-once (reference/atlassian-scim-api.md: "Treat it as write-once"): a
   linked user whose mapped userName changes (other than in case) is a Conflict and nothing
-  is pushed for it. Case-only changes are ignored.
+  is pushed for it but its deprovisioning. Case-only changes are ignored. With
+  `user_name_changes: update` the new userName is PATCHed instead (where the target
+  refuses, the record fails).
+- A conflict never holds back a deprovisioning: a linked user in conflict who is disabled
+  in the directory is disabled (or deleted) all the same.
 - create_users off still links users found at the target; update_users off also blocks
   re-enabling; deprovision_users off blocks every disable and delete of a user.
 - A disabled user found at the target but not linked is adopted only with
@@ -136,11 +140,15 @@ class _UserPlanner:
         inp = self.inp
         blocked = self._find_conflicts()
         for source_id, desired in inp.desired_users.items():
-            if ("user", source_id) in inp.skip or source_id in blocked:
-                if source_id in inp.linked_users:
-                    self.provisioned.add(source_id)
-                continue
             linked = inp.linked_users.get(source_id)
+            if ("user", source_id) in inp.skip or source_id in blocked:
+                if linked is not None:
+                    self.provisioned.add(source_id)
+                    if source_id in blocked:
+                        # A conflict holds back what conflicts, never a deprovisioning: a
+                        # leaver whose userName changed must still lose access.
+                        self._deprovision_disabled(desired, linked)
+                continue
             if linked is None:
                 self._unlinked(desired)
             else:
@@ -174,11 +182,13 @@ class _UserPlanner:
             if sid in blocked:
                 continue
             linked = inp.linked_users.get(sid)
-            if linked is not None and linked.user_name.lower() != desired.user_name.lower():
+            renamed = linked is not None and linked.user_name.lower() != desired.user_name.lower()
+            if renamed and self.options.user_name_changes == "conflict":
+                assert linked is not None
                 self._conflict(
                     desired,
                     f"userName changed from {linked.user_name!r}; userName is write-once "
-                    "at the target",
+                    "at the target (options.user_name_changes: conflict)",
                 )
                 blocked.add(sid)
                 continue
@@ -244,9 +254,12 @@ class _UserPlanner:
         )
 
     def _linked(self, desired: DesiredUser, linked: LinkedUser) -> None:
-        options = self.options
-        if desired.active or options.provision_disabled_users:
+        if desired.active or self.options.provision_disabled_users:
             self._update(desired, linked)
+        self._deprovision_disabled(desired, linked)
+
+    def _deprovision_disabled(self, desired: DesiredUser, linked: LinkedUser) -> None:
+        options = self.options
         if desired.active or not options.deprovision_users:
             return
         if options.provision_disabled_users or options.remove_user_action == "disable":
@@ -263,6 +276,8 @@ class _UserPlanner:
             k: v for k, v in desired.values.items() if k not in fixed and linked.values.get(k) != v
         }
         removed = tuple(sorted(k for k in linked.values if k not in fixed | desired.values.keys()))
+        if linked.user_name.lower() != desired.user_name.lower():  # user_name_changes: update
+            values["userName"] = desired.user_name
         if desired.active and not linked.active:
             values["active"] = True
         if values or removed:

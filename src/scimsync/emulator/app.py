@@ -48,7 +48,12 @@ class Emulator:
 
     def reset_modes(self) -> None:
         self.configure(
-            rename="allowed", rate=None, latency_ms=0.0, fault_rate=0.0, lost_response_rate=0.0
+            rename="allowed",
+            user_name="mutable",
+            rate=None,
+            latency_ms=0.0,
+            fault_rate=0.0,
+            lost_response_rate=0.0,
         )
 
 
@@ -161,11 +166,18 @@ async def get_user(request: Request) -> Response:
     return scim_response(project(render_user(emulator, user, _base(request)), request.query_params))
 
 
+def _check_user_name(emulator: Emulator, before: dict[str, Any], after: dict[str, Any]) -> None:
+    changed = str(after.get("userName", "")).lower() != str(before["userName"]).lower()
+    if changed and emulator.settings.user_name == "immutable":
+        raise ScimError(400, "userName is immutable", "mutability")
+
+
 async def put_user(request: Request) -> Response:
     emulator = _emulator(request)
     body = await _json(request)
     user_id = request.path_params["id"]
-    emulator.directory.user(user_id)  # 404 before 400 for a missing user
+    before = emulator.directory.user(user_id)  # 404 before 400 for a missing user
+    _check_user_name(emulator, before, body)
     user = emulator.directory.replace_user(user_id, clean_user(body))
     return scim_response(render_user(emulator, user, _base(request)))
 
@@ -176,7 +188,9 @@ async def patch_user(request: Request) -> Response:
     directory = emulator.directory
     with directory.lock:  # read, patch and write as one step
         user_id = request.path_params["id"]
-        patched = patched_user(directory.user(user_id), body)
+        before = directory.user(user_id)
+        patched = patched_user(before, body)
+        _check_user_name(emulator, before, patched)
         user = directory.replace_user(user_id, clean_user(patched))
     return scim_response(render_user(emulator, user, _base(request)))
 
@@ -346,6 +360,7 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
     s = emulator.settings
     return {
         "rename": s.rename,
+        "user_name": s.user_name,
         "rate": s.rate,
         "latency_ms": s.latency_ms,
         "fault_rate": s.fault_rate,

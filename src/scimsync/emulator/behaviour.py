@@ -18,6 +18,7 @@ from scimsync.emulator.errors import ScimError
 from scimsync.emulator.responses import scim_response
 
 RenameMode = Literal["allowed", "immutable"]
+UserNameMode = Literal["mutable", "immutable"]
 CONTROL_PREFIX = "/_emulator/"
 
 
@@ -26,6 +27,9 @@ class Settings:
     """Runtime-changeable modes (POST /_emulator/config)."""
 
     rename: RenameMode = "allowed"
+    # Whether Atlassian accepts a userName change is unconfirmed (atlassian-scim-api.md
+    # section 2): `immutable` refuses it, so both of scimsync's paths can be tested.
+    user_name: UserNameMode = "mutable"
     rate: float | None = None
     latency_ms: float = 0.0
     fault_rate: float = 0.0
@@ -40,6 +44,8 @@ class Settings:
                 raise ValueError(f"unknown emulator option: {name}")
         if options.get("rename", self.rename) not in ("allowed", "immutable"):
             raise ValueError("rename: expected allowed or immutable")
+        if options.get("user_name", self.user_name) not in ("mutable", "immutable"):
+            raise ValueError("user_name: expected mutable or immutable")
         for name in ("fault_rate", "lost_response_rate"):
             value = options.get(name, getattr(self, name))
             if not isinstance(value, int | float) or not 0 <= value <= 1:
