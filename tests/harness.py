@@ -12,6 +12,7 @@ from scimsync import engine
 from scimsync.config import Config
 from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
+from tests.fixtures.samba import AdTree
 from tests.fixtures.slapd import Tree
 
 
@@ -32,7 +33,7 @@ class Channel:
         self.tree = tree
         self.emulator = emulator
         self.state_url = f"sqlite:///{state_dir / 'state.db'}"
-        self.source = source_settings(tree)
+        self.source: dict[str, Any] = source_settings(tree)
         self.source["account_status"] = {"attribute": "employeeType", "disabled_value": "disabled"}
         self.options: dict[str, Any] = {}
         self.mapping: dict[str, Any] = {
@@ -127,3 +128,15 @@ class Channel:
         return sum(
             n for method, n in by_method.items() if method in ("POST", "PUT", "PATCH", "DELETE")
         )
+
+
+class AdChannel(Channel):
+    """The same channel reading an Active Directory tree with the flavour's defaults."""
+
+    def __init__(self, tree: AdTree, emulator: RunningEmulator, state_dir: Path) -> None:
+        self.ad = tree
+        self.emulator = emulator
+        self.state_url = f"sqlite:///{state_dir / 'state.db'}"
+        self.source = tree.source()
+        self.options = {}
+        self.mapping = {}

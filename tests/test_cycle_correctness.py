@@ -351,3 +351,54 @@ def test_one_user_synced_past_the_threshold_leaves_the_others_listed_as_held(
         after = store.staged_deletions()
     assert after == [op for op in before if op.get("name") != "u5@example.com"]
     assert len(channel.plan().verdict.held) == len(after)
+
+
+# --- userName changes ----------------------------------------------------------------------------
+
+
+def test_a_user_in_a_user_name_conflict_is_still_deprovisioned(channel: Channel) -> None:
+    tree = channel.tree
+    ben = tree.add_user("ben")
+    channel.options["groups"] = False
+    channel.sync()
+    tree.modify(ben, mail="benjamin@example.com")  # userName is write-once: a conflict
+    assert [c.name for c in channel.sync().prepared.plan.conflicts] == ["benjamin@example.com"]
+    tree.modify(ben, employeeType="disabled")  # then he leaves
+    report = channel.sync()
+    assert report.exit_code == 1  # the conflict is still reported...
+    assert report.outcome.applied == {"disable": 1}  # ...and the leaver loses access
+    assert not active(channel, "ben@example.com")
+    with channel.store() as store:
+        [row] = store.failures().values()
+    assert (row.action, "write-once" in row.cause) == ("conflict", True)
+
+
+@pytest.mark.parametrize("target_accepts", [True, False])
+def test_user_name_changes_update_renames_the_account_where_the_target_accepts(
+    channel: Channel, target_accepts: bool
+) -> None:
+    tree = channel.tree
+    ben = tree.add_user("ben", title="Engineer")
+    channel.options["groups"] = False
+    channel.options["user_name_changes"] = "update"
+    channel.sync()
+    before = channel.users()["ben@example.com"]["id"]
+    if not target_accepts:
+        channel.emulator.configure(user_name="immutable")
+    tree.modify(ben, mail="benjamin@example.com")
+    report = channel.sync()
+    assert report.prepared.plan.conflicts == ()
+    assert [dict(op.values) for op in report.prepared.plan.operations] == [
+        {"userName": "benjamin@example.com", "emails.work": "benjamin@example.com"}
+    ]
+    if target_accepts:
+        assert report.exit_code == 0
+        assert channel.users()["benjamin@example.com"]["id"] == before
+        assert channel.sync().prepared.plan.operations == ()
+        with channel.store() as store:
+            assert store.linked_users()[tree.guid(ben)].user_name == "benjamin@example.com"
+    else:
+        assert report.exit_code == 1
+        [failure] = report.outcome.failed
+        assert "mutability" in failure.cause
+        assert set(channel.users()) == {"ben@example.com"}

@@ -118,6 +118,8 @@ def plan(
         out.print(json.dumps(report.plan_json(prepared), ensure_ascii=False), markup=False)
     else:
         report.print_plan(out, prepared)
+    if prepared.view.unknown:
+        raise typer.Exit(EXIT_CONFIG)  # `--user NAME` names nothing
 
 
 @app.command()

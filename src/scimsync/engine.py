@@ -87,6 +87,10 @@ class View:
     # Linked users that came back into the user scope, and those that left it.
     scope_entered: frozenset[str] = frozenset()
     scope_left: frozenset[str] = frozenset()
+    # `--user NAME` that names no user in scope: why, in one line; and whether anything
+    # has that name at all (`sync --user` exits 2 when nothing does).
+    absent: str | None = None
+    unknown: bool = False
 
     def __repr__(self) -> str:  # short, like Plan's
         return (
@@ -124,6 +128,8 @@ class CycleReport:
 
     @property
     def exit_code(self) -> int:
+        if self.prepared.view.unknown:
+            return 2  # `--user NAME` names nothing: a usage error
         if self.prepared.verdict.blocked:
             return 3
         if self.outcome.failed or self.prepared.desired.failures or self.prepared.plan.conflicts:
@@ -297,6 +303,9 @@ def user_view(
     universe: set[Record] = {("user", sid) for sid in wanted}
     universe |= {("group", sid) for sid in groups}
     entered, _ = scope_moves(linked_users, wanted.keys())
+    absent, unknown = None, False
+    if not wanted and not mine:
+        absent, unknown = why_absent(directory, config, store, user_name)
     return View(
         "user",
         desired,
@@ -304,7 +313,26 @@ def user_view(
         linked_groups,
         universe=frozenset(universe),
         scope_entered=entered,
+        absent=absent,
+        unknown=unknown,
     )
+
+
+def why_absent(
+    directory: LdapDirectory, config: Config, store: Store, user_name: str
+) -> tuple[str, bool]:
+    """(why no user in scope has this userName, whether nothing has it at all)."""
+    linked = store.linked_user_named(user_name)
+    link = f"; linked to target account {linked.target_id}" if linked else ""
+    rule = config.rules["userName"]
+    if rule.source is None:  # a template: the entry can't be searched for by its value
+        return f"no user in scope maps to userName {user_name!r}{link}", linked is None
+    found = directory.locate_user(rule.source, user_name)
+    if found is None:
+        where = f"no entry under source.base_dn has {rule.source}={user_name}"
+        return f"{where}{link}", linked is None
+    dn, reason = found
+    return f"{dn} is out of scope: {reason}{link}", False
 
 
 def settings_fingerprint(config: Config) -> str:
@@ -758,6 +786,8 @@ class DirectoryCheck:
     memberships: int
     unmappable: tuple[MappingFailure, ...]
     template_findings: tuple[Finding, ...] = ()  # per rule, over every user in scope
+    change_detection: str = ""  # how incremental cycles see changes, and what it costs
+    change_warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -771,6 +801,7 @@ def check_directory(config: Config) -> DirectoryCheck:
     mapper = compile_rules(config.rules)
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         server = directory.server_info()
+        detection, detection_warning = directory.change_detection()
         snapshot = directory.read()
     # Every template runs against every user in scope: the read is complete already.
     _, failures = map_users(snapshot.users.values(), mapper, log_warnings=False)
@@ -785,6 +816,8 @@ def check_directory(config: Config) -> DirectoryCheck:
         memberships=memberships,
         unmappable=failures,
         template_findings=tuple(mapper.findings()),
+        change_detection=detection,
+        change_warning=detection_warning,
     )
 
 

@@ -41,6 +41,7 @@ def plan_json(prepared: Prepared) -> dict[str, object]:
             {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
             for c in prepared.plan.conflicts
         ],
+        "user_absent": prepared.view.absent,
         "mapping_failures": [
             {"kind": f.kind, "source_id": f.source_id, "name": f.name, "cause": f.cause}
             for f in prepared.desired.failures
@@ -65,6 +66,7 @@ def _describe(op: Operation) -> str:
 
 def print_plan(console: Console, prepared: Prepared) -> None:
     the_plan = prepared.plan
+    _print_absent(console, prepared)
     for op in the_plan.operations:
         console.print(_describe(op), markup=False)
     for conflict in the_plan.conflicts:
@@ -88,7 +90,13 @@ def print_plan(console: Console, prepared: Prepared) -> None:
             console.print(f"  held  {_describe(op)}", markup=False)
 
 
+def _print_absent(console: Console, prepared: Prepared) -> None:
+    if prepared.view.absent is not None:
+        console.print(f"--user: {prepared.view.absent}", markup=False)
+
+
 def print_cycle(console: Console, cycle: CycleReport) -> None:
+    _print_absent(console, cycle.prepared)
     applied = cycle.outcome.applied
     counts = ", ".join(f"{applied[a]} {a}" for a in PLAN_ORDER if applied.get(a))
     console.print(f"cycle {cycle.cycle_id}: {counts or 'no changes'}", markup=False)
@@ -120,6 +128,9 @@ def print_directory_check(console: Console, check: DirectoryCheck) -> None:
         f"{check.memberships} memberships",
         markup=False,
     )
+    console.print(f"  changes: {check.change_detection}", markup=False)
+    if check.change_warning:
+        console.print(f"  warning: {check.change_warning}", markup=False)
     for finding in check.template_findings:
         console.print(f"  warning: {finding}", markup=False)
     for failure in check.unmappable[:10]:

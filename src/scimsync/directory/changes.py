@@ -23,6 +23,11 @@ from scimsync.model import SourceGroup, SourceUser
 
 SYNC_CONTROL_OID = "1.3.6.1.4.1.4203.1.9.1.1"  # RFC 4533 Sync Request control
 SHOW_DELETED_OID = "1.2.840.113556.1.4.417"  # MS-ADTS 3.1.1.3.4.1.14 LDAP_SERVER_SHOW_DELETED_OID
+# GUID_DELETED_OBJECTS_CONTAINER_W (MS-ADTS 6.1.1.4, well-known objects)
+DELETED_OBJECTS_WKGUID = "18E2EA80684F11D2B9AA00C04F79F805"
+# Groups whose members may list deleted objects by default: Domain Admins (512), Enterprise
+# Admins (519) and BUILTIN\Administrators (544), as the last sub-authority of their SIDs.
+ADMIN_RIDS = frozenset({512, 519, 544})
 # How far back a timestamp poll reaches before its watermark: timestamps have one-second
 # resolution and a write may commit a moment after its timestamp was taken.
 OVERLAP = timedelta(seconds=2)
@@ -88,7 +93,10 @@ class Delta:
 
 class Tracker(Protocol):
     name: str
-    polls: bool  # deletions are invisible: the caller must scan the scope
+
+    @property
+    def polls(self) -> bool:
+        """Deletions are invisible to it: the caller must scan the scope."""
 
     def position(self) -> str: ...
 
@@ -264,7 +272,33 @@ class UsnTracker(_Watching):
     3.1.1.1.9 "Change Tracking", "Polling for Changes Using uSNChanged")."""
 
     name = "usn"
-    polls = False
+
+    def __init__(self, conn: Connection, base: str, group_classes: frozenset[str]) -> None:
+        super().__init__(conn, base, group_classes)
+        self._tombstones_readable: bool | None = None
+
+    @property
+    def polls(self) -> bool:
+        # Without the right to list CN=Deleted Objects, the tombstone search comes back
+        # empty rather than failing: deletions are then found by scanning the scope.
+        return not self.reads_tombstones()
+
+    def reads_tombstones(self) -> bool:
+        """Whether the bind account can see deleted objects: it sees one, or it is an
+        administrator (a new domain may have no tombstone yet). By default only
+        administrators may list CN=Deleted Objects (MS-ADTS 3.1.1.5.5.6)."""
+        if self._tombstones_readable is None:
+            domain = self._now()[2]
+            show_deleted = LDAPControl(SHOW_DELETED_OID, True, None)
+            container = f"<WKGUID={DELETED_OBJECTS_WKGUID},{domain}>"
+            visible = self._conn.any_entry(container, "(isDeleted=TRUE)", [show_deleted])
+            self._tombstones_readable = visible or self._is_administrator()
+        return self._tombstones_readable
+
+    def _is_administrator(self) -> bool:
+        # The root DSE's tokenGroups are the bound account's groups (MS-ADTS 3.1.1.3.2.1).
+        groups = get(self._conn.root_dse(["tokenGroups"]), "tokenGroups") or ()
+        return any(_rid(sid) in ADMIN_RIDS for sid in groups)
 
     def position(self) -> str:
         invocation, usn, _ = self._now()
@@ -341,6 +375,13 @@ class UsnTracker(_Watching):
             int(usn[0]),
             domain[0].decode("utf-8"),
         )
+
+
+def _rid(sid: bytes) -> int:
+    """The last sub-authority of a binary SID (MS-DTYP 2.4.2.2), little-endian."""
+    if len(sid) < 12 or (len(sid) - 8) % 4:
+        return -1
+    return int.from_bytes(sid[-4:], "little")
 
 
 def supports_syncrepl(conn: Connection) -> bool:

@@ -207,6 +207,21 @@ class Connection:
         except ldap.LDAPError as exc:
             self._fail(exc, doing)
 
+    def any_entry(self, base: str, filterstr: str, controls: Sequence[LDAPControl] = ()) -> bool:
+        """Whether one entry at most one level below base matches (a size limit of 1)."""
+        try:
+            data = self._conn.search_ext_s(
+                base, ldap.SCOPE_ONELEVEL, filterstr, ["1.1"],
+                serverctrls=list(controls), timeout=self.config.timeout, sizelimit=1,
+            )  # fmt: skip
+        except ldap.SIZELIMIT_EXCEEDED:
+            return True
+        except (ldap.NO_SUCH_OBJECT, ldap.INSUFFICIENT_ACCESS):
+            return False
+        except ldap.LDAPError as exc:
+            self._fail(exc, f"searching {base} for {filterstr}")
+        return any(dn is not None for dn, _ in data)
+
     def root_dse(self, attrs: Sequence[str]) -> RawEntry:
         try:
             data = self._conn.search_ext_s(

@@ -164,6 +164,23 @@ class LdapDirectory:
 
     # --- change detection -------------------------------------------------------------
 
+    def change_detection(self) -> tuple[str, str | None]:
+        """How incremental cycles will see changes, and a warning where that costs more."""
+        tracker = self._change_tracker()
+        if isinstance(tracker, UsnTracker):
+            if tracker.reads_tombstones():
+                return "uSNChanged; deletions as tombstones (CN=Deleted Objects)", None
+            return "uSNChanged; deletions by a GUID scan of the user scope every cycle", (
+                f"the bind account {self._config.bind_dn or '(anonymous)'} cannot read "
+                "deleted objects (CN=Deleted Objects): incremental cycles find deletions by "
+                "scanning the whole user scope every cycle instead of reading tombstones; "
+                "give it the right to list deleted objects (see the README) to make quiet "
+                "cycles one search"
+            )
+        if isinstance(tracker, SyncreplTracker):
+            return "syncrepl (RFC 4533) with a cookie; deletions reported by the server", None
+        return "modifyTimestamp polling; deletions by a GUID scan of the scope every cycle", None
+
     def position(self) -> str:
         """The current watermark. Take it BEFORE a full read(), so that changes made during
         the read are seen by the next changes()."""
@@ -413,6 +430,28 @@ class LdapDirectory:
         return state
 
     # --- users ------------------------------------------------------------------------
+
+    def locate_user(self, attribute: str, value: str) -> tuple[str, str] | None:
+        """(DN, why it is out of scope) of an entry under base_dn whose `attribute` equals
+        `value`, whatever the user scope; None when there is none. For `--user NAME`."""
+        self._forget()
+        clause = f"({escape_filter_chars(attribute)}={escape_filter_chars(value)})"
+        for dn, _ in self._conn.paged(self._config.base_dn, clause, ["1.1"]):
+            return dn, self._out_of_scope_reason(dn)
+        return None
+
+    def _out_of_scope_reason(self, dn: str) -> str:
+        scope = self._config.users
+        reasons: list[str] = []
+        if scope.group_dn is not None:
+            leaves = self._leaf_members(scope.group_dn, scope.nested, "users.group_dn")
+            if normalize_dn(dn) not in leaves:
+                how = "nor of a group nested in it" if scope.nested else "(users.nested is off)"
+                reasons.append(f"not a member of source.users.group_dn {scope.group_dn} {how}")
+        if not any(True for _ in self._conn.lookup([dn], self._user_filter(), ["1.1"])):
+            what = "source.users.filter" if scope.filter else "the flavour's user classes"
+            reasons.append(f"does not match {what} {self._user_filter()}")
+        return "; ".join(reasons) or "it is in scope but did not map (see plan)"
 
     def find_users(self, attribute: str, value: str) -> Iterator[SourceUser]:
         """The users in scope whose `attribute` equals `value` (for `sync --user NAME`).

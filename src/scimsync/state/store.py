@@ -235,6 +235,15 @@ class Store:
                     found[row.source_id] = _group(row, members.get(row.source_id, ()))
         return found
 
+    def linked_user_named(self, user_name: str) -> LinkedUser | None:
+        """The linked user whose userName is this one (case-insensitively), if any."""
+        query = self._user_links_query(False).where(
+            sa.func.lower(t.links.c.name) == user_name.lower()
+        )
+        with self._read() as conn:
+            row = conn.execute(query.limit(1)).first()
+        return None if row is None else _user(row)
+
     def linked_to(self, kind: Kind, target_ids: Collection[str]) -> dict[str, str]:
         """target id -> source id, for the given target ids that are linked."""
         c = t.links.c
