@@ -136,7 +136,8 @@ def test_deletions_are_seen_whether_or_not_the_bind_account_reads_tombstones(
     ad = channel.ad
     if account == "plain domain user":
         channel.source["bind_dn"], channel.source["bind_password"] = ad.seed.reader()
-    hal, ivy = ad.add_user("hal"), ad.add_user("ivy")
+    hal = ad.add_user("hal")
+    ad.add_user("ivy")
     channel.source["groups"] = None
     channel.options["groups"] = False
     check = engine.check_directory(channel.config())

@@ -3,7 +3,18 @@ unknown: each says which and why, instead of "no changes"."""
 
 from __future__ import annotations
 
-from tests.test_cli import Cli, cli  # noqa: F401 (the fixture)
+from pathlib import Path
+
+import pytest
+
+from scimsync.emulator import RunningEmulator
+from tests.fixtures.slapd import Tree
+from tests.test_cli import Cli
+
+
+@pytest.fixture
+def cli(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Cli:
+    return Cli(ldap_tree, emulator, tmp_path)
 
 
 def test_a_user_in_scope_is_provisioned_alone(cli: Cli) -> None:
