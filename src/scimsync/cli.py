@@ -35,6 +35,7 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_STATE = 5  # the state store cannot be opened or written
 
 
 class Settings:
@@ -74,7 +75,9 @@ def user_errors() -> Iterator[None]:
         yield
     except (ConfigError, MappingConfigError) as exc:
         fail(EXIT_CONFIG, str(exc))
-    except (DirectoryError, TargetUnreachable, StateError) as exc:
+    except StateError as exc:
+        fail(EXIT_STATE, f"state: {exc}")
+    except (DirectoryError, TargetUnreachable) as exc:
         fail(EXIT_UNREACHABLE, str(exc))
     except ScimError as exc:  # 401 and other cycle-ending answers
         fail(EXIT_UNREACHABLE, str(exc))
