@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scimsync.emulator import RunningEmulator
+from scimsync.sandbox.slapd import free_port
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli, one_line_error
 
@@ -99,3 +105,119 @@ def test_a_read_only_store_exits_5_with_one_line_naming_state(cli: Cli) -> None:
     line = one_line_error(result)
     assert line.startswith("scimsync: state: ") and str(store) in line
     assert len(cli.emulator.users()) == 1  # nothing pushed that could not be recorded
+
+
+# --- check: a SCIM service, one attempt ---------------------------------------------------
+
+
+class JsonServer(http.server.ThreadingHTTPServer):
+    """A real HTTP server that answers every GET with JSON of our choosing, by path suffix."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        super().__init__(("127.0.0.1", 0), JsonHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/api"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    server: JsonServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        body = next((v for k, v in self.server.answers.items() if path.endswith(k)), {"ok": 1})
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+SERVICE_PROVIDER_CONFIG = {
+    "schemas": [SCIM + "ServiceProviderConfig"],
+    "patch": {"supported": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        ({}, "GET /ServiceProviderConfig"),  # any JSON for any path
+        (
+            {
+                "/ServiceProviderConfig": SERVICE_PROVIDER_CONFIG,
+                "/Schemas": {"Resources": [{"id": SCIM + "Group"}]},
+            },
+            "GET /Schemas",
+        ),
+    ],
+)
+def test_check_refuses_a_server_that_is_not_scim(
+    cli: Cli, answers: dict[str, Any], expected: str
+) -> None:
+    cli.tree.add_user("amy")
+    server = JsonServer(answers)
+    try:
+        cli.settings["target"]["url"] = server.url
+        result = cli("check")
+    finally:
+        server.close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line_error(result)
+    assert f"target.url: {server.url} is not a SCIM 2.0 service" in line
+    assert expected in line
+    assert "the API key works" not in result.stdout
+
+
+def test_check_makes_one_attempt_at_a_closed_port(cli: Cli) -> None:
+    url = f"http://127.0.0.1:{free_port()}/scim"
+    cli.settings["target"]["url"] = url
+    result = cli("check")
+    assert result.returncode == 4, result.stdout + result.stderr
+    line = one_line_error(result)  # no "retried" warnings before it
+    assert url in line and "after 1 attempt" in line
+
+
+def test_check_makes_one_attempt_at_a_server_that_drops_connections(cli: Cli) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def drop_every_connection() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            connection.close()
+
+    thread = threading.Thread(target=drop_every_connection, daemon=True)
+    thread.start()
+    try:
+        cli.settings["target"]["url"] = f"http://127.0.0.1:{listener.getsockname()[1]}/scim"
+        result = cli("check")
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+    assert result.returncode == 4, result.stdout + result.stderr
+    one_line_error(result)
+    assert len(accepted) == 1
+
+
+def test_check_still_accepts_the_emulator(cli: Cli) -> None:
+    cli.tree.add_user("kim")
+    result = cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "the API key works" in result.stdout and "patch yes" in result.stdout

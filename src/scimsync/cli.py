@@ -21,7 +21,7 @@ from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
 from scimsync.mapping import MappingConfigError
 from scimsync.state import StateError, Store
-from scimsync.target.errors import ScimError, TargetUnreachable
+from scimsync.target.errors import NotScim, ScimError, TargetUnreachable
 
 app = typer.Typer(
     add_completion=False,
@@ -75,6 +75,8 @@ def user_errors() -> Iterator[None]:
         yield
     except (ConfigError, MappingConfigError) as exc:
         fail(EXIT_CONFIG, str(exc))
+    except NotScim as exc:  # target.url names something that is not a SCIM service
+        fail(EXIT_CONFIG, f"{config_module.locate(settings.config_path)}: {exc}")
     except StateError as exc:
         fail(EXIT_STATE, f"state: {exc}")
     except (DirectoryError, TargetUnreachable) as exc:
