@@ -6,18 +6,21 @@ import contextlib
 import http.server
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
-from scimsync.emulator import RunningEmulator
+from scimsync.emulator import PREFIX, RunningEmulator
 from scimsync.sandbox.slapd import free_port
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli, one_line_error
@@ -221,3 +224,122 @@ def test_check_still_accepts_the_emulator(cli: Cli) -> None:
     result = cli("check")
     assert result.returncode == 0, result.stderr
     assert "the API key works" in result.stdout and "patch yes" in result.stdout
+
+
+# --- the emulator's data file -------------------------------------------------------------
+
+
+class EmulatorProcess:
+    """`scimsync emulate atlassian --data FILE` in a subprocess."""
+
+    token = "edge-token"
+
+    def __init__(self, data: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "scimsync", "emulate", "atlassian", "--port", str(self.port),
+             "--token", self.token, "--data", str(data)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.process.stdout.readline()  # "listening" is printed once the socket is bound
+        self.http = httpx2.Client(
+            base_url=f"http://127.0.0.1:{self.port}{PREFIX}",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+
+    def user(self, name: str) -> dict[str, Any]:
+        body = {
+            "schemas": [SCIM + "User"],
+            "userName": name,
+            "emails": [{"value": name, "type": "work", "primary": True}],
+        }
+        response = self.http.post("/Users", json=body)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def stop(self, sig: signal.Signals) -> None:
+        self.http.close()
+        self.process.send_signal(sig)
+        self.process.communicate(timeout=30)
+
+
+def wait_answering(emulator: EmulatorProcess) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            emulator.http.get("/ServiceProviderConfig")
+            return
+        except httpx2.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_emulator_data_survives_a_restart(tmp_path: Path, sig: signal.Signals) -> None:
+    data = tmp_path / "emulator.json"
+    first = EmulatorProcess(data)
+    wait_answering(first)
+    users = [first.user(f"u{i}@example.com") for i in range(5)]
+    group = first.http.post(
+        "/Groups",
+        json={
+            "schemas": [SCIM + "Group"],
+            "displayName": "crew",
+            "members": [{"value": u["id"]} for u in users[:3]],
+        },
+    ).json()
+    patch = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [
+            {"op": "add", "path": "members", "value": [{"value": users[4]["id"]}]},
+            {"op": "remove", "path": f'members[value eq "{users[0]["id"]}"]'},
+        ],
+    }
+    assert first.http.patch(f"/Groups/{group['id']}", json=patch).status_code in (200, 204)
+    assert first.http.delete(f"/Users/{users[1]['id']}").status_code == 204
+    first.stop(sig)
+
+    second = EmulatorProcess(data)
+    try:
+        wait_answering(second)
+        listed = second.http.get("/Users").json()["Resources"]
+        assert sorted(u["userName"] for u in listed) == [
+            "u0@example.com", "u2@example.com", "u3@example.com", "u4@example.com"
+        ]  # fmt: skip
+        kept = second.http.get(f"/Groups/{group['id']}").json()
+        assert sorted(m["value"] for m in kept["members"]) == sorted(
+            [users[2]["id"], users[4]["id"]]
+        )
+        assert second.http.post("/Users", json={
+            "schemas": [SCIM + "User"], "userName": "u3@example.com",
+            "emails": [{"value": "u3@example.com", "type": "work", "primary": True}],
+        }).status_code == 409  # fmt: skip
+    finally:
+        second.stop(signal.SIGTERM)
+
+
+def test_emulator_appends_writes_instead_of_rewriting_its_file(tmp_path: Path) -> None:
+    data = tmp_path / "emulator.json"
+    with RunningEmulator(token="t", data_file=data) as emulator:
+        with httpx2.Client(base_url=emulator.url, headers={"Authorization": "Bearer t"}) as http:
+            http.post("/Users", json=user_body("first@example.com")).raise_for_status()
+            # Held open, the file's inode cannot be reused by a replacement of it.
+            with data.open("rb") as held:
+                size = os.fstat(held.fileno()).st_size
+                for index in range(20):
+                    http.post("/Users", json=user_body(f"n{index}@example.com")).raise_for_status()
+                assert data.stat().st_ino == os.fstat(held.fileno()).st_ino  # never replaced
+                grown = data.stat().st_size - size
+        one_line = len(json.dumps({"user": emulator.users()[-1]}))
+    assert grown < 20 * one_line * 2  # each create added about one line, nothing more
+
+
+def user_body(name: str) -> dict[str, Any]:
+    return {
+        "schemas": [SCIM + "User"],
+        "userName": name,
+        "emails": [{"value": name, "type": "work", "primary": True}],
+    }

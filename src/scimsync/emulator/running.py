@@ -52,9 +52,12 @@ def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> Non
     data_file = options.get("data_file")
     print(f"Atlassian SCIM emulator listening; target.url: {_url(host, sock.getsockname()[1])}")
     if data_file:
-        print(f"data kept in {data_file} (saved after every write)")
+        print(f"data kept in {data_file} (each write appended, compacted when it stops)")
     sys.stdout.flush()
-    _server(app).run(sockets=[sock])
+    try:
+        _server(app).run(sockets=[sock])  # returns after SIGINT/SIGTERM
+    finally:
+        app.state.emulator.directory.close()
 
 
 class RunningEmulator(Lifecycle):
@@ -94,6 +97,7 @@ class RunningEmulator(Lifecycle):
             self._thread.join(timeout=10)
             self._thread = None
         self._sock.close()
+        self._state.directory.close()
 
     @property
     def data_file(self) -> Path | None:
