@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import importlib.metadata
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import yaml
 
 from scimsync.emulator import PREFIX, RunningEmulator
 from scimsync.sandbox.slapd import free_port
@@ -43,6 +45,61 @@ def scimsync(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         timeout=120,
         check=False,
     )
+
+
+# --- help, version, where the global options go -------------------------------------------
+
+
+def test_help_shows_where_the_config_comes_from() -> None:
+    result = scimsync("--help")
+    assert result.returncode == 0, result.stderr
+    assert "[default: $SCIMSYNC_CONFIG or ./scimsync.yaml]" in result.stdout
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = scimsync("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"scimsync {importlib.metadata.version('scimsync')}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [
+        ("check", ["0 ", "2 ", "4 "]),
+        ("plan", ["0 ", "2 ", "5 "]),
+        ("sync", ["0 ", "1 ", "2 ", "3 ", "4 ", "5 "]),
+        ("status", ["0 ", "2 ", "5 "]),
+        ("audit", ["0 ", "2 ", "5 "]),
+        ("reset", ["0 ", "2 ", "5 "]),
+    ],
+)
+def test_each_command_help_has_an_example_and_its_exit_codes(
+    command: str, codes: list[str]
+) -> None:
+    result = scimsync(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert f"scimsync --config scimsync.yaml {command}" in text  # the example
+    exits = text.split("Exit codes:", 1)[1]
+    for code in codes:
+        assert code in exits, exits
+
+
+def test_global_options_may_follow_the_command(cli: Cli) -> None:
+    cli.tree.add_user("jo")
+    cli.path.write_text(yaml.safe_dump(cli.settings))
+    cli.path.chmod(0o600)
+    env = dict(cli.env, SCIMSYNC_CONFIG=str(cli.work / "absent.yaml"))
+    result = scimsync("sync", "--log-format", "json", "--config", str(cli.path), env=env)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(event.get("event") == "cycle finished" for event in events)
+    # The global form still works, and the later of two values wins.
+    result = scimsync(
+        "--log-format", "json", "--config", str(cli.path), "plan", "--log-format=text", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert not any(line.startswith("{") for line in result.stderr.splitlines())
 
 
 # --- the state store ----------------------------------------------------------------------
