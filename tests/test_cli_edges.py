@@ -24,6 +24,7 @@ import yaml
 
 from scimsync.emulator import PREFIX, RunningEmulator
 from scimsync.sandbox.slapd import free_port
+from tests.fixtures.scim2 import Scim2Tenant
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli, one_line_error
 
@@ -128,7 +129,7 @@ def test_an_existing_store_open_to_others_draws_a_warning(cli: Cli) -> None:
     assert stat.S_IMODE((cli.work / "state.db").stat().st_mode) == 0o644  # the admin's choice
 
 
-@pytest.mark.parametrize("command", ["sync", "status", "audit", "reset"])
+@pytest.mark.parametrize("command", ["plan", "sync", "status", "audit", "reset"])
 def test_a_corrupt_store_exits_5_with_one_line_naming_state(cli: Cli, command: str) -> None:
     store = cli.work / "state.db"
     store.write_bytes(b"this is not an SQLite database, whatever its name says\n" * 100)
@@ -283,6 +284,14 @@ def test_check_still_accepts_the_emulator(cli: Cli) -> None:
     assert "the API key works" in result.stdout and "patch yes" in result.stdout
 
 
+def test_check_accepts_an_independent_scim_server(cli: Cli, scim2: Scim2Tenant) -> None:
+    cli.tree.add_user("lou")
+    cli.settings["target"] = {"type": "scim", "url": scim2.url, "token": scim2.token}
+    result = cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the API key works" in result.stdout
+
+
 # --- the emulator's data file -------------------------------------------------------------
 
 
@@ -358,6 +367,8 @@ def test_emulator_data_survives_a_restart(tmp_path: Path, sig: signal.Signals) -
     assert first.http.patch(f"/Groups/{group['id']}", json=patch).status_code in (200, 204)
     assert first.http.delete(f"/Users/{users[1]['id']}").status_code == 204
     first.stop(sig)
+    if sig == signal.SIGTERM:  # a clean stop folded the journal into one snapshot
+        assert len(data.read_bytes().splitlines()) == 1
 
     second = EmulatorProcess(data)
     try:
