@@ -60,9 +60,9 @@ class Directory:
     by_group_name: dict[str, str] = field(default_factory=dict)
     memberships: dict[str, dict[str, None]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    _journal: IO[bytes] | None = None
-    _journal_bytes: int = 0
-    _snapshot_bytes: int = 0
+    _journal: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _journal_bytes: int = field(default=0, init=False, repr=False)
+    _snapshot_bytes: int = field(default=0, init=False, repr=False)
 
     # --- users ---------------------------------------------------------------------------
 
