@@ -10,6 +10,7 @@ BENCHES = (
     ("SCIM client throughput", ["bench/target_throughput.py", "--server", "emulator"]),
     ("whole cycles at scale", ["-m", "bench.sync_scale", *sys.argv[1:]]),
     ("a change's way to the target under `scimsync run`", ["-m", "bench.propagation"]),
+    ("the emulator's writes with and without --data", ["-m", "bench.emulator_data"]),
 )
 
 

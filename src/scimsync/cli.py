@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import sys
 import warnings
@@ -14,6 +15,7 @@ from typing import Annotated, Literal, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scimsync import config as config_module
 from scimsync import engine, log, report
@@ -21,12 +23,13 @@ from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
 from scimsync.mapping import MappingConfigError
 from scimsync.state import StateError, Store
-from scimsync.target.errors import ScimError, TargetUnreachable
+from scimsync.target.errors import NotScim, ScimError, TargetUnreachable
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Provision users and groups from an LDAP directory to Atlassian Cloud over SCIM 2.0.",
+    help="Provision users and groups from an LDAP directory to Atlassian Cloud over SCIM 2.0.\n\n"
+    "--config and --log-format may come before or after the command name.",
 )
 emulate_app = typer.Typer(no_args_is_help=True, help="Run a local SCIM server for trials.")
 app.add_typer(emulate_app, name="emulate")
@@ -35,6 +38,10 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_STATE = 5  # the state store cannot be opened or written
+
+# The global options that may also follow the command name (`scimsync sync --log-format json`).
+GLOBAL_VALUE_OPTIONS = ("--config", "-c", "--log-format")
 
 
 class Settings:
@@ -45,15 +52,30 @@ class Settings:
 settings = Settings()
 
 
+def print_version(requested: bool) -> None:
+    if requested:
+        out.print(f"scimsync {importlib.metadata.version('scimsync')}", markup=False)
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def main_options(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", help="Config file [default: $SCIMSYNC_CONFIG or ./scimsync.yaml]"
+            "--config",
+            "-c",
+            # Escaped: rich would take the brackets for markup and print nothing.
+            help=escape("Config file [default: $SCIMSYNC_CONFIG or ./scimsync.yaml]"),
         ),
     ] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=print_version, help="Print the version and exit"
+        ),
+    ] = False,
 ) -> None:
     if log_format not in ("text", "json"):
         fail(EXIT_CONFIG, f"--log-format: expected text or json, got {log_format!r}")
@@ -74,7 +96,11 @@ def user_errors() -> Iterator[None]:
         yield
     except (ConfigError, MappingConfigError) as exc:
         fail(EXIT_CONFIG, str(exc))
-    except (DirectoryError, TargetUnreachable, StateError) as exc:
+    except NotScim as exc:  # target.url names something that is not a SCIM service
+        fail(EXIT_CONFIG, f"{config_module.locate(settings.config_path)}: {exc}")
+    except StateError as exc:
+        fail(EXIT_STATE, f"state: {exc}")
+    except (DirectoryError, TargetUnreachable) as exc:
         fail(EXIT_UNREACHABLE, str(exc))
     except ScimError as exc:  # 401 and other cycle-ending answers
         fail(EXIT_UNREACHABLE, str(exc))
@@ -91,7 +117,13 @@ def load_config() -> Config:
 
 @app.command()
 def check() -> None:
-    """Validate the config, bind to the directory, call the target."""
+    """Validate the config, bind to the directory, call the target.
+
+    Example: scimsync --config scimsync.yaml check
+
+    Exit codes: 0 ok, 2 config error (target.url not a SCIM service included),
+    4 directory or target unreachable, or the API key refused.
+    """
     with user_errors():
         cfg = load_config()
         out.print(f"config      {config_module.locate(settings.config_path)}: ok")
@@ -108,7 +140,13 @@ def plan(
     ] = False,
     user: Annotated[str | None, typer.Option("--user", help="Only this userName")] = None,
 ) -> None:
-    """Dry run: what a sync would do now. Writes nothing anywhere."""
+    """Dry run: what a sync would do now. Writes nothing anywhere.
+
+    Example: scimsync --config scimsync.yaml plan --json
+
+    Exit codes: 0 planned, 2 config error, 4 directory or target unreachable,
+    5 the state store cannot be opened or written.
+    """
     with user_errors():
         cfg = load_config()
         store = Store.open(cfg.state, cfg.channel, readonly=True)  # plan writes nothing
@@ -131,7 +169,14 @@ def sync(
         str | None, typer.Option("--user", help="Provision one user (and its groups) now")
     ] = None,
 ) -> None:
-    """One cycle: read, plan, apply."""
+    """One cycle: read, plan, apply.
+
+    Example: scimsync --config scimsync.yaml sync --user ann@example.com
+
+    Exit codes: 0 applied, 1 some records failed, 2 config error,
+    3 stopped by the safety threshold (sync --allow-deletions applies it),
+    4 directory or target unreachable, 5 the state store cannot be opened or written.
+    """
     with user_errors():
         cfg = load_config()
         with Store.open(cfg.state, cfg.channel) as store, store.lock():
@@ -147,7 +192,12 @@ def sync(
 
 @app.command()
 def run() -> None:
-    """Daemon: a cycle every `interval` seconds; SIGTERM finishes the operation in flight."""
+    """Daemon: a cycle every `interval` seconds; SIGTERM finishes the operation in flight.
+
+    Example: scimsync --config scimsync.yaml --log-format json run
+
+    Exit codes: 0 stopped by SIGTERM or SIGINT, 2 config error.
+    """
     from scimsync import daemon  # noqa: PLC0415 (only `run` pays for its imports)
 
     with user_errors():
@@ -157,7 +207,12 @@ def run() -> None:
 
 @app.command()
 def status() -> None:
-    """Last cycles, pending and quarantined failures, deletions held back."""
+    """Last cycles, pending and quarantined failures, deletions held back.
+
+    Example: scimsync --config scimsync.yaml status
+
+    Exit codes: 0 shown, 2 config error, 5 the state store cannot be opened or written.
+    """
     with user_errors():
         cfg = load_config()
         with Store.open(cfg.state, cfg.channel) as store:
@@ -171,7 +226,12 @@ def audit(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
 ) -> None:
-    """The audit log: every operation with its cycle, result and cause."""
+    """The audit log: every operation with its cycle, result and cause.
+
+    Example: scimsync --config scimsync.yaml audit --since 2h --limit 50
+
+    Exit codes: 0 shown, 2 config or usage error, 5 the state store cannot be opened or written.
+    """
     with user_errors():
         start = parse_since(since) if since else None
         cfg = load_config()
@@ -185,7 +245,12 @@ def reset(
         bool, typer.Option("--failed", help="Also retry quarantined and backed-off records now")
     ] = False,
 ) -> None:
-    """Forget watermarks so the next cycle is a full reconciliation."""
+    """Forget watermarks so the next cycle is a full reconciliation.
+
+    Example: scimsync --config scimsync.yaml reset --failed
+
+    Exit codes: 0 done, 2 config error, 5 the state store cannot be opened or written.
+    """
     with user_errors():
         cfg = load_config()
         with Store.open(cfg.state, cfg.channel) as store:
@@ -213,7 +278,12 @@ def emulate_atlassian(
     seed: Annotated[int | None, typer.Option("--seed", help="for reproducible faults")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Keep the data in this file")] = None,
 ) -> None:
-    """A local server that behaves as Atlassian's SCIM API documents."""
+    """A local server that behaves as Atlassian's SCIM API documents.
+
+    Example: scimsync emulate atlassian --port 8080 --token T --data emulator.json
+
+    Exit codes: 0 stopped by SIGTERM or SIGINT, 2 bad option or data file.
+    """
     from scimsync import emulator  # noqa: PLC0415 (only `emulate` pays for starlette)
 
     if rename not in ("allowed", "immutable"):
@@ -244,9 +314,41 @@ def parse_since(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move --config and --log-format given after the command name in front of it.
+
+    Click only takes a group's options before the command; users also write them after.
+    """
+    position = 0
+    while position < len(args) and args[position].startswith("-") and args[position] != "--":
+        takes_value = args[position] in GLOBAL_VALUE_OPTIONS
+        position += 2 if takes_value else 1
+    command_end = position + 1  # just past the command name
+    hoisted: list[str] = []
+    rest: list[str] = []
+    index = command_end
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest.extend(args[index:])
+            break
+        if arg in GLOBAL_VALUE_OPTIONS and index + 1 < len(args):
+            hoisted.extend(args[index : index + 2])
+            index += 2
+            continue
+        if arg.startswith(("--config=", "--log-format=")):
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        index += 1
+    if not hoisted:
+        return args
+    return args[:position] + hoisted + args[position:command_end] + rest
+
+
 def main() -> None:
     try:
-        app()
+        app(args=hoist_global_options(sys.argv[1:]))
     except KeyboardInterrupt:
         err.print("scimsync: interrupted")
         sys.exit(130)

@@ -821,9 +821,16 @@ def check_directory(config: Config) -> DirectoryCheck:
     )
 
 
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
 async def check_target(config: Config) -> TargetCheck:
-    async with open_target(config.target) as target:
-        spc = await target.service_provider_config()
+    """One attempt per request with a short timeout: `check` answers, it does not persevere."""
+    quick = config.target.model_copy(
+        update={"max_retries": 0, "timeout": min(config.target.timeout, CHECK_TIMEOUT_SECONDS)}
+    )
+    async with open_target(quick) as target:
+        spc = await target.verified_service_provider_config()
         listed = 0
         async for _ in target.iter_users():  # one page is enough to prove the key works
             listed += 1

@@ -11,7 +11,9 @@ Choices where Atlassian's behaviour is unconfirmed (atlassian-scim-api.md):
   400 `mutability`, as the API reference's wording suggests.
 - Both member-removal forms work; removing a non-member is a no-op.
 - PUT without `active` sets it back to true; unknown attributes are dropped.
-- With a data file, every write saves the whole directory (temporary file + rename).
+- With a data file, every write appends one line (a JSON Lines journal after a snapshot),
+  folded into a new snapshot (temporary file + rename) on start, on stop and when it
+  outgrows the snapshot.
 - /_emulator/{stats,reset,wipe,state,config} need the same bearer token and are
   never rate-limited, delayed or faulted.
 """

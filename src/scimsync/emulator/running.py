@@ -14,6 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from scimsync.emulator.app import PREFIX, Emulator, create_app, render_group, render_user
+from scimsync.emulator.store import Directory
 from scimsync.sandbox.lifecycle import Lifecycle
 
 
@@ -33,9 +34,27 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}{PREFIX}"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, saving the emulator's data once its connections are closed.
+
+    Here, not after run(): on SIGTERM uvicorn raises the signal again when it has shut
+    down, which ends the process before run() returns.
+    """
+
+    def __init__(self, config: uvicorn.Config, directory: Directory) -> None:
+        super().__init__(config)
+        self.directory = directory
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            self.directory.close()
+
+
 def _server(app: Starlette) -> uvicorn.Server:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    return uvicorn.Server(config)
+    return _Server(config, app.state.emulator.directory)
 
 
 def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> None:
@@ -52,9 +71,9 @@ def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> Non
     data_file = options.get("data_file")
     print(f"Atlassian SCIM emulator listening; target.url: {_url(host, sock.getsockname()[1])}")
     if data_file:
-        print(f"data kept in {data_file} (saved after every write)")
+        print(f"data kept in {data_file} (each write appended, compacted when it stops)")
     sys.stdout.flush()
-    _server(app).run(sockets=[sock])
+    _server(app).run(sockets=[sock])  # until SIGINT/SIGTERM
 
 
 class RunningEmulator(Lifecycle):
@@ -94,6 +113,7 @@ class RunningEmulator(Lifecycle):
             self._thread.join(timeout=10)
             self._thread = None
         self._sock.close()
+        self._state.directory.close()
 
     @property
     def data_file(self) -> Path | None:

@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from scimsync.emulator.errors import ScimError, invalid_value, not_found
 
@@ -23,6 +23,11 @@ def _now() -> str:
 
 def _uniqueness(detail: str) -> ScimError:
     return ScimError(409, detail, "uniqueness")
+
+
+# The journal is folded into the snapshot when it outgrows both: compaction then costs
+# O(1) per write, amortised, and a restart never replays more than twice the data.
+_COMPACT_MIN_BYTES = 4 << 20
 
 
 @dataclass
@@ -40,8 +45,10 @@ class Directory:
     """Users and groups with the indexes Atlassian's uniqueness rules need.
 
     Every public method holds the lock, so test threads may read snapshots while the
-    server thread writes. With `data_file`, each write saves the whole directory
-    (write to a temporary file, then rename), so a killed emulator loses nothing.
+    server thread writes. With `data_file`, the file is JSON Lines: a snapshot of the
+    whole directory, then one line per write since, appended before the write is
+    answered (so a killed emulator loses nothing); `load` and `close` fold the lines
+    into a new snapshot (temporary file, then rename).
     """
 
     data_file: Path | None = None
@@ -53,6 +60,9 @@ class Directory:
     by_group_name: dict[str, str] = field(default_factory=dict)
     memberships: dict[str, dict[str, None]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _journal: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _journal_bytes: int = field(default=0, init=False, repr=False)
+    _snapshot_bytes: int = field(default=0, init=False, repr=False)
 
     # --- users ---------------------------------------------------------------------------
 
@@ -68,7 +78,7 @@ class Directory:
             now = _now()
             user = {"id": str(uuid.uuid4()), **cleaned, "created": now, "lastModified": now}
             self._index_user(user)
-            self._saved()
+            self._record({"user": user})
             return user
 
     def replace_user(self, user_id: str, cleaned: dict[str, Any]) -> dict[str, Any]:
@@ -84,17 +94,19 @@ class Directory:
                 "lastModified": _now(),
             }
             self._index_user(user)
-            self._saved()
+            self._record({"user": user})
             return user
 
     def delete_user(self, user_id: str) -> None:
         """Removes the record and its memberships; the id answers 404 from then on."""
         with self.lock:
-            user = self.user(user_id)
-            for group_id in self.memberships.pop(user_id, {}):
-                self.groups[group_id].members.pop(user_id, None)
-            self._unindex_user(user)
-            self._saved()
+            self._remove_user(self.user(user_id))
+            self._record({"delete_user": user_id})
+
+    def _remove_user(self, user: dict[str, Any]) -> None:
+        for group_id in self.memberships.pop(user["id"], {}):
+            self.groups[group_id].members.pop(user["id"], None)
+        self._unindex_user(user)
 
     def find_users(self, attribute: str | None, value: str | None) -> list[dict[str, Any]]:
         with self.lock:
@@ -156,11 +168,14 @@ class Directory:
             self._check_members(members)
             now = _now()
             group = Group(str(uuid.uuid4()), name, external_id, {}, now, now)
-            self.groups[group.id] = group
-            self.by_group_name[name.lower()] = group.id
-            self._set_members(group, dict.fromkeys(members))
-            self._saved()
+            self._add_group(group, members)
+            self._record({"group": _group_json(group)})
             return group
+
+    def _add_group(self, group: Group, members: Iterable[str]) -> None:
+        self.groups[group.id] = group
+        self.by_group_name[group.display_name.lower()] = group.id
+        self._set_members(group, dict.fromkeys(members))
 
     def update_group(
         self,
@@ -190,16 +205,24 @@ class Directory:
             group.external_id = external_id
             self._set_members(group, members, touched)
             group.last_modified = _now()
-            self._saved()
+            if touched is None:
+                self._record({"group": _group_json(group)})
+            else:  # a PATCH's few ids, not the whole member list of a large group
+                attributes = _group_json(group, with_members=False)
+                attributes["add"] = [m for m in touched if m in members]
+                attributes["remove"] = [m for m in touched if m not in members]
+                self._record({"group_change": attributes})
             return group
 
     def delete_group(self, group_id: str) -> None:
         with self.lock:
-            group = self.group(group_id)
-            self._set_members(group, {})
-            del self.groups[group_id]
-            self.by_group_name.pop(group.display_name.lower(), None)
-            self._saved()
+            self._remove_group(self.group(group_id))
+            self._record({"delete_group": group_id})
+
+    def _remove_group(self, group: Group) -> None:
+        self._set_members(group, {})
+        del self.groups[group.id]
+        self.by_group_name.pop(group.display_name.lower(), None)
 
     def find_groups(self, display_name: str | None) -> list[Group]:
         with self.lock:
@@ -243,58 +266,137 @@ class Directory:
                 self.memberships,
             ):
                 index.clear()
-            self._saved()
+            if self.data_file is not None:
+                self._compact()
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "users": copy.deepcopy(list(self.users.values())),
-                "groups": [
-                    {
-                        "id": g.id,
-                        "displayName": g.display_name,
-                        "externalId": g.external_id,
-                        "members": list(g.members),
-                        "created": g.created,
-                        "lastModified": g.last_modified,
-                    }
-                    for g in self.groups.values()
-                ],
+                "groups": [_group_json(g) for g in self.groups.values()],
             }
 
     def load(self) -> None:
-        """Reads `data_file` if it exists; a file that is not ours is a one-line error."""
-        if self.data_file is None or not self.data_file.exists():
-            return
-        try:
-            data = json.loads(self.data_file.read_text(encoding="utf-8"))
-            with self.lock:
-                for user in data["users"]:
-                    self._index_user(user)
-                for raw in data["groups"]:
-                    group = Group(
-                        raw["id"],
-                        raw["displayName"],
-                        raw.get("externalId"),
-                        {},
-                        raw["created"],
-                        raw["lastModified"],
-                    )
-                    self.groups[group.id] = group
-                    self.by_group_name[group.display_name.lower()] = group.id
-                    self._set_members(group, dict.fromkeys(raw["members"]))
-        except KeyError as exc:
-            raise ValueError(f"{self.data_file}: not an emulator data file (no {exc})") from None
-        except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"{self.data_file}: not an emulator data file ({exc})") from None
+        """Reads `data_file` (snapshot, then changes) and starts a new snapshot of it.
 
-    def _saved(self) -> None:
+        A file that is not ours is a one-line error. A last line cut short (the
+        emulator killed while appending) is dropped: its write was never answered.
+        """
         if self.data_file is None:
             return
-        text = json.dumps(self.snapshot())
-        directory = self.data_file.parent
+        try:
+            lines = self.data_file.read_bytes().split(b"\n") if self.data_file.exists() else []
+            with self.lock:
+                for number, line in enumerate(lines, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        if number == len(lines):  # no newline after it: a torn append
+                            break
+                        raise
+                    if number == 1:
+                        self._load_snapshot(entry)
+                    else:
+                        self._replay(entry)
+                self._compact()
+        except KeyError as exc:
+            raise ValueError(f"{self.data_file}: not an emulator data file (no {exc})") from None
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{self.data_file}: not an emulator data file ({exc})") from None
+
+    def close(self) -> None:
+        """Folds the changes into a new snapshot; the emulator calls it when it stops."""
+        with self.lock:
+            if self._journal is not None:
+                self._compact()
+                self._journal.close()
+                self._journal = None
+
+    def _load_snapshot(self, data: dict[str, Any]) -> None:
+        for user in data["users"]:
+            self._index_user(user)
+        for raw in data["groups"]:
+            self._add_group(_group_from_json(raw), raw["members"])
+
+    def _replay(self, entry: dict[str, Any]) -> None:
+        """Applies one journal line; each was a write that passed every check."""
+        if "user" in entry:
+            user = entry["user"]
+            if user["id"] in self.users:
+                self._unindex_user(self.users[user["id"]])
+            self._index_user(user)
+        elif "delete_user" in entry:
+            self._remove_user(self.users[entry["delete_user"]])
+        elif "group" in entry:
+            raw = entry["group"]
+            if raw["id"] in self.groups:
+                self._remove_group(self.groups[raw["id"]])
+            self._add_group(_group_from_json(raw), raw["members"])
+        elif "group_change" in entry:
+            change = entry["group_change"]
+            group = self.groups[change["id"]]
+            self.by_group_name.pop(group.display_name.lower(), None)
+            self.by_group_name[change["displayName"].lower()] = group.id
+            group.display_name = change["displayName"]
+            group.external_id = change.get("externalId")
+            group.last_modified = change["lastModified"]
+            members = dict(group.members)
+            members.update(dict.fromkeys(change["add"]))
+            for user_id in change["remove"]:
+                members.pop(user_id, None)
+            self._set_members(group, members, [*change["add"], *change["remove"]])
+        elif "delete_group" in entry:
+            self._remove_group(self.groups[entry["delete_group"]])
+        else:
+            raise ValueError(f"unknown change {sorted(entry)}")
+
+    def _record(self, change: dict[str, Any]) -> None:
+        """Appends one change in one write: the kernel has it before the answer is sent."""
+        if self._journal is None:
+            return
+        line = (json.dumps(change) + "\n").encode()
+        self._journal.write(line)
+        self._journal_bytes += len(line)
+        if self._journal_bytes > max(_COMPACT_MIN_BYTES, 2 * self._snapshot_bytes):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Writes the snapshot to a new file, renames it over the old one, appends from then on."""
+        assert self.data_file is not None
+        text = (json.dumps(self.snapshot()) + "\n").encode()
         with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=directory, prefix=".emulator-", delete=False
+            "wb", dir=self.data_file.parent, prefix=".emulator-", delete=False
         ) as handle:
             handle.write(text)
         os.replace(handle.name, self.data_file)
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = open(self.data_file, "ab", buffering=0)  # noqa: SIM115 (kept open)
+        self._journal_bytes = 0
+        self._snapshot_bytes = len(text)
+
+
+def _group_json(group: Group, *, with_members: bool = True) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "id": group.id,
+        "displayName": group.display_name,
+        "externalId": group.external_id,
+        "created": group.created,
+        "lastModified": group.last_modified,
+    }
+    if with_members:
+        raw["members"] = list(group.members)
+    return raw
+
+
+def _group_from_json(raw: dict[str, Any]) -> Group:
+    return Group(
+        raw["id"],
+        raw["displayName"],
+        raw.get("externalId"),
+        {},
+        raw["created"],
+        raw["lastModified"],
+    )

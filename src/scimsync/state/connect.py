@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,9 +13,14 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
+from scimsync import log
 from scimsync.state.errors import StateError
 
 BUSY_TIMEOUT_MS = 30_000
+# The store holds every user's pushed attributes: only its owner may read it. SQLite gives
+# the -wal and -shm files the database file's mode.
+SQLITE_FILE_MODE = 0o600
+logger = log.get(__name__)
 EXPECTED = "expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
 
 
@@ -36,6 +45,37 @@ def safe_url(url: URL) -> str:
 
 def is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL; None for memory, URI filenames and PostgreSQL."""
+    if url.get_backend_name() != "sqlite" or is_memory(url) or "uri" in url.query:
+        return None
+    return Path(str(url.database))
+
+
+def prepare_sqlite_file(url: URL, *, create: bool) -> None:
+    """Create a missing SQLite file owner-only (with `create`); warn if an existing one is not.
+
+    An existing file's mode is the administrator's choice (they may share it with a
+    group on purpose), so it is reported, not changed.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        return
+    if create:
+        # It may exist; or SQLite says why it cannot be opened when it connects.
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE))
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # a read-only open of a missing file reads as an empty store
+    if mode & 0o077:
+        logger.warning(
+            f"the state store {path} has mode {mode:04o}; it holds every user's pushed "
+            f"attributes, so only its owner should read it: chmod 600 {path}"
+        )
 
 
 def create_engine(url: URL) -> Engine:

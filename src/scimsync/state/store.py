@@ -26,7 +26,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from scimsync.fingerprint import digest
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import tables as t
-from scimsync.state.connect import create_engine, is_memory, parse_url, safe_url
+from scimsync.state.connect import (
+    create_engine,
+    is_memory,
+    parse_url,
+    prepare_sqlite_file,
+    safe_url,
+)
 from scimsync.state.errors import StateError
 from scimsync.state.locking import postgres_lock, sqlite_lock
 from scimsync.state.migrate import current_revision, head_revision, upgrade
@@ -113,6 +119,7 @@ class Store:
         """
         parsed = parse_url(url)
         where = safe_url(parsed)
+        prepare_sqlite_file(parsed, create=not readonly)
         try:
             engine = create_engine(parsed)
         except ArgumentError as exc:

@@ -99,6 +99,18 @@ class TargetUnreachable(Exception):  # noqa: N818
         return f"target {self.url} unreachable: {self.cause}"
 
 
+class NotScim(Exception):  # noqa: N818
+    """The server at target.url answers, but not as a SCIM 2.0 service provider."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        self.url = url
+        self.cause = " ".join(cause.split())
+        super().__init__(url, self.cause)
+
+    def __str__(self) -> str:
+        return f"target.url: {self.url} is not a SCIM 2.0 service: {self.cause}"
+
+
 _BY_SCIM_TYPE: dict[str, type[ScimError]] = {
     "uniqueness": Uniqueness,
     "mutability": Mutability,

@@ -171,7 +171,9 @@ class ScimHttp:
             if not isinstance(error, ServerError | RateLimited):
                 return ServerError(error.status, error.scim_type, error.detail, request=what)
             return error
-        cause = f"{what}: {type(failure).__name__} after {self.max_retries + 1} attempts"
+        attempts = self.max_retries + 1
+        plural = "s" if attempts > 1 else ""
+        cause = f"{what}: {type(failure).__name__} after {attempts} attempt{plural}"
         return TargetUnreachable(self.url, cause)
 
 

@@ -15,13 +15,18 @@ from scimsync.target.errors import (
     InvalidValue,
     Mutability,
     NotFound,
+    NotScim,
+    RateLimited,
     RenameRefused,
     ScimError,
+    ServerError,
+    Unauthorized,
     Uniqueness,
 )
 from scimsync.target.http import ScimHttp
 from scimsync.target.remote import RemoteGroup, RemoteUser
 
+CONFIG_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
 MAX_PAGE = 100  # Atlassian pages hold at most 100 (atlassian-scim-api.md section 5)
 logger = log.get(__name__)
 
@@ -83,6 +88,44 @@ class ScimTarget:
                     body = None  # RFC 7644 requires it, yet some targets omit it
                 self._spc = body if isinstance(body, dict) else {}
             return self._spc
+
+    async def verified_service_provider_config(self) -> dict[str, Any]:
+        """The ServiceProviderConfig, once /ServiceProviderConfig and /Schemas showed that
+        target.url is a SCIM 2.0 service; NotScim otherwise (any JSON server would pass
+        a mere GET). A 401 stays Unauthorized: the key is at fault, not the URL."""
+        spc = await self._discovery("ServiceProviderConfig")
+        schemas = spc.get("schemas") if isinstance(spc, dict) else None
+        if (
+            not isinstance(spc, dict)
+            or not isinstance(schemas, list)
+            or CONFIG_SCHEMA not in schemas
+        ):
+            raise NotScim(
+                self.http.url,
+                f"GET /ServiceProviderConfig answered without the schema {CONFIG_SCHEMA}",
+            )
+        listed = await self._discovery("Schemas")
+        resources = listed.get("Resources") if isinstance(listed, dict) else listed
+        resources = resources if isinstance(resources, list) else []
+        ids = {r.get("id") for r in resources if isinstance(r, dict)}
+        if payload.USER_SCHEMA not in ids:
+            raise NotScim(
+                self.http.url,
+                f"GET /Schemas does not list the core User schema {payload.USER_SCHEMA}",
+            )
+        async with self._spc_lock:
+            self._spc = spc
+        return spc
+
+    async def _discovery(self, path: str) -> Any:
+        try:
+            return await self.http.send("GET", path)
+        except (Unauthorized, RateLimited, ServerError):
+            raise  # a SCIM service may answer these; the URL is not shown to be wrong
+        except ScimError as exc:  # a 404, another 4xx, or a body that is not JSON
+            if exc.status == 403:
+                raise
+            raise NotScim(self.http.url, str(exc)) from None
 
     async def patch_supported(self) -> bool:
         spc = await self.service_provider_config()
