@@ -9,7 +9,7 @@ import pytest
 
 from scimsync import engine
 from scimsync.emulator import RunningEmulator
-from tests.fixtures.samba import AdTree
+from tests.fixtures.samba import AdTree, rid_of
 from tests.harness import AdChannel
 
 pytestmark = pytest.mark.ad
@@ -154,3 +154,36 @@ def test_deletions_are_seen_whether_or_not_the_bind_account_reads_tombstones(
     assert (mode(report), report.prepared.plan.summary()) == ("incremental", {"disable": 1})
     assert not active(channel, ad.upn("hal"))
     assert active(channel, ad.upn("ivy"))
+
+
+def test_primary_group_membership_counts_for_groups_and_for_the_user_scope(
+    channel: AdChannel,
+) -> None:
+    ad = channel.ad
+    jo, kim, lee = (ad.add_user(n) for n in ("jo", "kim", "lee"))
+    primary = ad.add_group("Jira-Primary", [jo, kim])
+    other = ad.add_group("Jira-Other", [lee])
+    ad.modify(jo, primaryGroupID=str(rid_of(ad, primary)))  # AD drops jo from `member`
+    channel.source["groups"] = {"filter": "(&(objectClass=group)(cn=Jira-*))"}
+    assert channel.sync().exit_code == 0
+    assert channel.member_names("Jira-Primary") == {ad.upn("jo"), ad.upn("kim")}
+
+    ad.add_members(other, [kim])
+    ad.modify(kim, primaryGroupID=str(rid_of(ad, other)))  # incremental: kim's primary moves
+    report = channel.sync()
+    assert mode(report) == "incremental"
+    assert channel.member_names("Jira-Other") == {ad.upn("lee"), ad.upn("kim")}
+    assert channel.member_names("Jira-Primary") == {ad.upn("jo"), ad.upn("kim")}
+    channel.store().reset()
+    assert channel.sync().prepared.plan.operations == ()  # a full reconciliation agrees
+
+
+def test_a_user_whose_primary_group_is_the_scope_group_is_in_scope(channel: AdChannel) -> None:
+    ad = channel.ad
+    mo, ned = ad.add_user("mo"), ad.add_user("ned")
+    scope = ad.add_group("atlassian-users", [mo, ned])
+    ad.modify(mo, primaryGroupID=str(rid_of(ad, scope)))
+    channel.source["users"] = {"group_dn": scope}
+    channel.options["groups"] = False
+    assert channel.sync().exit_code == 0
+    assert set(channel.users()) == {ad.upn("mo"), ad.upn("ned")}

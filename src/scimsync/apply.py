@@ -296,7 +296,9 @@ class Executor:
 
     async def _update_user(self, op: Operation) -> str:
         link = self.users[op.source_id]
-        changed = {k: v for k, v in op.values.items() if k != "active"}
+        if "userName" in op.values:  # options.user_name_changes: update
+            await self.target.rename_user(link.target_id, str(op.values["userName"]))
+        changed = {k: v for k, v in op.values.items() if k not in ("active", "userName")}
         if changed or op.removed:
             await self.target.update_user(link.target_id, changed, op.removed)
         active = link.active

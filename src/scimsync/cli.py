@@ -266,6 +266,9 @@ def emulate_atlassian(
     token: Annotated[str, typer.Option("--token", envvar="SCIMSYNC_EMULATOR_TOKEN")],
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     rename: Annotated[str, typer.Option("--rename", help="allowed or immutable")] = "allowed",
+    user_name: Annotated[
+        str, typer.Option("--user-name", help="mutable or immutable (refuse userName changes)")
+    ] = "mutable",
     rate: Annotated[float | None, typer.Option("--rate", help="requests/s before 429")] = None,
     latency_ms: Annotated[float, typer.Option("--latency-ms")] = 0.0,
     fault_rate: Annotated[
@@ -294,6 +297,7 @@ def emulate_atlassian(
         token,
         host=host,
         rename=mode,
+        user_name=user_name,
         rate=rate,
         latency_ms=latency_ms,
         fault_rate=fault_rate,

@@ -18,7 +18,7 @@ from ldap.controls import LDAPControl
 
 from scimsync.directory.connection import Connection
 from scimsync.directory.errors import DirectoryError
-from scimsync.directory.values import RawEntry, get, guid_text, normalize_dn, within
+from scimsync.directory.values import RawEntry, get, guid_text, normalize_dn, sid_rid, within
 from scimsync.model import SourceGroup, SourceUser
 
 SYNC_CONTROL_OID = "1.3.6.1.4.1.4203.1.9.1.1"  # RFC 4533 Sync Request control
@@ -298,7 +298,7 @@ class UsnTracker(_Watching):
     def _is_administrator(self) -> bool:
         # The root DSE's tokenGroups are the bound account's groups (MS-ADTS 3.1.1.3.2.1).
         groups = get(self._conn.root_dse(["tokenGroups"]), "tokenGroups") or ()
-        return any(_rid(sid) in ADMIN_RIDS for sid in groups)
+        return any(sid_rid(sid) in ADMIN_RIDS for sid in groups)
 
     def position(self) -> str:
         invocation, usn, _ = self._now()
@@ -375,13 +375,6 @@ class UsnTracker(_Watching):
             int(usn[0]),
             domain[0].decode("utf-8"),
         )
-
-
-def _rid(sid: bytes) -> int:
-    """The last sub-authority of a binary SID (MS-DTYP 2.4.2.2), little-endian."""
-    if len(sid) < 12 or (len(sid) - 8) % 4:
-        return -1
-    return int.from_bytes(sid[-4:], "little")
 
 
 def supports_syncrepl(conn: Connection) -> bool:

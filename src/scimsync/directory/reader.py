@@ -35,6 +35,7 @@ from scimsync.directory.values import (
     member_dn,
     normalize_dn,
     rdn_value,
+    sid_rid,
     text_attributes,
     within,
 )
@@ -71,6 +72,7 @@ class _Group:
     guid: str
     name: str
     members: frozenset[str]  # normalised member DNs, users and groups alike
+    rid: int | None = None  # AD: the RID of its objectSid, which primaryGroupID names
 
 
 # Above this many unknown member DNs, one paged scan is cheaper than a lookup each.
@@ -108,6 +110,13 @@ class LdapDirectory:
         self._tracker: Tracker | None = None
         self._guid_attr = config.guid_attribute or "entryUUID"
         status = config.account_status
+        # AD keeps a user's primary group ("Domain Users") out of the group's `member`:
+        # it is the user's primaryGroupID, the RID of the group's objectSid.
+        # A change of primary group edits the groups' `member` too (AD keeps the user a
+        # member of the old one, and drops it from the new one's `member`), so change
+        # detection needs nothing more than reading primary members with the group.
+        self._primary_groups = config.directory is Flavour.ACTIVE_DIRECTORY
+        self._primary: dict[int, frozenset[str]] = {}  # RID -> normalised user DNs
         wanted = [*attributes, self._guid_attr, *([status.attribute] if status else [])]
         self._user_attrs = tuple(dict.fromkeys(wanted))
         self._conn = Connection(config)
@@ -350,6 +359,7 @@ class LdapDirectory:
             reshaped = polls
         user_dns = {normalize_dn(user.dn) for user in users.values()}
         report: set[str] = set()
+        self._prefetch_for(selected, scope.nested)
         for dn in selected:
             below, leaves = self._walk(index[dn], scope.nested)
             if dn in changed_groups or below & changed_groups or leaves & user_dns:
@@ -508,6 +518,8 @@ class LdapDirectory:
 
     def _source_groups(self, selected: Iterable[str], nested: bool) -> Iterator[SourceGroup]:
         index = self._groups_index()
+        selected = list(selected)
+        self._prefetch_for(selected, nested)
         members = {dn: self._flatten(index[dn], nested) for dn in selected}
         self._resolve_users(set().union(*members.values()) if members else set())
         for dn, flat in members.items():
@@ -526,6 +538,8 @@ class LdapDirectory:
         if scope is not None and scope.filter is not None:
             filterstr = f"(|{GROUP_FILTER}{_parenthesised(scope.filter)})"
         attrs = [self._guid_attr, name_attr, *member_attrs]
+        if self._primary_groups:
+            attrs.append("objectSid")
         index: dict[str, _Group] = {}
         # A user stands in several groups: its DN is parsed once, and held once.
         parsed: dict[bytes, str] = {}
@@ -542,7 +556,9 @@ class LdapDirectory:
             members = frozenset(
                 member(value) for attr in member_attrs for value in get(entry, attr) or ()
             )
-            index[normalize_dn(dn)] = _Group(dn, self._guid(dn, entry), name, members)
+            index[normalize_dn(dn)] = _Group(
+                dn, self._guid(dn, entry), name, members, self._rid(entry)
+            )
         self._index = index
         return index
 
@@ -553,11 +569,11 @@ class LdapDirectory:
             return found
         # Outside base_dn, or of a class we do not list: read it directly.
         member_attrs = self._member_attrs()
-        real_dn, entry = self._conn.read(dn, [self._guid_attr, *member_attrs], key)
+        real_dn, entry = self._conn.read(dn, [self._guid_attr, "objectSid", *member_attrs], key)
         members = frozenset(
             member_dn(value) for attr in member_attrs for value in get(entry, attr) or ()
         )
-        return _Group(real_dn, "", rdn_value(real_dn), members)
+        return _Group(real_dn, "", rdn_value(real_dn), members, self._rid(entry))
 
     def _walk(self, root: _Group, nested: bool) -> tuple[set[str], set[str]]:
         """(group DNs, non-group member DNs) reachable from root; each group visited once."""
@@ -576,7 +592,42 @@ class LdapDirectory:
                     groups.add(member)
                     if nested:
                         todo.append(index[member])
+        if self._primary_groups:
+            walked = [root, *(index[dn] for dn in groups)] if nested else [root]
+            self._prefetch_primary(walked)
+            for group in walked:
+                if group.rid is not None:
+                    leaves |= self._primary[group.rid]
         return groups, leaves
+
+    def _prefetch_for(self, selected: Iterable[str], nested: bool) -> None:
+        """Primary members of the groups about to be walked, in a few searches."""
+        if self._primary_groups:
+            index = self._groups_index()
+            self._prefetch_primary(index.values() if nested else (index[dn] for dn in selected))
+
+    def _prefetch_primary(self, groups: Iterable[_Group]) -> None:
+        """The users whose primary group each of these groups is: one search per hundred
+        groups, and nothing for groups that are nobody's primary group but a cheap miss."""
+        rids = sorted({g.rid for g in groups if g.rid is not None and g.rid not in self._primary})
+        for start in range(0, len(rids), REVISIT_CHUNK):
+            chunk = rids[start : start + REVISIT_CHUNK]
+            found: dict[int, set[str]] = {rid: set() for rid in chunk}
+            wanted = "".join(f"(primaryGroupID={rid})" for rid in chunk)
+            filterstr = f"(&{self._user_filter()}(|{wanted}))"
+            attrs = ["primaryGroupID", self._guid_attr]
+            for dn, entry in self._conn.paged(self._config.base_dn, filterstr, attrs):
+                values = get(entry, "primaryGroupID")
+                rid = int(values[0]) if values and values[0].isdigit() else None
+                if rid in found:
+                    key = normalize_dn(dn)
+                    found[rid].add(key)
+                    self._user_guids[key] = self._guid(dn, entry)
+            self._primary.update((rid, frozenset(dns)) for rid, dns in found.items())
+
+    def _rid(self, entry: RawEntry) -> int | None:
+        sid = get(entry, "objectSid") if self._primary_groups else None
+        return sid_rid(sid[0]) if sid else None
 
     def _leaf_members(self, group_dn: str, nested: bool, key: str) -> set[str]:
         return self._walk(self._root_group(group_dn, key), nested)[1]
@@ -642,6 +693,7 @@ class LdapDirectory:
     def _forget(self) -> None:
         self._index = None
         self._user_guids = {}
+        self._primary = {}
 
 
 def _parenthesised(filterstr: str) -> str:

@@ -101,6 +101,13 @@ def guid_assertion(attribute: str, text: str) -> str:
     return str(escape_filter_chars(text))
 
 
+def sid_rid(sid: bytes) -> int | None:
+    """The last sub-authority (the RID) of a binary SID (MS-DTYP 2.4.2.2), else None."""
+    if len(sid) < 12 or (len(sid) - 8) % 4 or sid[1] * 4 + 8 != len(sid):
+        return None
+    return int.from_bytes(sid[-4:], "little")
+
+
 def get(entry: RawEntry, attribute: str) -> Sequence[bytes] | None:
     """Attribute names come back as the server spells them; look them up case-blind."""
     found = entry.get(attribute)

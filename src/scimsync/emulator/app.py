@@ -17,7 +17,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from scimsync.emulator import discovery
-from scimsync.emulator.behaviour import Misbehaviour, RenameMode, Settings, Stats, authorized
+from scimsync.emulator.behaviour import (
+    Misbehaviour,
+    RenameMode,
+    Settings,
+    Stats,
+    UserNameMode,
+    authorized,
+)
 from scimsync.emulator.errors import ScimError, invalid_value
 from scimsync.emulator.patch import GroupState, patched_group, patched_user
 from scimsync.emulator.query import list_response, page, parse_filter, project, returns
@@ -413,6 +420,7 @@ def create_app(
     token: str,
     *,
     rename: RenameMode = "allowed",
+    user_name: UserNameMode = "mutable",
     rate: float | None = None,
     latency_ms: float = 0,
     fault_rate: float = 0,
@@ -424,6 +432,7 @@ def create_app(
     settings = Settings()
     settings.update(
         rename=rename,
+        user_name=user_name,
         rate=rate,
         latency_ms=latency_ms,
         fault_rate=fault_rate,

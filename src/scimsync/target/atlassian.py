@@ -11,8 +11,8 @@ from scimsync.target.scim import ScimTarget, payload_error
 class AtlassianTarget(ScimTarget):
     """Atlassian's user provisioning API (atlassian-scim-api.md).
 
-    - userName is write-once as far as anyone knows (changing it is unconfirmed, 2): the
-      planner sends it only with `options.user_name_changes: update`, and never clears it.
+    - userName is write-once: changing it is unconfirmed, so updates never send it (2);
+      rename_user does, for `options.user_name_changes: update` only.
     - emails with one primary work address are required on create and modify (2).
     - PATCH is supported (group membership examples use it), so no discovery is needed (4).
     - PUT clears omitted attributes (2): updates are PATCH replace of changed paths only.
@@ -32,6 +32,7 @@ class AtlassianTarget(ScimTarget):
         self, changed: ScimValues, removed: Collection[str]
     ) -> tuple[dict[str, str | bool], set[str]]:
         writes, clears = super().writable(changed, removed)
+        writes.pop("userName", None)
         clears.discard("userName")
         if "emails.work" in clears:
             raise payload_error("emails.work cannot be cleared at Atlassian: an email is required")

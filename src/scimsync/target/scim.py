@@ -239,6 +239,15 @@ class ScimTarget:
             return
         await self._put_user(id, writes, clears, None)
 
+    async def rename_user(self, id: str, user_name: str) -> None:
+        """A new userName, which update_user never sends where a profile holds it write-once:
+        asked for only with options.user_name_changes: update."""
+        if await self.patch_supported():
+            ops = [{"op": "replace", "path": "userName", "value": user_name}]
+            await self.http.send("PATCH", f"Users/{id}", body=payload.patch_body(ops))
+            return
+        await self._put_user(id, {"userName": user_name}, set(), None)
+
     async def set_active(self, id: str, active: bool) -> None:
         if await self.patch_supported():
             ops = [{"op": "replace", "path": "active", "value": active}]
