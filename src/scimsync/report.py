@@ -158,10 +158,11 @@ def print_status(console: Console, store: Store) -> None:
         console.print("no cycles yet")
     for run in runs:
         applied = ", ".join(f"{n} {a}" for a, n in sorted(run.summary.items())) or "no changes"
+        cycles = f"{run.cycles} cycle{'s' if run.cycles != 1 else ''}"
         if run.mode == "quiet":
-            applied = f"quiet since {_time(run.started_at)} ({run.cycles} cycles)"
+            applied = f"quiet since {_time(run.started_at)} ({cycles})"
         elif run.cycles > 1:
-            applied += f" ({run.cycles} cycles, last {_time(run.finished_at)})"
+            applied += f" ({cycles}, last {_time(run.finished_at)})"
         cause = f": {run.cause}" if run.cause else ""
         console.print(
             f"cycle {run.cycle_id[:12]} {run.mode:<11} {run.result or 'running':<11} "
