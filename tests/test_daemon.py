@@ -403,10 +403,10 @@ def test_quiet_cycles_are_counted_into_one_run(channel: Channel) -> None:
     assert modes == [("quiet", 1), ("incremental", 1), ("quiet", 3), ("full", 1)]
 
 
-def test_an_incremental_cycle_with_only_an_unmappable_record_is_a_run_with_an_audit_event(
+def test_an_incremental_cycle_with_only_refused_records_is_a_run_with_audit_events(
     channel: Channel,
 ) -> None:
-    channel.tree.add_user("good")
+    good = channel.tree.add_user("good")
     assert channel.sync().exit_code == 0
     channel.tree.add_user("nomail", mail=[])
     report = channel.sync()
@@ -420,6 +420,12 @@ def test_an_incremental_cycle_with_only_an_unmappable_record_is_a_run_with_an_au
         "partial",
     )
     assert [(a.event, a.success) for a in audit] == [("map", False)]
+    channel.tree.modify(good, mail="renamed@example.com")  # userName is write-once: a conflict
+    report = channel.sync()
+    assert report.exit_code == 1 and report.cycle_id is not None
+    with channel.store() as store:
+        audit = store.audit_log(cycle_id=report.cycle_id)
+    assert [(a.event, a.name) for a in audit] == [("conflict", "renamed@example.com")], audit
 
 
 def test_audit_filters_by_user_and_group_name_in_any_case_or_source_id(
@@ -446,3 +452,29 @@ def test_audit_filters_by_user_and_group_name_in_any_case_or_source_id(
     assert scimsync("sync").returncode == 0
     status = scimsync("status").stdout
     assert "quiet since" in status and "(2 cycles)" in status, status
+
+
+def test_store_counts_repeated_cycles_into_one_run_and_filters_audit_by_name(
+    store_url: str,
+) -> None:
+    with Store.open(store_url, "main") as store:
+        quiet, new = store.count_cycle("quiet", "ok")
+        assert new and store.count_cycle("quiet", "ok") == (quiet, False)
+        refused, new = store.count_cycle("full", "failed", "key refused")
+        assert new and store.count_cycle("full", "failed", "key refused") == (refused, False)
+        other, new = store.count_cycle("full", "failed", "another cause")
+        assert new and other != refused
+        runs = [(r.cycle_id, r.result, r.cycles, r.cause) for r in store.runs()]
+        assert runs == [
+            (other, "failed", 1, "another cause"),
+            (refused, "failed", 2, "key refused"),
+            (quiet, "ok", 2, None),
+        ]
+        store.audit(quiet, "create", "user", "u1", "t1", True, name="Ann@Example.com")
+        store.audit(quiet, "create", "group", "g1", "t2", True, name="crew")
+        store.audit(quiet, "key_refused", "cycle", "", None, False, "401", name="https://x")
+        assert [a.source_id for a in store.audit_log(user="ann@example.COM")] == ["u1"]
+        assert [a.source_id for a in store.audit_log(user="u1")] == ["u1"]
+        assert [a.source_id for a in store.audit_log(group="CREW")] == ["g1"]
+        assert store.audit_log(user="crew") == []  # a group's name is not a user's
+        assert len(store.audit_log(user="u1", group="g1")) == 2
