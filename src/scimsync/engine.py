@@ -490,9 +490,8 @@ async def sync(
     async with open_target(config.target) as target:
         try:
             prepared = await prepare(
-                config, store, target, only_user=only_user, allow_deletions=allow_deletions,
-                now=now,
-            )  # fmt: skip
+                config, store, target, only_user=only_user, allow_deletions=allow_deletions, now=now
+            )
         except Unauthorized as exc:
             mode = "user" if only_user else choose_mode(store, config, store.failures(), now())
             cycle_id, new = store.count_cycle(mode, "failed", str(exc))
