@@ -283,7 +283,7 @@ def test_a_directory_outage_shows_as_503_logs_once_backs_off_and_logs_its_end(
         runner.close()
     events = daemon.events()
     errors = [e for e in events if e["level"] == "error"]
-    assert len(errors) == 1, errors
+    assert len(errors) == 1, json.dumps(events, indent=1)
     assert errors[0]["event"] == "cycle failed" and "retry_in" in errors[0]
     ended = [e for e in events if e["event"] == "cycles succeed again"]
     assert len(ended) == 1 and ended[0]["failed_cycles"] >= 5, ended

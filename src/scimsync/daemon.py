@@ -45,30 +45,36 @@ def listen_error(listen: str, exc: OSError | ValueError) -> str:
 
 
 class Outage:
-    """Failed cycles in a row: logged when they start, when the cause changes, and when over."""
+    """Failed cycles in a row: logged when they start, when their kind changes, and when over.
+
+    The kind is the error's class (directory unreachable, target unreachable, API key
+    refused, store down): the message differs with the step that met the outage.
+    """
 
     def __init__(self) -> None:
-        self.cause: str | None = None
+        self.kind: str | None = None
+        self.cause = ""
         self.cycles = 0
         self.since = 0.0
 
-    def failed(self, cause: str, retry_in: float) -> None:
+    def failed(self, exc: Exception, retry_in: float) -> None:
         self.cycles += 1
-        if cause == self.cause:
-            logger.debug("cycle failed again", error=cause, cycles=self.cycles)
+        kind = type(exc).__name__
+        if kind == self.kind:
+            logger.debug("cycle failed again", error=str(exc), cycles=self.cycles)
             return
-        if self.cause is None:
+        if self.kind is None:
             self.since = time.monotonic()
-        self.cause = cause
+        self.kind, self.cause = kind, str(exc)
         logger.error(
             "cycle failed",
-            error=cause,
+            error=self.cause,
             retry_in=round(retry_in, 3),
-            note="retried with back-off; logged again when it ends or its cause changes",
+            note="retried with back-off; logged again when it ends or its kind changes",
         )
 
     def over(self) -> None:
-        if self.cause is None:
+        if self.kind is None:
             return
         logger.info(
             "cycles succeed again",
@@ -76,7 +82,7 @@ class Outage:
             lasted_s=round(time.monotonic() - self.since, 1),
             error=self.cause,
         )
-        self.cause, self.cycles = None, 0
+        self.kind, self.cycles = None, 0
 
 
 class Daemon:
@@ -140,7 +146,7 @@ class Daemon:
             return False
         except StateError as exc:
             self.metrics.last_cycle.record(str(exc))
-            self.outage.failed(str(exc), retry_delay(self.config.interval, self.outage.cycles + 1))
+            self.outage.failed(exc, retry_delay(self.config.interval, self.outage.cycles + 1))
             return False
         if self.on_standby:
             logger.info("active: this instance now holds the channel")
@@ -151,7 +157,7 @@ class Daemon:
         """One cycle under the held channel; False when it failed as a whole."""
         started = time.monotonic()
         exit_code = 4
-        failure: str | None = None
+        failure: Exception | None = None
         try:
             report = asyncio.run(engine.sync(self.config, store, should_stop=self.stopping.is_set))
             exit_code = report.exit_code
@@ -163,12 +169,12 @@ class Daemon:
             if exit_code in (0, 1):
                 self.metrics.last_success.set(time.time())
         except (DirectoryError, TargetUnreachable, ScimError, StateError) as exc:
-            failure = str(exc)
+            failure = exc
             self.store_failed = isinstance(exc, StateError)
         finally:
             self.metrics.cycles.labels(str(exit_code)).inc()
             self.metrics.cycle_duration.observe(time.monotonic() - started)
-            self.metrics.last_cycle.record(failure)
+            self.metrics.last_cycle.record(None if failure is None else str(failure))
         if failure is not None:
             self.outage.failed(failure, retry_delay(self.config.interval, self.outage.cycles + 1))
             return False
