@@ -403,6 +403,24 @@ def test_quiet_cycles_are_counted_into_one_run(channel: Channel) -> None:
     assert modes == [("quiet", 1), ("incremental", 1), ("quiet", 3), ("full", 1)]
 
 
+def test_a_hold_met_again_is_counted_into_its_run_and_audited_once(channel: Channel) -> None:
+    people = [channel.tree.add_user(name) for name in ("hal", "ivy", "jo")]
+    channel.options["max_deletions"] = 1
+    assert channel.sync().exit_code == 0
+    for dn in people[:2]:
+        channel.tree.delete(dn)
+    held = [channel.sync() for _ in range(3)]
+    assert [h.exit_code for h in held] == [3, 3, 3]
+    assert len({h.cycle_id for h in held}) == 1
+    with channel.store() as store:
+        runs = [(r.mode, r.result, r.cycles) for r in store.runs()]
+        cause = store.runs()[0].cause
+        events = [a.event for a in store.audit_log()]
+    assert runs == [("incremental", "stopped", 3), ("full", "ok", 1)]
+    assert cause is not None and "max_deletions" in cause
+    assert events.count("held") == 2, events
+
+
 def test_an_incremental_cycle_with_only_refused_records_is_a_run_with_audit_events(
     channel: Channel,
 ) -> None:

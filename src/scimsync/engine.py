@@ -510,10 +510,18 @@ async def sync(
                 store.set_watermark(WATERMARK, view.watermark)
             cycle_id, _ = store.count_cycle("quiet", "ok")
             return CycleReport(cycle_id, prepared)
+        held = [op.to_json() for op in verdict.held]
+        same_hold = bool(held) and held_digest(held) == held_digest(store.staged_deletions())
+        if same_hold and not verdict.allowed.operations and not refused:
+            # The hold of the cycle before and nothing else: counted into that cycle's run.
+            cycle_id, _ = store.count_cycle(view.mode, "stopped", verdict.reason)
+            warn_held(cycle_id, verdict)
+            return CycleReport(cycle_id, prepared)
         cycle_id = store.begin_run(view.mode)
         report = CycleReport(cycle_id, prepared)
-        record_holds(store, cycle_id, verdict)
-        store.stage_deletions(cycle_id, [op.to_json() for op in verdict.held])
+        if held and not same_hold:
+            audit_held(store, cycle_id, verdict)
+        store.stage_deletions(cycle_id, held)
         record_refusals(store, cycle_id, prepared, config, now())
         if approval is not None and approved:
             audit_approval(store, cycle_id, approved, approval)
@@ -547,7 +555,7 @@ async def sync(
             result = "stopped"
         else:
             result = "partial" if report.exit_code == 1 else "ok"
-        cause = None
+        cause = verdict.reason  # a stopped run says why
         if report.interrupted:
             cause = (
                 f"stopped on request: {len(verdict.allowed.operations) - sent} operations not sent"
@@ -570,14 +578,18 @@ async def sync(
             held=len(verdict.held),
         )
         if verdict.blocked:
-            logger.warning(
-                "operations held by the safety threshold",
-                cycle_id=cycle_id,
-                held=len(verdict.held),
-                reason=verdict.reason,
-                approve="scimsync sync --allow-deletions",
-            )
+            warn_held(cycle_id, verdict)
         return report
+
+
+def warn_held(cycle_id: str, verdict: GuardVerdict) -> None:
+    logger.warning(
+        "operations held by the safety threshold",
+        cycle_id=cycle_id,
+        held=len(verdict.held),
+        reason=verdict.reason,
+        approve="scimsync sync --allow-deletions",
+    )
 
 
 def apply_approval(
@@ -610,13 +622,8 @@ def audit_approval(
                         name=op.name)  # fmt: skip
 
 
-def record_holds(store: Store, cycle_id: str, verdict: GuardVerdict) -> None:
-    """Audit each held operation once: when the held set changes, not every cycle it stays."""
-    if not verdict.held:
-        return
-    held = [op.to_json() for op in verdict.held]
-    if held_digest(store.staged_deletions()) == held_digest(held):
-        return
+def audit_held(store: Store, cycle_id: str, verdict: GuardVerdict) -> None:
+    """Each held operation, when the held set is new: not again every cycle it stays."""
     with store.atomic():
         for op in verdict.held:
             store.audit(cycle_id, "held", op.kind, op.source_id, op.target_id, False,
