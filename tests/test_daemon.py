@@ -1,28 +1,36 @@
-"""`scimsync run`: cycles on an interval, /healthz and /metrics, a clean stop on SIGTERM."""
+"""`scimsync run` and `scimsync sync` as processes: cycles, health, standby, stops, approvals.
+
+Every test talks to real processes, the real slapd and the emulator over HTTP. Loops are
+bounded by counts the daemon reports (its /metrics), never by time.
+"""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 import pytest
 import yaml
 
+from scimsync import daemon as daemon_module
 from scimsync.emulator import RunningEmulator
 from scimsync.sandbox.slapd import free_port
+from scimsync.state import Store
 from tests.fixtures.slapd import Tree
-from tests.harness import source_settings
+from tests.harness import Channel, source_settings
+from tests.test_faults import RestartableSlapd
 
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
     """Poll a condition until it holds or the deadline passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -33,39 +41,6 @@ def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def daemon(
-    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    config = tmp_path / "scimsync.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "state": f"sqlite:///{tmp_path / 'state.db'}",
-                "interval": 0.5,
-                "metrics_listen": f"127.0.0.1:{port}",
-                "source": source_settings(ldap_tree),
-                "target": {"url": emulator.url, "token": emulator.token},
-                "mapping": {"title": "title"},
-            }
-        )
-    )
-    config.chmod(0o600)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scimsync", "--config", str(config), "--log-format", "json", "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def get(url: str) -> httpx2.Response | None:
     try:
         return httpx2.get(url, timeout=2)
@@ -73,11 +48,122 @@ def get(url: str) -> httpx2.Response | None:
         return None
 
 
+class Process:
+    """One scimsync process; its stdout and stderr go to files, readable while it runs."""
+
+    def __init__(self, args: list[str], work: Path, name: str, port: int | None) -> None:
+        self.out_path, self.err_path = work / f"{name}.out", work / f"{name}.err"
+        self.base = f"http://127.0.0.1:{port}" if port else ""
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.popen = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines."""
+        lines = self.stderr.splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def health(self) -> httpx2.Response | None:
+        return get(f"{self.base}/healthz")
+
+    def health_when(self, wanted: Callable[[httpx2.Response], bool]) -> httpx2.Response:
+        """The first /healthz answer that is as wanted."""
+
+        def probe() -> httpx2.Response | None:
+            answer = self.health()
+            return answer if answer is not None and wanted(answer) else None
+
+        return eventually(probe, "/healthz to answer as wanted")
+
+    def metric(self, name: str) -> float:
+        """A sample of /metrics (`name` with its labels as exposed), 0 when absent."""
+        answer = get(f"{self.base}/metrics")
+        if answer is None:
+            return 0.0
+        for line in answer.text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.popen.send_signal(signum)
+        return self.popen.wait(timeout=60)
+
+
+class Scimsync:
+    """A config file for the test tree and emulator, and the processes run with it."""
+
+    def __init__(self, tree: Tree, emulator: RunningEmulator, work: Path) -> None:
+        self.work = work
+        self.processes: list[Process] = []
+        self.settings: dict[str, Any] = {
+            "state": f"sqlite:///{work / 'state.db'}",
+            "interval": 0.2,
+            "source": source_settings(tree),
+            "target": {"url": emulator.url, "token": emulator.token},
+            "mapping": {"title": "title"},
+        }
+
+    def config(self, name: str, **overrides: Any) -> Path:
+        path = self.work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**self.settings, **overrides}))
+        path.chmod(0o600)
+        return path
+
+    def start(self, *args: str, name: str = "run", port: int | None = None) -> Process:
+        """`scimsync --log-format json ARGS`; for `run`, metrics on `port` (a free one)."""
+        overrides = {}
+        if args[:1] == ("run",):
+            port = port or free_port()
+            overrides["metrics_listen"] = f"127.0.0.1:{port}"
+        config = self.config(name, **overrides)
+        command = [sys.executable, "-m", "scimsync", "--config", str(config)]
+        process = Process([*command, "--log-format", "json", *args], self.work, name, port)
+        self.processes.append(process)
+        return process
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A command run to its end."""
+        command = [sys.executable, "-m", "scimsync", "--config", str(self.config("cli"))]
+        return subprocess.run(
+            [*command, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+
+    def store(self) -> Store:
+        return Store.open(self.settings["state"], "default")
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.popen.kill()
+                process.popen.wait()
+
+
+@pytest.fixture
+def scimsync(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Iterator[Scimsync]:
+    runner = Scimsync(ldap_tree, emulator, tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def user_names(emulator: RunningEmulator, active: bool | None = None) -> set[str]:
+    return {str(u["userName"]) for u in emulator.users() if active is None or u["active"] is active}
+
+
 def test_daemon_syncs_changes_serves_health_and_metrics_and_stops_on_sigterm(
-    daemon: tuple[subprocess.Popen[str], str], ldap_tree: Tree, emulator: RunningEmulator
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
 ) -> None:
-    process, base = daemon
     dn = ldap_tree.add_user("dana", title="Engineer")
+    daemon = scimsync.start("run")
 
     def title_at_target() -> str | None:
         users = {u["userName"]: u for u in emulator.users()}
@@ -85,24 +171,328 @@ def test_daemon_syncs_changes_serves_health_and_metrics_and_stops_on_sigterm(
         return str(user.get("title")) if user else None
 
     assert eventually(title_at_target, "the first cycle") == "Engineer"
-    health = eventually(lambda: get(f"{base}/healthz"), "/healthz")
+    health = eventually(daemon.health, "/healthz")
     assert health.status_code == 200 and health.text.strip() == "ok"
 
     ldap_tree.modify(dn, title="Manager")
     eventually(lambda: title_at_target() == "Manager", "the change to reach the target")
 
-    metrics = eventually(lambda: get(f"{base}/metrics"), "/metrics").text
+    metrics = eventually(lambda: get(f"{daemon.base}/metrics"), "/metrics").text
     for name in (
         "scimsync_cycle_duration_seconds_count",
         'scimsync_operations_total{action="create",result="ok"} 1.0',
         'scimsync_operations_total{action="update",result="ok"} 1.0',
         "scimsync_pending_records 0.0",
         "scimsync_quarantined_records 0.0",
+        "scimsync_held_operations 0.0",
         "scimsync_last_success_timestamp_seconds",
     ):
         assert name in metrics, name
 
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert '"event": "daemon stopped"' in stderr
+    assert daemon.stop() == 0, daemon.stderr
+    assert '"event": "daemon stopped"' in daemon.stderr
+
+
+# --- item 5: metrics_listen taken; a standby -------------------------------------------
+
+
+def test_a_taken_metrics_listen_exits_2_and_another_listen_stands_by_then_takes_over(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    ldap_tree.add_user("sam")
+    port = free_port()
+    active = scimsync.start("run", name="active", port=port)
+    eventually(lambda: user_names(emulator), "the active instance's first cycle")
+    assert eventually(active.health, "the active /healthz").text.strip() == "ok"
+
+    same_port = scimsync.start("run", name="same-port", port=port)
+    assert same_port.popen.wait(timeout=60) == 2
+    lines = [line for line in same_port.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"scimsync: metrics_listen 127.0.0.1:{port}: address already in use "
+        "(another scimsync run? set metrics_listen)"
+    ]
+
+    standby = scimsync.start("run", name="standby")
+    answer = standby.health_when(lambda h: h.text != "starting\n")  # its first turn
+    assert answer.status_code == 200 and answer.text.startswith("standby"), answer.text
+    assert standby.metric('scimsync_cycles_total{exit_code="0"}') == 0  # it runs no cycle
+
+    assert active.stop() == 0
+    standby.health_when(lambda h: h.text.strip() == "ok")  # it took the channel over
+    assert standby.stop() == 0
+    assert any(
+        e["event"] == "active: this instance now holds the channel" for e in standby.events()
+    )
+
+
+# --- item 11: health follows the last cycle; outages back off and log once --------------
+
+
+def test_a_refused_api_key_turns_health_503_and_is_one_failed_run_and_one_audit_event(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    ldap_tree.add_user("kay")
+    scimsync.settings["target"]["token"] = "wrong-" + emulator.token
+    daemon = scimsync.start("run")
+    answer = daemon.health_when(lambda h: h.status_code == 503)
+    assert "API key" in answer.text and emulator.token not in answer.text
+    eventually(
+        lambda: daemon.metric('scimsync_cycles_total{exit_code="4"}') >= 3, "three failed cycles"
+    )
+    assert daemon.stop() == 0
+    errors = [e for e in daemon.events() if e["level"] == "error"]
+    assert len(errors) == 1, errors  # logged once, not once a cycle
+    with scimsync.store() as store:
+        runs = store.runs()
+        refusals = [a for a in store.audit_log() if a.event == "key_refused"]
+    assert len(runs) == 1 and runs[0].result == "failed" and runs[0].cycles >= 3, runs
+    assert runs[0].cause is not None and "must be rotated" in runs[0].cause
+    assert len(refusals) == 1 and refusals[0].kind == "cycle" and not refusals[0].success
+    status = scimsync("status")
+    assert "failed" in status.stdout and "must be rotated" in status.stdout, status.stdout
+
+
+@pytest.fixture
+def own_slapd(tmp_path: Path) -> Iterator[RestartableSlapd]:
+    server = RestartableSlapd(workdir=tmp_path / "slapd")
+    with server:
+        yield server
+
+
+def test_a_directory_outage_shows_as_503_logs_once_backs_off_and_logs_its_end(
+    own_slapd: RestartableSlapd, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    tree = Tree(own_slapd, "outage")
+    tree.add_user("lou")
+    runner = Scimsync(tree, emulator, tmp_path)
+    runner.settings["interval"] = 0.05
+    try:
+        daemon = runner.start("run")
+        eventually(lambda: user_names(emulator), "the first cycle")
+        assert eventually(daemon.health, "/healthz").status_code == 200
+        own_slapd.stop()
+        answer = daemon.health_when(lambda h: h.status_code == 503)  # during the outage
+        assert answer.text.startswith("last cycle failed"), answer.text
+        failed = 'scimsync_cycles_total{exit_code="4"}'
+        eventually(lambda: daemon.metric(failed) >= 5, "five failed cycles")
+        own_slapd.restart()
+        daemon.health_when(lambda h: h.status_code == 200)  # the directory is back
+        assert daemon.stop() == 0
+    finally:
+        runner.close()
+    events = daemon.events()
+    errors = [e for e in events if e["level"] == "error"]
+    assert len(errors) == 1, json.dumps(events, indent=1)
+    assert errors[0]["event"] == "cycle failed" and "retry_in" in errors[0]
+    ended = [e for e in events if e["event"] == "cycles succeed again"]
+    assert len(ended) == 1 and ended[0]["failed_cycles"] >= 5, ended
+
+
+def test_failed_cycles_are_retried_further_and_further_apart_up_to_a_cap() -> None:
+    retry_delay = daemon_module.retry_delay
+    delays = [retry_delay(1.0, failures) for failures in range(10)]
+    assert delays[:4] == [1.0, 1.0, 2.0, 4.0]
+    assert delays == sorted(delays) and delays[-1] == daemon_module.MAX_RETRY_DELAY
+    assert retry_delay(300.0, 5) == 300.0  # never more often than the interval
+
+
+# --- item 13 and the held part of item 11: approving while run holds the channel ------
+
+
+def test_sync_allow_deletions_while_run_holds_the_channel_records_an_approval_it_applies(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    people = [ldap_tree.add_user(name) for name in ("ada", "bob", "cy")]
+    scimsync.settings["options"] = {"max_deletions": 1}
+    daemon = scimsync.start("run")
+    eventually(lambda: len(user_names(emulator)) == 3, "the first cycle")
+    for dn in people[:2]:
+        ldap_tree.delete(dn)
+    eventually(lambda: daemon.metric("scimsync_held_operations") == 2, "the hold")
+    assert eventually(daemon.health, "/healthz").status_code == 200  # held needs a person
+    held_warnings = [
+        e for e in daemon.events() if e["event"] == "operations held by the safety threshold"
+    ]
+    assert held_warnings and held_warnings[0]["level"] == "warning"
+
+    locked = scimsync("sync")  # without --allow-deletions, the channel is the daemon's
+    assert locked.returncode == 5 and "locked" in locked.stderr, locked.stderr
+    approve = scimsync("sync", "--allow-deletions")
+    assert approve.returncode == 0, approve.stdout + approve.stderr
+    assert "approval recorded" in approve.stdout and "2 held operations" in approve.stdout
+
+    gone = {"ada@example.com", "bob@example.com"}
+    eventually(lambda: user_names(emulator, active=False) == gone, "the approved disables")
+    eventually(lambda: daemon.metric("scimsync_held_operations") == 0, "the hold to lift")
+    assert daemon.stop() == 0
+    with scimsync.store() as store:
+        events = [(a.event, a.name) for a in store.audit_log()]
+        assert store.approval() is None and store.staged_deletions() == []
+    for name in gone:
+        # Audited once each, though every cycle until the approval met the same hold.
+        assert events.count(("held", name)) == 1, events
+        assert events.count(("approved", name)) == 1, events
+        assert events.count(("disable", name)) == 1, events
+
+
+# --- item 14: SIGTERM and SIGINT finish the operations in flight, and say so ---------
+
+
+@pytest.mark.parametrize(
+    ("command", "signum"),
+    [("sync", signal.SIGTERM), ("sync", signal.SIGINT), ("run", signal.SIGTERM)],
+)
+def test_a_signal_mid_cycle_finishes_in_flight_records_interrupted_and_the_next_cycle_converges(
+    scimsync: Scimsync,
+    ldap_tree: Tree,
+    emulator: RunningEmulator,
+    command: str,
+    signum: signal.Signals,
+) -> None:
+    ldap_tree.add_users(120)
+    scimsync.settings["target"]["max_concurrency"] = 1
+    emulator.configure(latency_ms=25)  # 120 creates one at a time: seconds to land the signal
+    process = scimsync.start(command)
+    eventually(lambda: emulator.stats()["by_method"].get("POST", 0) >= 1, "the first create")
+    code = process.stop(signum)
+    emulator.configure(latency_ms=0)
+    created = len(user_names(emulator))
+    assert 1 <= created < 120
+    events = [e["event"] for e in process.events()]
+    assert "cycle interrupted" in events and "cycle finished" not in events, events
+    if command == "sync":
+        assert code == 1, process.stderr
+        assert "interrupted" in process.stdout and "Traceback" not in process.stderr
+    else:
+        assert code == 0, process.stderr
+    with scimsync.store() as store:
+        run = store.runs()[0]
+    assert run.result == "interrupted" and run.summary == {"create": created}, run
+    assert run.cause is not None and "not sent" in run.cause
+    again = scimsync("sync")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(user_names(emulator)) == 120
+
+
+# --- item 9: every cycle recorded, cheaply when quiet; audit by user or group ----------
+
+
+@pytest.fixture
+def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Channel:
+    return Channel(ldap_tree, emulator, tmp_path)
+
+
+def test_quiet_cycles_are_counted_into_one_run(channel: Channel) -> None:
+    channel.tree.add_user("quin")
+    first = channel.sync()
+    quiet = [channel.sync() for _ in range(3)]
+    assert all(q.cycle_id is not None and q.cycle_id == quiet[0].cycle_id for q in quiet)
+    with channel.store() as store:
+        runs = store.runs()
+    assert [(r.mode, r.result, r.cycles) for r in runs] == [
+        ("quiet", "ok", 3),
+        ("full", "ok", 1),
+    ]
+    assert runs[1].cycle_id == first.cycle_id
+    channel.tree.add_user("ruth")  # a cycle with work gets its own row; quiet starts anew
+    channel.sync()
+    channel.sync()
+    with channel.store() as store:
+        modes = [(r.mode, r.cycles) for r in store.runs()]
+    assert modes == [("quiet", 1), ("incremental", 1), ("quiet", 3), ("full", 1)]
+
+
+def test_a_hold_met_again_is_counted_into_its_run_and_audited_once(channel: Channel) -> None:
+    people = [channel.tree.add_user(name) for name in ("hal", "ivy", "jo")]
+    channel.options["max_deletions"] = 1
+    assert channel.sync().exit_code == 0
+    for dn in people[:2]:
+        channel.tree.delete(dn)
+    held = [channel.sync() for _ in range(3)]
+    assert [h.exit_code for h in held] == [3, 3, 3]
+    assert len({h.cycle_id for h in held}) == 1
+    with channel.store() as store:
+        runs = [(r.mode, r.result, r.cycles) for r in store.runs()]
+        cause = store.runs()[0].cause
+        events = [a.event for a in store.audit_log()]
+    assert runs == [("incremental", "stopped", 3), ("full", "ok", 1)]
+    assert cause is not None and "max_deletions" in cause
+    assert events.count("held") == 2, events
+
+
+def test_an_incremental_cycle_with_only_refused_records_is_a_run_with_audit_events(
+    channel: Channel,
+) -> None:
+    good = channel.tree.add_user("good")
+    assert channel.sync().exit_code == 0
+    channel.tree.add_user("nomail", mail=[])
+    report = channel.sync()
+    assert report.exit_code == 1 and report.cycle_id is not None
+    with channel.store() as store:
+        newest = store.runs()[0]
+        audit = store.audit_log(cycle_id=report.cycle_id)
+    assert (newest.cycle_id, newest.mode, newest.result) == (
+        report.cycle_id,
+        "incremental",
+        "partial",
+    )
+    assert [(a.event, a.success) for a in audit] == [("map", False)]
+    channel.tree.modify(good, mail="renamed@example.com")  # userName is write-once: a conflict
+    report = channel.sync()
+    assert report.exit_code == 1 and report.cycle_id is not None
+    with channel.store() as store:
+        audit = store.audit_log(cycle_id=report.cycle_id)
+    assert [(a.event, a.name) for a in audit] == [("conflict", "renamed@example.com")], audit
+
+
+def test_audit_filters_by_user_and_group_name_in_any_case_or_source_id(
+    scimsync: Scimsync, ldap_tree: Tree
+) -> None:
+    ldap_tree.add_group("crew", [ldap_tree.add_user("ann"), ldap_tree.add_user("ben")])
+    assert scimsync("sync").returncode == 0
+    by_user = scimsync("audit", "--user", "ANN@example.com")
+    assert by_user.returncode == 0, by_user.stderr
+    lines = by_user.stdout.splitlines()
+    assert len(lines) == 1 and "create" in lines[0] and "ann@example.com" in lines[0], lines
+    by_group = scimsync("audit", "--group", "Crew").stdout.splitlines()
+    assert {line.split()[2] for line in by_group} == {"create", "add_members"}, by_group
+    assert all("crew" in line for line in by_group)
+    with scimsync.store() as store:
+        source_id = next(a.source_id for a in store.audit_log() if a.name == "crew")
+    assert scimsync("audit", "--group", source_id).stdout.splitlines() == by_group
+    both = scimsync("audit", "--user", "ben@example.com", "--group", "crew").stdout
+    assert len(both.splitlines()) == 3 and "ann@" not in both
+    assert scimsync("audit", "--user", "nobody").stdout == ""
+    quiet = scimsync("sync")
+    assert quiet.returncode == 0 and quiet.stdout.startswith("cycle ")
+    assert "cycle None" not in quiet.stdout  # a quiet cycle has an id too
+    assert scimsync("sync").returncode == 0
+    status = scimsync("status").stdout
+    assert "quiet since" in status and "(2 cycles)" in status, status
+
+
+def test_store_counts_repeated_cycles_into_one_run_and_filters_audit_by_name(
+    store_url: str,
+) -> None:
+    with Store.open(store_url, "main") as store:
+        quiet, new = store.count_cycle("quiet", "ok")
+        assert new and store.count_cycle("quiet", "ok") == (quiet, False)
+        refused, new = store.count_cycle("full", "failed", "key refused")
+        assert new and store.count_cycle("full", "failed", "key refused") == (refused, False)
+        other, new = store.count_cycle("full", "failed", "another cause")
+        assert new and other != refused
+        runs = [(r.cycle_id, r.result, r.cycles, r.cause) for r in store.runs()]
+        assert runs == [
+            (other, "failed", 1, "another cause"),
+            (refused, "failed", 2, "key refused"),
+            (quiet, "ok", 2, None),
+        ]
+        store.audit(quiet, "create", "user", "u1", "t1", True, name="Ann@Example.com")
+        store.audit(quiet, "create", "group", "g1", "t2", True, name="crew")
+        store.audit(quiet, "key_refused", "cycle", "", None, False, "401", name="https://x")
+        assert [a.source_id for a in store.audit_log(user="ann@example.COM")] == ["u1"]
+        assert [a.source_id for a in store.audit_log(user="u1")] == ["u1"]
+        assert [a.source_id for a in store.audit_log(group="CREW")] == ["g1"]
+        assert store.audit_log(user="crew") == []  # a group's name is not a user's
+        assert len(store.audit_log(user="u1", group="g1")) == 2

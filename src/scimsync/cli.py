@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Literal, NoReturn
 
 import typer
@@ -22,7 +26,7 @@ from scimsync import engine, log, report
 from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
 from scimsync.mapping import MappingConfigError
-from scimsync.state import StateError, Store
+from scimsync.state import ChannelLocked, StateError, Store
 from scimsync.target.errors import NotScim, ScimError, TargetUnreachable
 
 app = typer.Typer(
@@ -42,6 +46,8 @@ EXIT_STATE = 5  # the state store cannot be opened or written
 
 # The global options that may also follow the command name (`scimsync sync --log-format json`).
 GLOBAL_VALUE_OPTIONS = ("--config", "-c", "--log-format")
+
+logger = log.get(__name__)
 
 
 class Settings:
@@ -169,25 +175,55 @@ def sync(
         str | None, typer.Option("--user", help="Provision one user (and its groups) now")
     ] = None,
 ) -> None:
-    """One cycle: read, plan, apply.
+    """One cycle: read, plan, apply. SIGTERM or SIGINT finishes the operations in flight.
 
     Example: scimsync --config scimsync.yaml sync --user ann@example.com
 
-    Exit codes: 0 applied, 1 some records failed, 2 config error,
-    3 stopped by the safety threshold (sync --allow-deletions applies it),
-    4 directory or target unreachable, 5 the state store cannot be opened or written.
+    Exit codes: 0 applied, 1 some records failed or not applied (interrupted),
+    2 config error, 3 stopped by the safety threshold (sync --allow-deletions applies it),
+    4 directory or target unreachable, 5 the state store cannot be opened or written
+    (or the channel is held by `run`; then --allow-deletions records an approval, exit 0).
     """
     with user_errors():
         cfg = load_config()
-        with Store.open(cfg.state, cfg.channel) as store, store.lock():
+        with Store.open(cfg.state, cfg.channel) as store, contextlib.ExitStack() as holding:
+            try:
+                holding.enter_context(store.lock())
+            except ChannelLocked:
+                if not allow_deletions:
+                    raise
+                # `run` holds the channel: it applies the approval at its next cycle.
+                report.print_approval(out, store.approve_held())
+                raise typer.Exit(EXIT_OK) from None
             progress = report.progress_for(err, enabled=settings.log_format == "text")
-            cycle = asyncio.run(
-                engine.sync(
-                    cfg, store, only_user=user, allow_deletions=allow_deletions, progress=progress
-                )
-            )
+            with stop_on_signals() as stopping:
+                cycle = asyncio.run(
+                    engine.sync(
+                        cfg, store, only_user=user, allow_deletions=allow_deletions,
+                        progress=progress, should_stop=stopping.is_set,
+                    )
+                )  # fmt: skip
     report.print_cycle(out, cycle)
     raise typer.Exit(cycle.exit_code)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set the event, as under `run`; a second one stops at once."""
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        logger.info("stopping after the operations in flight", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopping
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
@@ -225,6 +261,12 @@ def audit(
         str | None, typer.Option("--since", help="ISO time or a duration such as 2h, 3d")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user: its userName or source id")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="Only this group: its name or source id")
+    ] = None,
 ) -> None:
     """The audit log: every operation with its cycle, result and cause.
 
@@ -236,7 +278,8 @@ def audit(
         start = parse_since(since) if since else None
         cfg = load_config()
         with Store.open(cfg.state, cfg.channel) as store:
-            report.print_audit(out, store.audit_log(since=start, limit=limit))
+            rows = store.audit_log(since=start, limit=limit, user=user, group=group)
+            report.print_audit(out, rows)
 
 
 @app.command()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import signal
 import threading
 import time
 from types import FrameType
 
 from scimsync import engine, log
-from scimsync.config import Config
+from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
@@ -17,12 +19,80 @@ from scimsync.target.errors import ScimError, TargetUnreachable
 
 logger = log.get(__name__)
 
+# Failed cycles are retried after interval, 2 x interval, 4 x ..., up to this (or interval,
+# if longer): an outage at `interval: 1` costs about 60 attempts an hour, not 3,600.
+MAX_RETRY_DELAY = 60.0
+
+
+def retry_delay(interval: float, failures_in_a_row: int) -> float:
+    """Seconds from one cycle's start to the next after that many failed cycles in a row."""
+    if failures_in_a_row <= 0:
+        return interval
+    # The exponent is bounded: past 2**20 the cap applies anyway.
+    backed_off: float = interval * 2 ** min(failures_in_a_row - 1, 20)
+    return min(backed_off, max(interval, MAX_RETRY_DELAY))
+
+
+def listen_error(listen: str, exc: OSError | ValueError) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return (
+            f"metrics_listen {listen}: address already in use "
+            "(another scimsync run? set metrics_listen)"
+        )
+    if isinstance(exc, OSError):
+        return f"metrics_listen {listen}: {exc.strerror or exc}"
+    return f"metrics_listen {listen}: expected host:port"
+
+
+class Outage:
+    """Failed cycles in a row: logged when they start, when their kind changes, and when over.
+
+    The kind is the error's class (directory unreachable, target unreachable, API key
+    refused, store down): the message differs with the step that met the outage.
+    """
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.cause = ""
+        self.cycles = 0
+        self.since = 0.0
+
+    def failed(self, exc: Exception, retry_in: float) -> None:
+        self.cycles += 1
+        kind = type(exc).__name__
+        if kind == self.kind:
+            logger.debug("cycle failed again", error=str(exc), cycles=self.cycles)
+            return
+        if self.kind is None:
+            self.since = time.monotonic()
+        self.kind, self.cause = kind, str(exc)
+        logger.error(
+            "cycle failed",
+            error=self.cause,
+            retry_in=round(retry_in, 3),
+            note="retried with back-off; logged again when it ends or its kind changes",
+        )
+
+    def over(self) -> None:
+        if self.kind is None:
+            return
+        logger.info(
+            "cycles succeed again",
+            failed_cycles=self.cycles,
+            lasted_s=round(time.monotonic() - self.since, 1),
+            error=self.cause,
+        )
+        self.kind, self.cycles = None, 0
+
 
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stopping = threading.Event()
         self.metrics = Metrics()
+        self.outage = Outage()
+        self.on_standby = False
+        self.store_failed = False  # the last cycle failed for the store: take the lock anew
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         logger.info("stopping after the operation in flight", signal=signal.Signals(signum).name)
@@ -31,55 +101,97 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        health = HealthServer(
-            self.metrics, self.config.metrics_listen, stale_after=3 * self.config.interval + 60
-        )
+        listen = self.config.metrics_listen
+        try:
+            health = HealthServer(self.metrics, listen, stale_after=3 * self.config.interval + 60)
+        except (OSError, ValueError) as exc:
+            # A run without its listener would be invisible to its orchestrator: refuse.
+            raise ConfigError(listen_error(listen, exc)) from None
         health.start()
         logger.info(
-            "daemon started",
-            interval=self.config.interval,
-            metrics=f"http://{self.config.metrics_listen}/metrics",
+            "daemon started", interval=self.config.interval, metrics=f"http://{listen}/metrics"
         )
         try:
             with Store.open(self.config.state, self.config.channel) as store:
-                while not self.stopping.is_set():
-                    started = time.monotonic()
-                    self.cycle(store)
-                    elapsed = time.monotonic() - started
-                    # Event.wait returns early on SIGTERM: the daemon stops without waiting out
-                    # the interval.
-                    self.stopping.wait(max(0.0, self.config.interval - elapsed))
+                self.loop(store)
         finally:
             health.stop()
         logger.info("daemon stopped")
         return 0
 
-    def cycle(self, store: Store) -> None:
+    def loop(self, store: Store) -> None:
+        """Hold the channel while active; a standby tries to take it every interval."""
+        with contextlib.ExitStack() as holding:
+            active = False
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                active = active or self.take_channel(store, holding)
+                if active and not self.cycle(store) and self.store_failed:
+                    release(holding)  # the lock may have died with the store's connection
+                    active = False
+                failures = self.outage.cycles
+                # Event.wait returns early on SIGTERM: the daemon stops without waiting out
+                # the interval.
+                delay = retry_delay(self.config.interval, failures) - (time.monotonic() - started)
+                self.stopping.wait(max(0.0, delay))
+
+    def take_channel(self, store: Store, holding: contextlib.ExitStack) -> bool:
+        try:
+            holding.enter_context(store.lock())
+        except ChannelLocked as exc:
+            if not self.on_standby:
+                logger.info("standby: another instance is active for this channel", detail=str(exc))
+            self.on_standby = True
+            self.metrics.last_cycle.record(None, standby=True)
+            return False
+        except StateError as exc:
+            self.metrics.last_cycle.record(str(exc))
+            self.outage.failed(exc, retry_delay(self.config.interval, self.outage.cycles + 1))
+            return False
+        if self.on_standby:
+            logger.info("active: this instance now holds the channel")
+        self.on_standby = False
+        return True
+
+    def cycle(self, store: Store) -> bool:
+        """One cycle under the held channel; False when it failed as a whole."""
         started = time.monotonic()
         exit_code = 4
+        failure: Exception | None = None
         try:
-            with store.lock():
-                report = asyncio.run(
-                    engine.sync(self.config, store, should_stop=self.stopping.is_set)
-                )
+            report = asyncio.run(engine.sync(self.config, store, should_stop=self.stopping.is_set))
             exit_code = report.exit_code
             for action, count in report.outcome.applied.items():
                 self.metrics.operations.labels(action, "ok").inc(count)
-            for failure in report.outcome.failed:
-                self.metrics.operations.labels(failure.op.action.value, "failed").inc()
+            for failed in report.outcome.failed:
+                self.metrics.operations.labels(failed.op.action.value, "failed").inc()
+            self.metrics.held.set(len(report.prepared.verdict.held))
             if exit_code in (0, 1):
                 self.metrics.last_success.set(time.time())
-        except ChannelLocked as exc:
-            logger.info("standby: another instance is active for this channel", detail=str(exc))
-            exit_code = 0
         except (DirectoryError, TargetUnreachable, ScimError, StateError) as exc:
-            logger.error("cycle failed", error=str(exc))
+            failure = exc
+            self.store_failed = isinstance(exc, StateError)
         finally:
             self.metrics.cycles.labels(str(exit_code)).inc()
             self.metrics.cycle_duration.observe(time.monotonic() - started)
+            self.metrics.last_cycle.record(None if failure is None else str(failure))
+        if failure is not None:
+            self.outage.failed(failure, retry_delay(self.config.interval, self.outage.cycles + 1))
+            return False
+        self.outage.over()
+        with contextlib.suppress(StateError):  # the gauges wait for the store's return
             failures = store.failures().values()
             self.metrics.quarantined.set(sum(1 for f in failures if f.quarantined))
             self.metrics.pending.set(sum(1 for f in failures if not f.quarantined))
+        return True
+
+
+def release(holding: contextlib.ExitStack) -> None:
+    """Let go of the channel; a lock whose connection is gone needs no unlocking."""
+    try:
+        holding.close()
+    except StateError as exc:
+        logger.debug("channel lock already gone", detail=str(exc))
 
 
 def run(config: Config) -> int:

@@ -37,9 +37,10 @@ from scimsync.model import (
     TargetRef,
 )
 from scimsync.plan import PlanInput, plan
-from scimsync.state import FailureRecord, Store
+from scimsync.state import Approval, FailureRecord, Store, held_digest
 from scimsync.state.store import MAX_CAUSE
 from scimsync.target import RemoteGroup, Target, open_target
+from scimsync.target.errors import Unauthorized
 
 logger = log.get(__name__)
 
@@ -125,6 +126,7 @@ class CycleReport:
     prepared: Prepared
     outcome: Outcome = field(default_factory=Outcome)
     stopped: bool = False
+    interrupted: bool = False  # stopped on request with operations left unapplied
 
     @property
     def exit_code(self) -> int:
@@ -132,6 +134,8 @@ class CycleReport:
             return 2  # `--user NAME` names nothing: a usage error
         if self.prepared.verdict.blocked:
             return 3
+        if self.interrupted:
+            return 1
         if self.outcome.failed or self.prepared.desired.failures or self.prepared.plan.conflicts:
             return 1
         return 0
@@ -608,30 +612,55 @@ async def sync(
     should_stop: Callable[[], bool] = lambda: False,
     now: Clock = utc_now,
 ) -> CycleReport:
-    """One cycle. Directory and target errors before the first write leave no trace."""
+    """One cycle, recorded as a run: a quiet one is counted into the newest quiet run.
+
+    Directory and target errors before the first write leave no run, except a refused
+    API key, which is recorded as a failed run with an audit event.
+    """
     async with open_target(config.target) as target:
-        prepared = await prepare(
-            config, store, target, only_user=only_user, allow_deletions=allow_deletions, now=now
-        )
+        try:
+            prepared = await prepare(
+                config, store, target, only_user=only_user, allow_deletions=allow_deletions, now=now
+            )
+        except Unauthorized as exc:
+            mode = "user" if only_user else choose_mode(store, config, store.failures(), now())
+            cycle_id, new = store.count_cycle(mode, "failed", str(exc))
+            if new:  # the same refusal cycle after cycle is one event, not one per cycle
+                record_key_refusal(store, cycle_id, config, exc)
+            raise
+        approval = store.approval()
+        approved: tuple[Operation, ...] = ()
+        if approval is not None and prepared.verdict.blocked:
+            prepared, approved = apply_approval(store, prepared, approval)
         view, verdict = prepared.view, prepared.verdict
-        refusals = refusals_to_record(prepared)
-        if (
-            view.mode == "incremental"
-            and not prepared.plan.operations
-            and not verdict.held
-            and not refusals
-        ):
-            # Nothing changed that matters: move the watermark, record no run.
+        refusals = refusals_to_record(prepared)  # new ones: a lasting one is on record
+        if view.mode == "incremental" and not prepared.plan.operations and not refusals:
+            # Nothing changed that matters: move the watermark, count one quiet cycle.
             with store.atomic():
                 clear_settled_failures(store, prepared)
                 record_scope(store, view)
                 if view.watermark is not None:
                     store.set_watermark(WATERMARK, view.watermark)
-            return CycleReport(None, prepared)
+            if prepared.plan.conflicts or prepared.desired.failures:
+                cycle_id, _ = store.count_cycle(view.mode, "partial", "records refused")
+            else:
+                cycle_id, _ = store.count_cycle("quiet", "ok")
+            return CycleReport(cycle_id, prepared)
+        held = [op.to_json() for op in verdict.held]
+        same_hold = bool(held) and held_digest(held) == held_digest(store.staged_deletions())
+        if same_hold and not verdict.allowed.operations and not refusals:
+            # The hold of the cycle before and nothing else: counted into that cycle's run.
+            cycle_id, _ = store.count_cycle(view.mode, "stopped", verdict.reason)
+            warn_held(cycle_id, verdict)
+            return CycleReport(cycle_id, prepared)
         cycle_id = store.begin_run(view.mode)
         report = CycleReport(cycle_id, prepared)
+        if held and not same_hold:
+            audit_held(store, cycle_id, verdict)
         stage_held(store, cycle_id, prepared)
         record_refusals(store, cycle_id, prepared, refusals, config, now())
+        if approval is not None and approved:
+            audit_approval(store, cycle_id, approved, approval)
         executor = Executor(
             target,
             store,
@@ -644,13 +673,32 @@ async def sync(
         )
         try:
             report.outcome = await executor.apply(verdict.allowed)
-        except BaseException:
+        except BaseException as exc:
             # Cut short (target unreachable, key refused, interrupted): never a clean run.
-            store.finish_run(cycle_id, "failed", executor.outcome.applied)
+            store.finish_run(
+                cycle_id, "failed", executor.outcome.applied, str(exc) or type(exc).__name__
+            )
+            if isinstance(exc, Unauthorized):
+                record_key_refusal(store, cycle_id, config, exc)
             raise
         report.stopped = should_stop()
-        result = "stopped" if verdict.blocked else ("partial" if report.outcome.failed else "ok")
-        store.finish_run(cycle_id, result, report.outcome.applied)
+        outcome = report.outcome
+        sent = sum(outcome.applied.values()) + len(outcome.failed)
+        report.interrupted = report.stopped and sent < len(verdict.allowed.operations)
+        if report.interrupted:
+            result = "interrupted"
+        elif verdict.blocked:
+            result = "stopped"
+        else:
+            result = "partial" if report.exit_code == 1 else "ok"
+        cause = verdict.reason  # a stopped run says why
+        if report.interrupted:
+            cause = (
+                f"stopped on request: {len(verdict.allowed.operations) - sent} operations not sent"
+            )
+        store.finish_run(cycle_id, result, outcome.applied, cause)
+        if approval is not None and not verdict.blocked and not report.interrupted:
+            store.clear_approval()  # applied, or no longer matching what is held
         # Held deletions keep the watermark where it was, so the next cycle meets them again;
         # so does the users' place in scope, from which change detection derives departures.
         if not verdict.blocked and not report.stopped:
@@ -661,13 +709,15 @@ async def sync(
                     store.set_watermark(LAST_FULL, now().isoformat())
                     store.set_watermark(SETTINGS, settings_fingerprint(config))
         logger.info(
-            "cycle finished",
+            "cycle interrupted" if report.interrupted else "cycle finished",
             cycle_id=cycle_id,
             mode=view.mode,
-            applied=dict(report.outcome.applied),
-            failed=len(report.outcome.failed),
+            applied=dict(outcome.applied),
+            failed=len(outcome.failed),
             held=len(verdict.held),
         )
+        if verdict.blocked:
+            warn_held(cycle_id, verdict)
         return report
 
 
@@ -726,6 +776,58 @@ def refusals_to_record(prepared: Prepared) -> list[Refusal]:
         if row is None or row.action != event or row.cause != refusal.cause[:MAX_CAUSE]:
             fresh.append((event, refusal))
     return fresh
+
+
+def warn_held(cycle_id: str, verdict: GuardVerdict) -> None:
+    logger.warning(
+        "operations held by the safety threshold",
+        cycle_id=cycle_id,
+        held=len(verdict.held),
+        reason=verdict.reason,
+        approve="scimsync sync --allow-deletions",
+    )
+
+
+def apply_approval(
+    store: Store, prepared: Prepared, approval: Approval
+) -> tuple[Prepared, tuple[Operation, ...]]:
+    """Lift the hold when `sync --allow-deletions` approved exactly the operations held now.
+
+    Returns the cycle as it goes ahead and the operations the approval released.
+    """
+    held = prepared.verdict.held
+    if held_digest(op.to_json() for op in held) != approval.digest:
+        logger.warning(
+            "an approval recorded by `sync --allow-deletions` no longer matches the held "
+            "operations: approve them again",
+            approved=approval.count,
+            held=len(held),
+        )
+        store.clear_approval()
+        return prepared, ()
+    return replace(prepared, verdict=GuardVerdict.allow(prepared.plan)), held
+
+
+def audit_approval(
+    store: Store, cycle_id: str, released: Iterable[Operation], approval: Approval
+) -> None:
+    cause = f"approved by `scimsync sync --allow-deletions` at {approval.at.isoformat()}"
+    with store.atomic():
+        for op in released:
+            store.audit(cycle_id, "approved", op.kind, op.source_id, op.target_id, True, cause,
+                        name=op.name)  # fmt: skip
+
+
+def audit_held(store: Store, cycle_id: str, verdict: GuardVerdict) -> None:
+    """Each held operation, when the held set is new: not again every cycle it stays."""
+    with store.atomic():
+        for op in verdict.held:
+            store.audit(cycle_id, "held", op.kind, op.source_id, op.target_id, False,
+                        verdict.reason, name=op.name)  # fmt: skip
+
+
+def record_key_refusal(store: Store, cycle_id: str, config: Config, exc: Unauthorized) -> None:
+    store.audit(cycle_id, "key_refused", "cycle", "", None, False, str(exc), name=config.target.url)
 
 
 def record_refusals(

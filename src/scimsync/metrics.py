@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -40,6 +41,24 @@ class Metrics:
         self.cycles = Counter(
             "scimsync_cycles", "Cycles run, by exit code", ["exit_code"], registry=self.registry
         )
+        self.held = Gauge(
+            "scimsync_held_operations",
+            "Operations the last cycle held by the safety threshold (sync --allow-deletions)",
+            registry=self.registry,
+        )
+        self.last_cycle = CycleHealth()
+
+
+@dataclass
+class CycleHealth:
+    """What /healthz answers from: the last cycle's result, not the last good one's age."""
+
+    finished_at: float | None = None  # time.time() of the last cycle (or standby check)
+    failure: str | None = None  # why the last cycle failed; None when it did not
+    standby: bool = False  # another instance holds the channel
+
+    def record(self, failure: str | None, *, standby: bool = False) -> None:
+        self.failure, self.standby, self.finished_at = failure, standby, time.time()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -48,7 +67,13 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class HealthServer:
-    """/metrics for Prometheus; /healthz: 200 while the last good cycle is recent enough."""
+    """/metrics for Prometheus; /healthz: 200 while the last cycle did not fail.
+
+    503 from the first failed cycle (source or target unreachable, API key refused, store
+    down) until one succeeds, and when no cycle has finished for `stale_after` seconds (a
+    cycle that hangs). Records that fail and operations held by the safety threshold are
+    not the instance's ill health: they show in `status`, the audit log and the metrics.
+    """
 
     def __init__(self, metrics: Metrics, listen: str, stale_after: float) -> None:
         host, _, port = listen.rpartition(":")
@@ -81,12 +106,15 @@ class HealthServer:
         return int(self.server.server_port)
 
     def health(self) -> tuple[bool, str]:
-        last = self.metrics.last_success._value.get()
-        reference = last or self.started
-        age = time.time() - reference
+        last = self.metrics.last_cycle
+        age = time.time() - (last.finished_at or self.started)
+        if last.failure is not None:
+            return False, f"last cycle failed: {last.failure}\n"
         if age > self.stale_after:
-            return False, f"no successful cycle for {age:.0f} s\n"
-        return True, "ok\n"
+            return False, f"no cycle finished for {age:.0f} s\n"
+        if last.standby:
+            return True, "standby: another instance is active for this channel\n"
+        return True, "ok\n" if last.finished_at else "starting\n"
 
     def start(self) -> None:
         self.thread.start()

@@ -15,7 +15,7 @@ from scimsync.model import Action, Operation
 if TYPE_CHECKING:
     from scimsync.apply import Progress
     from scimsync.engine import CycleReport, DirectoryCheck, Prepared, TargetCheck
-    from scimsync.state import AuditRecord, Store
+    from scimsync.state import Approval, AuditRecord, Store
 
 PLAN_ORDER = (
     "create",
@@ -112,6 +112,12 @@ def print_cycle(console: Console, cycle: CycleReport) -> None:
         console.print(
             f"unmappable  {unmapped.kind} {unmapped.name}: {unmapped.cause}", markup=False
         )
+    if cycle.interrupted:
+        console.print(
+            "interrupted: stopped on request after the operations in flight; the next cycle "
+            "applies the rest",
+            markup=False,
+        )
     verdict = cycle.prepared.verdict
     if verdict.blocked:
         console.print(
@@ -119,6 +125,21 @@ def print_cycle(console: Console, cycle: CycleReport) -> None:
             "held (see `scimsync status`); `scimsync sync --allow-deletions` applies them once",
             markup=False,
         )
+
+
+def print_approval(console: Console, approval: Approval | None) -> None:
+    if approval is None:
+        console.print(
+            "nothing is held by the safety threshold; the active `scimsync run` holds the "
+            "channel and applies everything else itself",
+            markup=False,
+        )
+        return
+    console.print(
+        f"approval recorded: the active `scimsync run` applies the {approval.count} held "
+        "operations at its next cycle (see `scimsync status` and `scimsync audit`)",
+        markup=False,
+    )
 
 
 def print_directory_check(console: Console, check: DirectoryCheck) -> None:
@@ -158,9 +179,15 @@ def print_status(console: Console, store: Store) -> None:
         console.print("no cycles yet")
     for run in runs:
         applied = ", ".join(f"{n} {a}" for a, n in sorted(run.summary.items())) or "no changes"
+        cycles = f"{run.cycles} cycle{'s' if run.cycles != 1 else ''}"
+        if run.mode == "quiet":
+            applied = f"quiet since {_time(run.started_at)} ({cycles})"
+        elif run.cycles > 1:
+            applied += f" ({cycles}, last {_time(run.finished_at)})"
+        cause = f": {run.cause}" if run.cause else ""
         console.print(
-            f"cycle {run.cycle_id[:12]} {run.mode:<11} {run.result or 'running':<8} "
-            f"{_time(run.started_at)}  {applied}",
+            f"cycle {run.cycle_id[:12]} {run.mode:<11} {run.result or 'running':<11} "
+            f"{_time(run.started_at)}  {applied}{cause}",
             markup=False,
         )
     failures = store.failures()
@@ -179,6 +206,13 @@ def print_status(console: Console, store: Store) -> None:
             "(`scimsync sync --allow-deletions` applies them)",
             markup=False,
         )
+        approval = store.approval()
+        if approval is not None:
+            console.print(
+                f"  approved at {_time(approval.at)}: the active `scimsync run` applies them "
+                "at its next cycle",
+                markup=False,
+            )
         for op in staged:
             members = op.get("members")
             count = f" ({len(members)} members)" if isinstance(members, list) else ""

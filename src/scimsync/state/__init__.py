@@ -2,16 +2,19 @@
 
 from scimsync.state.errors import ChannelLocked, StateError
 from scimsync.state.records import (
+    Approval,
     AuditRecord,
     FailureRecord,
     IntentRecord,
     RunRecord,
     backoff,
     fingerprint,
+    held_digest,
 )
 from scimsync.state.store import Store
 
 __all__ = [
+    "Approval",
     "AuditRecord",
     "ChannelLocked",
     "FailureRecord",
@@ -21,4 +24,5 @@ __all__ = [
     "Store",
     "backoff",
     "fingerprint",
+    "held_digest",
 ]

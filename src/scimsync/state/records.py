@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
-from scimsync.fingerprint import canonical_json, fingerprint
+from scimsync.fingerprint import canonical_json, digest, fingerprint
 
 __all__ = [
+    "Approval",
+    "AuditKind",
     "AuditRecord",
     "FailureRecord",
     "IntentRecord",
@@ -16,8 +19,12 @@ __all__ = [
     "backoff",
     "canonical_json",
     "fingerprint",
+    "held_digest",
 ]
 from scimsync.model import Kind
+
+# "cycle": an event of the whole cycle (the API key refused), not of one record.
+AuditKind = Kind | Literal["cycle"]
 
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=24)
@@ -40,6 +47,8 @@ class RunRecord:
     finished_at: datetime | None
     result: str | None  # None while the run is in progress (or crashed)
     summary: Mapping[str, int]
+    cycles: int = 1  # quiet or repeated refused cycles are counted into one row
+    cause: str | None = None  # why a failed or interrupted run ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +56,7 @@ class AuditRecord:
     cycle_id: str
     at: datetime
     event: str
-    kind: Kind
+    kind: AuditKind
     source_id: str
     target_id: str | None
     success: bool
@@ -87,3 +96,21 @@ class FailureRecord:
         if source_fingerprint is not None and source_fingerprint != self.source_fingerprint:
             return True
         return not self.quarantined and now >= self.next_retry_at
+
+
+def held_digest(operations: Iterable[Mapping[str, object]]) -> str:
+    """Which operations are held, as (action, kind, source id): what an approval covers.
+
+    Member lists are left out: they come from sets, whose order differs between processes.
+    """
+    keys = sorted(f"{op['action']} {op['kind']} {op['source_id']}" for op in operations)
+    return digest(canonical_json(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """`sync --allow-deletions` while `run` held the channel: applied at its next cycle."""
+
+    at: datetime
+    digest: str  # held_digest of the operations approved
+    count: int

@@ -37,16 +37,21 @@ from scimsync.state.errors import StateError
 from scimsync.state.locking import postgres_lock, sqlite_lock
 from scimsync.state.migrate import current_revision, head_revision, upgrade
 from scimsync.state.records import (
+    Approval,
+    AuditKind,
     AuditRecord,
     FailureRecord,
     IntentRecord,
     RunRecord,
     backoff,
     canonical_json,
+    held_digest,
 )
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
+
+APPROVAL = "approval"  # the watermark row holding an Approval
 
 WRITE_CHUNK = 1000  # rows per executemany transaction
 READ_CHUNK = 500  # ids per IN (...) query; well below SQLite's bound-parameter limit
@@ -354,7 +359,9 @@ class Store:
             )
         return cycle_id
 
-    def finish_run(self, cycle_id: str, result: str, summary: Mapping[str, int]) -> None:
+    def finish_run(
+        self, cycle_id: str, result: str, summary: Mapping[str, int], cause: str | None = None
+    ) -> None:
         with self._write() as conn:
             conn.execute(
                 sa.update(t.runs)
@@ -363,8 +370,43 @@ class Store:
                     finished_at=self._clock(),
                     result=result,
                     summary_json=canonical_json(dict(summary)),
+                    cause=_clip(cause),
                 )
             )
+
+    def count_cycle(self, mode: str, result: str, cause: str | None = None) -> tuple[str, bool]:
+        """Record a cycle that wrote nothing at the target: (cycle id, whether a row was added).
+
+        When the newest run is the same (mode, result, cause), the cycle is counted into it
+        (finished_at moves, cycles grows) rather than adding a row: a quiet daemon at a
+        5-second interval keeps one row, not 17,000 a day.
+        """
+        c = t.runs.c
+        now = self._clock()
+        cause = _clip(cause)
+        newest = (
+            sa.select(c.cycle_id, c.mode, c.result, c.cause)
+            .where(c.channel_id == self._channel_id)
+            .order_by(c.started_at.desc(), c.cycle_id)
+            .limit(1)
+        )
+        with self._write() as conn:
+            row = conn.execute(newest).first()
+            if row is not None and (row.mode, row.result, row.cause) == (mode, result, cause):
+                conn.execute(
+                    sa.update(t.runs)
+                    .where(c.channel_id == self._channel_id, c.cycle_id == row.cycle_id)
+                    .values(finished_at=now, cycles=c.cycles + 1)
+                )
+                return str(row.cycle_id), False
+            cycle_id = uuid.uuid4().hex
+            conn.execute(
+                sa.insert(t.runs).values(
+                    cycle_id=cycle_id, channel_id=self._channel_id, mode=mode, started_at=now,
+                    finished_at=now, result=result, summary_json="{}", cycles=1, cause=cause,
+                )
+            )  # fmt: skip
+            return cycle_id, True
 
     def runs(self, limit: int = 10) -> list[RunRecord]:
         """The newest runs first."""
@@ -383,6 +425,8 @@ class Store:
                     finished_at=row.finished_at,
                     result=row.result,
                     summary=json.loads(row.summary_json) if row.summary_json else {},
+                    cycles=row.cycles,
+                    cause=row.cause,
                 )
                 for row in conn.execute(query)
             ]
@@ -391,7 +435,7 @@ class Store:
         self,
         cycle_id: str,
         event: str,
-        kind: Kind,
+        kind: AuditKind,
         source_id: str,
         target_id: str | None,
         success: bool,
@@ -429,14 +473,29 @@ class Store:
         since: datetime | None = None,
         limit: int | None = None,
         cycle_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> list[AuditRecord]:
-        """Entries at or after `since`, oldest first; with `limit`, the newest `limit` of them."""
+        """Entries at or after `since`, oldest first; with `limit`, the newest `limit` of them.
+
+        `user` / `group`: only the entries of users / groups with that recorded name (in any
+        case) or source id; both given, the entries of either.
+        """
         c = t.audit.c
         query = sa.select(t.audit).where(c.channel_id == self._channel_id)
         if since is not None:
             query = query.where(c.at >= _aware(since))
         if cycle_id is not None:
             query = query.where(c.cycle_id == cycle_id)
+        subjects = [
+            sa.and_(
+                c.kind == kind, sa.or_(sa.func.lower(c.name) == name.lower(), c.source_id == name)
+            )
+            for kind, name in (("user", user), ("group", group))
+            if name is not None
+        ]
+        if subjects:
+            query = query.where(sa.or_(*subjects))
         query = query.order_by(c.at.desc(), c.id.desc())
         if limit is not None:
             query = query.limit(limit)
@@ -447,7 +506,7 @@ class Store:
                 cycle_id=row.cycle_id,
                 at=row.at,
                 event=row.event,
-                kind=cast(Kind, row.kind),
+                kind=cast(AuditKind, row.kind),
                 source_id=row.source_id,
                 target_id=row.target_id,
                 success=row.success,
@@ -465,6 +524,32 @@ class Store:
                 sa.delete(t.audit).where(c.channel_id == self._channel_id, c.at < _aware(before))
             )
             return result.rowcount
+
+    # -- approvals of held operations ----------------------------------------
+
+    def approve_held(self) -> Approval | None:
+        """Approve the operations staged now, for the active instance's next cycle."""
+        staged = self.staged_deletions()
+        if not staged:
+            return None
+        approval = Approval(self._clock(), held_digest(staged), len(staged))
+        value = {"at": approval.at.isoformat(), "digest": approval.digest, "count": approval.count}
+        self.set_watermark(APPROVAL, canonical_json(value))
+        return approval
+
+    def approval(self) -> Approval | None:
+        text = self.watermark(APPROVAL)
+        if text is None:
+            return None
+        value = json.loads(text)
+        return Approval(datetime.fromisoformat(value["at"]), value["digest"], value["count"])
+
+    def clear_approval(self) -> None:
+        c = t.watermarks.c
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.watermarks).where(c.channel_id == self._channel_id, c.key == APPROVAL)
+            )
 
     # -- crash safety --------------------------------------------------------
 

@@ -89,6 +89,9 @@ runs = sa.Table(
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("result", sa.String(32), nullable=True),
     sa.Column("summary_json", sa.Text, nullable=True),
+    # How many cycles this row stands for: quiet or repeated refused cycles update it.
+    sa.Column("cycles", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("cause", sa.Text, nullable=True),  # why a failed or interrupted run ended
     sa.Index("ix_runs_channel_started", "channel_id", "started_at"),
 )
 
