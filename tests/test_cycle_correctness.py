@@ -402,3 +402,25 @@ def test_user_name_changes_update_renames_the_account_where_the_target_accepts(
         [failure] = report.outcome.failed
         assert "mutability" in failure.cause
         assert set(channel.users()) == {"ben@example.com"}
+
+
+def test_leaving_scope_directly_and_through_a_nested_scope_group_in_one_cycle(
+    channel: Channel,
+) -> None:
+    """slapd's memberof and refint edit the users too: both departures must be seen."""
+    tree = channel.tree
+    anna, ben, cleo = (tree.add_user(n) for n in ("anna", "ben", "cleo"))
+    inner = tree.add_group("contractors", [ben, cleo])
+    scope = tree.add_group("atlassian-users", [anna, inner])
+    tree.add_group("jira-developers", [anna, ben, cleo])
+    channel.source["users"] = {"group_dn": scope, "nested": True}
+    channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
+    channel.sync()
+    tree.remove_members(scope, [anna])  # directly
+    tree.remove_members(inner, [ben])  # through the nested group
+    report = channel.sync()
+    assert mode(report) == "incremental"
+    assert report.prepared.plan.summary() == {"disable": 2, "remove_members": 1}
+    assert not active(channel, "anna@example.com")
+    assert not active(channel, "ben@example.com")
+    assert channel.member_names("jira-developers") == {"cleo@example.com"}

@@ -613,6 +613,11 @@ class Store:
                 )
             )
 
+    def forget_intents(self) -> None:
+        """Drop every open intent once what they stood for has been recovered."""
+        with self._write() as conn:
+            conn.execute(sa.delete(t.intents).where(t.intents.c.channel_id == self._channel_id))
+
     def open_intents(self) -> list[IntentRecord]:
         """Operations whose outcome was never recorded: the process died mid-call."""
         query = (
@@ -758,6 +763,13 @@ class Store:
         row = {"channel_id": self._channel_id, "key": key, "value": value}
         with self._write() as conn:
             conn.execute(self._upsert(t.watermarks, ["channel_id", "key"]), row)
+
+    def clear_watermark(self, key: str) -> None:
+        c = t.watermarks.c
+        with self._write() as conn:
+            conn.execute(
+                sa.delete(t.watermarks).where(c.channel_id == self._channel_id, c.key == key)
+            )
 
     def clear_watermarks(self) -> None:
         with self._write() as conn:
