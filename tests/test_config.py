@@ -320,6 +320,17 @@ def test_a_section_that_is_not_a_mapping_says_what_it_needs(tmp_path: Path) -> N
     assert "more)" not in message
 
 
+def test_many_mistakes_name_a_few_keys_after_the_first(tmp_path: Path) -> None:
+    flags = {f"options__{key}": "maybe" for key in ("create_users", "update_users", "groups")}
+    data = with_(interval="soon", channel="", state="mysql://x", metrics_listen="x", **flags)
+    message = error_of(tmp_path, data)
+    assert message.endswith(
+        ": state: expected a sqlite:/// or postgresql+psycopg:// URL, got 'mysql://x' (also wrong: "
+        "channel, interval, metrics_listen, options.create_users, options.update_users "
+        "and 1 more)"
+    )
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("source__users__filter", "${USERS_FILTER"), ("target__token", "abc${TOKEN")],

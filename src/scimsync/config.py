@@ -691,6 +691,9 @@ def _describe(error: Any) -> str:
     return f"{_dotted(loc)}: {message}"
 
 
+_OTHERS_NAMED = 5  # keys named after the first error, so that the line stays readable
+
+
 def parse(raw: Any, origin: str, env: dict[str, str] | None = None) -> Config:
     """Validate parsed YAML; every failure is a ConfigError of one line naming origin and key."""
     if not isinstance(raw, dict):
@@ -705,7 +708,10 @@ def parse(raw: Any, origin: str, env: dict[str, str] | None = None) -> Config:
         first = _describe(errors[0])
         # The rest by key only, so that the line stays one line and hides nothing.
         others = list(dict.fromkeys(_dotted(_error_path(e)) for e in errors[1:]))
-        more = f" (also wrong: {', '.join(others)})" if others else ""
+        named = ", ".join(others[:_OTHERS_NAMED])
+        if len(others) > _OTHERS_NAMED:
+            named += f" and {len(others) - _OTHERS_NAMED} more"
+        more = f" (also wrong: {named})" if others else ""
         raise ConfigError(f"{origin}: {first}{more}") from None
 
 
