@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ldap
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -187,3 +188,289 @@ def test_arbitrary_bytes_as_a_file(tmp_path_factory: pytest.TempPathFactory, blo
         config.load(path, env={})
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+# --- a key written twice ---------------------------------------------------------------
+
+TWICE_TEMPLATE = """\
+source:
+  url: ldap://127.0.0.1:389
+  base_dn: dc=example,dc=com
+  users:
+    filter: (objectClass=inetOrgPerson)
+target:
+  url: http://127.0.0.1:8080/scim
+  token: ${{TOKEN}}
+{extra}"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "options:\n  max_deletions: 5\noptions:\n  groups: false\n",
+            "options: key written twice, at line 9 and line 11",
+        ),
+        (
+            "options:\n  max_deletions: 5\n  create_users: true\n  max_deletions: 500\n",
+            "options.max_deletions: key written twice, at line 10 and line 12",
+        ),
+        (
+            "mapping: {title: title, title: department}\n",
+            "mapping.title: key written twice, at line 9, columns 11 and 25",
+        ),
+        ("source:\n  url: ldap://other\n", "source: key written twice, at line 1 and line 9"),
+    ],
+)
+def test_a_key_written_twice_names_both_lines(tmp_path: Path, extra: str, expected: str) -> None:
+    assert error_of(tmp_path, TWICE_TEMPLATE.format(extra=extra)).endswith(": " + expected)
+
+
+def test_a_merged_key_may_be_overridden(tmp_path: Path) -> None:
+    """`<<: *anchor` then the same key: YAML's way of overriding, not a mistake."""
+    text = TWICE_TEMPLATE.format(extra="").replace(
+        "  users:\n    filter: (objectClass=inetOrgPerson)\n",
+        "  users: &scope\n    filter: (objectClass=inetOrgPerson)\n"
+        "  groups:\n    <<: *scope\n    filter: (objectClass=groupOfNames)\n",
+    )
+    loaded = config.load(write(tmp_path, text), env={"TOKEN": "t"})
+    assert loaded.source.groups is not None
+    assert loaded.source.groups.filter == "(objectClass=groupOfNames)"
+
+
+# --- metrics_listen --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:9464", "0.0.0.0:0", "[::1]:9464", "localhost:65535", "metrics.lan:80"]
+)
+def test_metrics_listen_accepts_host_and_port(tmp_path: Path, listen: str) -> None:
+    loaded = config.load(write(tmp_path, with_(metrics_listen=listen)), env={"TOKEN": "t"})
+    assert loaded.metrics_listen == listen
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("nonsense", "expected host:port such as 127.0.0.1:9464"),
+        ("127.0.0.1:65536", "expected host:port"),
+        ("127.0.0.1:http", "expected host:port"),
+        (9464, "expected host:port"),
+        ("::1:9464", "an IPv6 address goes in brackets"),
+        ("[::g]:9464", "'::g' is not an IPv6 address"),
+        ("256.1.1.1:9464", "'256.1.1.1' is not a host name or address"),
+        ("my_host:9464", "'my_host' is not a host name or address"),
+    ],
+)
+def test_metrics_listen_mistakes_name_the_key(tmp_path: Path, listen: Any, expected: str) -> None:
+    message = error_of(tmp_path, with_(metrics_listen=listen))
+    assert f": metrics_listen: {expected}" in message
+
+
+# --- messages that name the key and what was expected ----------------------------------
+
+
+@pytest.mark.parametrize(("written", "count"), [("50", 50), (" 7 ", 7), ("${LIMIT}", 50)])
+def test_max_deletions_as_a_string_is_a_count(tmp_path: Path, written: str, count: int) -> None:
+    path = write(tmp_path, with_(options__max_deletions=written))
+    loaded = config.load(path, env={"TOKEN": "t", "LIMIT": "50"})
+    assert loaded.options.max_deletions == count
+    assert loaded.options.deletion_limit(1000) == count
+
+
+@pytest.mark.parametrize("written", ["-1", -1, True, 2.5, "fifty", [5]])
+def test_max_deletions_refusals_say_what_was_expected(tmp_path: Path, written: Any) -> None:
+    message = error_of(tmp_path, with_(options__max_deletions=written))
+    assert ": options.max_deletions: expected a count >= 0 or a percentage such as '5%'" in message
+
+
+NOT_A_RULE = "expected an LDAP attribute, a {{ template }} or a mapping of rule options"
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ({"source": "t", "case": "title"}, ".case: expected lower or upper, got 'title'"),
+        ({"sorce": "title"}, ".sorce: unknown key"),
+        ({"source": "t", "template": "{{ x }}"}, ": expected source or template, not both"),
+        ({"source": "t", "trim": "maybe"}, ".trim: expected true or false, got 'maybe'"),
+        (5, f": {NOT_A_RULE}, got 5"),
+        (None, f": {NOT_A_RULE}, got an empty value"),
+    ],
+)
+def test_long_form_rule_mistakes_name_the_option(tmp_path: Path, rule: Any, expected: str) -> None:
+    message = error_of(tmp_path, with_(mapping={"title": rule}))
+    assert message.endswith(": mapping.title" + expected)
+
+
+def test_long_form_rule_still_loads(tmp_path: Path) -> None:
+    data = with_(mapping={"title": {"source": "title", "case": "upper", "default": "Staff"}})
+    rule = config.load(write(tmp_path, data), env={"TOKEN": "t"}).rules["title"]
+    assert (rule.source, rule.case, rule.default) == ("title", "upper", "Staff")
+
+
+def test_a_section_that_is_not_a_mapping_says_what_it_needs(tmp_path: Path) -> None:
+    message = error_of(tmp_path, with_(source__users=True))
+    assert message.endswith(
+        ": source.users: expected a mapping with group_dn and/or filter, got True"
+    )
+    message = error_of(tmp_path, with_(source__users=True, source__groups=True))
+    assert "source.users: expected a mapping with group_dn and/or filter, got True" in message
+    assert message.endswith("(also wrong: source.groups)")
+    assert "more)" not in message
+
+
+def test_many_mistakes_name_a_few_keys_after_the_first(tmp_path: Path) -> None:
+    flags = {f"options__{key}": "maybe" for key in ("create_users", "update_users", "groups")}
+    data = with_(interval="soon", channel="", state="mysql://x", metrics_listen="x", **flags)
+    message = error_of(tmp_path, data)
+    assert message.endswith(
+        ": state: expected a sqlite:/// or postgresql+psycopg:// URL, got 'mysql://x' (also wrong: "
+        "channel, interval, metrics_listen, options.create_users, options.update_users "
+        "and 1 more)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("source__users__filter", "${USERS_FILTER"), ("target__token", "abc${TOKEN")],
+)
+def test_an_unclosed_variable_names_the_key(tmp_path: Path, key: str, value: str) -> None:
+    message = error_of(tmp_path, with_(**{key: value}))
+    dotted = key.replace("__", ".")
+    assert f": {dotted}: '${{' without a closing '}}'; expected ${{NAME}}" in message
+
+
+def test_dollar_dollar_brace_is_a_literal_even_unclosed(tmp_path: Path) -> None:
+    data = with_(mapping={"displayName": "$${half"})
+    loaded = config.load(write(tmp_path, data), env={"TOKEN": "x"})
+    assert loaded.rules["displayName"].source == "${half"
+
+
+# --- directory-side values: filters and DNs --------------------------------------------
+
+GOOD_FILTERS = [
+    "(objectClass=inetOrgPerson)",
+    "objectClass=person",
+    " (&(objectClass=person)(!(uid=svc-*))) ",
+    "(& (objectClass=person)\t(mail=*))",
+    "(userAccountControl:1.2.840.113556.1.4.803:=2)",
+    "(cn:dn:caseExactMatch:=Ann)",
+    "(cn=Ann \\28temp\\29)",
+    "(cn=J*n*s)",
+    "(cn=\\*)",
+    "(|)",
+    "(memberOf=cn=staff,ou=groups,dc=example,dc=com)",
+    "(cn;lang-fr=Équipe)",
+]
+
+BAD_FILTERS = [
+    ("(&(objectClass=person)", "the '(' at character 1 is never closed"),
+    ("(objectClass=person))", "unexpected ')' after the filter"),
+    ("(objectClass=person)(uid=a)", "unexpected '(uid=a)' after the filter"),
+    ("((objectClass=person))", "needs &, | or ! before it"),
+    ("(!(uid=a)(uid=b))", "'!' takes exactly one filter"),
+    ("(objectClass =person)", "'objectClass ' is not an attribute name"),
+    ("(cn=a(b))", "'(' in a value must be written \\28"),
+    ("(cn=\\zz)", "must be followed by two hex digits"),
+    ("(cn=a**b)", "two '*' in a row"),
+    ("(uid>=a*)", "'*' (presence, substrings) goes with '=' only"),
+    ("(&(objectClass)(uid=a))", "expected attribute=value, got 'objectClass'"),
+    ("", "expected an LDAP filter such as (objectClass=person), got ''"),
+]
+
+
+@pytest.mark.parametrize("section", ["users", "groups"])
+@pytest.mark.parametrize("written", GOOD_FILTERS)
+def test_valid_filters_load(tmp_path: Path, section: str, written: str) -> None:
+    data = with_(**{f"source__{section}": {"filter": written}})
+    assert config.load(write(tmp_path, data), env={"TOKEN": "t"}).source.users is not None
+
+
+@pytest.mark.parametrize("section", ["users", "groups"])
+@pytest.mark.parametrize(("written", "reason"), BAD_FILTERS)
+def test_filter_syntax_errors_name_the_key(
+    tmp_path: Path, section: str, written: str, reason: str
+) -> None:
+    message = error_of(tmp_path, with_(**{f"source__{section}": {"filter": written}}))
+    assert f": source.{section}.filter: " in message
+    assert reason in message
+
+
+def libldap_accepts(filterstr: str) -> bool:
+    """libldap's own verdict: it encodes the filter before it connects, so an unusable
+    ldapi:// socket answers FILTER_ERROR for a bad filter and SERVER_DOWN for a good one."""
+    connection = ldap.initialize("ldapi://%2Fnonexistent%2Fscimsync-filter-oracle")
+    try:
+        connection.search_ext("dc=example", ldap.SCOPE_BASE, filterstr)
+    except ldap.FILTER_ERROR:
+        return False
+    except ldap.SERVER_DOWN:
+        return True
+    raise AssertionError("the oracle's search was sent somewhere")
+
+
+def accepts(filterstr: str) -> bool:
+    try:
+        config.check_ldap_filter(filterstr)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("written", [*GOOD_FILTERS, *(bad for bad, _ in BAD_FILTERS if bad)])
+def test_the_filter_checker_agrees_with_libldap_on_the_examples(written: str) -> None:
+    wrapped = written.strip() if written.strip().startswith("(") else f"({written.strip()})"
+    assert accepts(written) == libldap_accepts(wrapped)
+
+
+filter_text = st.text(alphabet="()&|!=~<>*:;\\ \t.-aB1Fdn", max_size=24)
+filter_parts = st.recursive(
+    st.builds(
+        lambda attr, op, value: f"({attr}{op}{value})",
+        st.sampled_from(["cn", "uid", "1.2.3", "cn;x", "a b", "", "2.", "cn:dn", ":1.2", "x:dn:y"]),
+        st.sampled_from(["=", "~=", ">=", "<=", ":=", "=*", "", "=="]),
+        st.text(alphabet="ab*\\2f()= ", max_size=6),
+    ),
+    lambda inner: st.builds(
+        lambda op, items, space: f"({op}{space}{''.join(items)})",
+        st.sampled_from(["&", "|", "!", ""]),
+        st.lists(inner, max_size=3),
+        st.sampled_from(["", " ", "\t"]),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(filter_text, filter_parts))
+def test_the_filter_checker_agrees_with_libldap(written: str) -> None:
+    wrapped = written.strip() if written.strip().startswith("(") else f"({written.strip()})"
+    assert accepts(written) == libldap_accepts(wrapped), wrapped
+
+
+@pytest.mark.parametrize(
+    "dn", ["dc=example,dc=com", "CN=Users,DC=corp,DC=example", "ou=Équipe,dc=x", "cn=a\\,b,dc=x"]
+)
+def test_valid_dns_load(tmp_path: Path, dn: str) -> None:
+    data = with_(source__base_dn=dn, source__users={"group_dn": dn})
+    loaded = config.load(write(tmp_path, data), env={"TOKEN": "t"})
+    assert loaded.source.base_dn == dn
+    assert loaded.source.users.group_dn == dn
+
+
+@pytest.mark.parametrize(
+    ("key", "dn"),
+    [
+        ("source__base_dn", "example.com"),
+        ("source__base_dn", ""),
+        ("source__base_dn", "dc=example,,dc=com"),
+        ("source__users__group_dn", "atlassian-users"),
+        ("source__groups__group_dn", "cn=a,dc=x,"),
+    ],
+)
+def test_a_value_that_is_not_a_dn_names_the_key(tmp_path: Path, key: str, dn: str) -> None:
+    message = error_of(tmp_path, with_(**{key: dn}))
+    assert f": {key.replace('__', '.')}: expected a DN such as dc=example,dc=com, got {dn!r}" in (
+        message
+    )

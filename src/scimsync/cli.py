@@ -133,7 +133,10 @@ def check() -> None:
     with user_errors():
         cfg = load_config()
         out.print(f"config      {config_module.locate(settings.config_path)}: ok")
-        summary = engine.check_directory(cfg)
+        try:
+            summary = engine.check_directory(cfg)
+        except ConfigError as exc:  # a key the server disproved: name the file too
+            raise ConfigError(f"{config_module.locate(settings.config_path)}: {exc}") from None
         report.print_directory_check(out, summary)
         target = asyncio.run(engine.check_target(cfg))
         report.print_target_check(out, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -11,12 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
+import ldap.dn
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -44,10 +48,187 @@ class Flavour(StrEnum):
     GENERIC = "generic"
 
 
+# --- values checked when the file is read, not when the directory is --------------------
+
+_SPACE = " \t\n"  # what libldap skips between the parts of a filter
+_ATTRIBUTE = re.compile(r"(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)(?:;[A-Za-z0-9-]+)*")
+_MATCHING_RULE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def check_ldap_filter(text: str) -> None:
+    """Raise ValueError saying what is wrong where libldap would refuse the filter.
+
+    RFC 4515, with the leniencies of libldap (which encodes every filter scimsync sends):
+    spaces before the parts of a filter, RFC 1960 escapes such as \\*, and (&) and (|).
+    A filter without its outer parentheses is accepted, as the reader adds them.
+    """
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    stripped = text.strip()
+    wrapped = stripped if stripped.startswith("(") else f"({stripped})"
+    end = _filter_at(wrapped, 0)
+    if end != len(wrapped):
+        raise ValueError(f"unexpected {wrapped[end:]!r} after the filter {wrapped[:end]!r}")
+
+
+def _filter_at(text: str, start: int) -> int:
+    """Check the filter opening at text[start]; return the index after its ')'."""
+    close = _closing_paren(text, start + 1)
+    if close is None:
+        raise ValueError(f"the '(' at character {start + 1} is never closed")
+    inner = start + 1
+    while inner < close and text[inner] in _SPACE:
+        inner += 1
+    head = text[inner] if inner < close else ""
+    if head in ("&", "|", "!"):
+        _filter_list(text, inner + 1, close, head)
+    elif head == "(":
+        raise ValueError(f"'(' at character {inner + 1} needs &, | or ! before it")
+    else:
+        _item(text[inner:close])
+    return close + 1
+
+
+def _closing_paren(text: str, position: int) -> int | None:
+    depth, escaped = 1, False
+    for index in range(position, len(text)):
+        char = text[index]
+        if not escaped:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                return index
+        escaped = char == "\\" and not escaped
+    return None
+
+
+def _filter_list(text: str, position: int, close: int, operator: str) -> None:
+    while True:
+        while position < close and text[position] in _SPACE:
+            position += 1
+        if position >= close:
+            break
+        if text[position] != "(":
+            raise ValueError(f"expected '(' after {operator!r}, got {text[position:close]!r}")
+        position = _filter_at(text, position)
+        if operator == "!":
+            if position != close:
+                raise ValueError("'!' takes exactly one filter")
+            return
+    if operator == "!":
+        raise ValueError("'!' takes exactly one filter")
+
+
+def _item(item: str) -> None:
+    """attr=value, attr~=, >=, <= value, attr=*, substrings, and extensible matches."""
+    before, equals, value = item.partition("=")
+    if not equals:
+        raise ValueError(f"expected attribute=value, got {item!r}")
+    operator = before[-1:]
+    if operator in ("<", ">", "~"):
+        _attribute(before[:-1], item)
+        _single_value(value, item)
+    elif operator == ":":
+        _extensible(before[:-1], item)
+        _single_value(value, item)
+    else:
+        _attribute(before, item)
+        pieces = _value_pieces(value, item)
+        if value != "*" and any(not piece for piece in pieces[1:-1]):
+            raise ValueError(f"two '*' in a row in {item!r}")
+
+
+def _attribute(name: str, item: str) -> None:
+    if not _ATTRIBUTE.fullmatch(name):
+        raise ValueError(f"{name!r} is not an attribute name, in {item!r}")
+
+
+def _extensible(left: str, item: str) -> None:
+    """type [:dn] [:rule] := value, or [:dn] :rule := value (RFC 4515 section 3)."""
+    name, colon, rest = left.partition(":")
+    rule = ""
+    if colon:
+        flag, second_colon, rule = rest.partition(":")
+        if second_colon and flag.lower() != "dn":
+            raise ValueError(f"expected :dn before the matching rule, in {item!r}")
+        if not second_colon and flag.lower() == "dn":
+            _attribute(name, item)  # ':dn:=' must follow an attribute
+        elif not second_colon:
+            rule = flag
+    if not name and not rule:
+        raise ValueError(f"expected an attribute or a matching rule before ':=', in {item!r}")
+    if name:
+        _attribute(name, item)
+    if rule and not _MATCHING_RULE.fullmatch(rule):
+        raise ValueError(f"{rule!r} is not a matching rule, in {item!r}")
+
+
+def _single_value(value: str, item: str) -> None:
+    if len(_value_pieces(value, item)) > 1:
+        raise ValueError(f"'*' (presence, substrings) goes with '=' only, in {item!r}")
+
+
+def _value_pieces(value: str, item: str) -> list[str]:
+    """The value split at unescaped '*'; refuses unescaped parentheses and bad escapes."""
+    pieces, current, index = [], "", 0
+    while index < len(value):
+        char = value[index]
+        if char in "()":
+            raise ValueError(f"{char!r} in a value must be written \\{ord(char):02x}, in {item!r}")
+        if char == "*":
+            pieces.append(current)
+            current, index = "", index + 1
+            continue
+        if char == "\\":
+            pair = value[index + 1 : index + 3]
+            if len(pair) == 2 and set(pair) <= _HEX:
+                width = 3
+            elif pair[:1] and pair[0] in "*()\\":
+                width = 2
+            else:
+                raise ValueError(
+                    f"'\\' must be followed by two hex digits (\\2a is '*'), in {item!r}"
+                )
+            current += value[index : index + width]
+            index += width
+            continue
+        current += char
+        index += 1
+    pieces.append(current)
+    return pieces
+
+
+def _check_filter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("expected an LDAP filter such as (objectClass=person), got ''")
+    try:
+        check_ldap_filter(value)
+    except ValueError as exc:
+        raise ValueError(f"not an LDAP filter (RFC 4515): {exc}") from None
+    return value
+
+
+def _check_dn(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        valid = bool(value.strip()) and ldap.dn.str2dn(value) is not None
+    except (ldap.LDAPError, ValueError):  # DECODING_ERROR; NUL or unencodable characters
+        valid = False
+    if not valid:
+        raise ValueError(f"expected a DN such as dc=example,dc=com, got {value!r}")
+    return value
+
+
 class UserScope(Strict):
     group_dn: str | None = None
     filter: str | None = None
     nested: bool = False
+
+    _dn = field_validator("group_dn")(classmethod(lambda cls, v: _check_dn(v)))
+    _filter = field_validator("filter")(classmethod(lambda cls, v: _check_filter(v)))
 
     @model_validator(mode="after")
     def _needs_one(self) -> Self:
@@ -114,6 +295,7 @@ class SourceConfig(Strict):
     account_status: AccountStatus | None = None
 
     _check_url = field_validator("url")(classmethod(lambda cls, v: _check_ldap_url(v)))
+    _check_base = field_validator("base_dn")(classmethod(lambda cls, v: _check_dn(v)))
 
     @model_validator(mode="after")
     def _resolve(self) -> Self:
@@ -208,16 +390,17 @@ class Options(Strict):
     user_name_changes: Literal["conflict", "update"] = "conflict"
     match_groups_by: Literal["displayName"] = "displayName"  # Atlassian filters groups by it only
 
-    @field_validator("max_deletions")
+    @field_validator("max_deletions", mode="before")
     @classmethod
-    def _count_or_percent(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError("expected a count >= 0 or a percentage such as '5%'")
+    def _count_or_percent(cls, value: object) -> int | str:
+        # "50" is a count, as `interval: "60"` is a number: ${VAR} always yields a string.
+        if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        if not _PERCENT.match(value):
-            raise ValueError(f"expected a count or a percentage such as '5%', got {value!r}")
-        return value.strip()
+        if isinstance(value, str) and _PERCENT.match(value):
+            return value.strip()
+        raise ValueError(f"expected a count >= 0 or a percentage such as '5%', got {value!r}")
 
     def deletion_limit(self, linked_users: int) -> int:
         """The most deprovisioning operations one cycle may apply unasked."""
@@ -249,6 +432,7 @@ class MappingRule(Strict):
 
     @classmethod
     def parse(cls, value: str | MappingRule) -> MappingRule:
+        """A rule from its short form (attribute name or template) or its long form."""
         if isinstance(value, MappingRule):
             return value
         if "{{" in value or "{%" in value:
@@ -296,6 +480,59 @@ DEFAULT_MAPPING: dict[Flavour, dict[str, str]] = {
 DEFAULT_MAPPING[Flavour.GENERIC] = DEFAULT_MAPPING[Flavour.OPENLDAP]
 
 
+def _rule_form(value: object) -> str | None:
+    """Which form a mapping value is written in: a mapping is the long form, judged by
+    MappingRule alone, so its errors name the option at fault."""
+    if isinstance(value, dict | MappingRule):
+        return "MappingRule"
+    return "str" if isinstance(value, str) else None
+
+
+MappingValue = Annotated[
+    Annotated[str, Tag("str")] | Annotated[MappingRule, Tag("MappingRule")],
+    Discriminator(
+        _rule_form,
+        custom_error_type="mapping_value",
+        custom_error_message=(
+            "expected an LDAP attribute, a {{ template }} or a mapping of rule options"
+        ),
+    ),
+]
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:  # all digits and dots (999.1.1.1) is a bad address, not a name
+        return not re.fullmatch(r"[\d.]+", host) and bool(_HOSTNAME.fullmatch(host))
+    return True
+
+
+def _check_listen(value: object) -> str:
+    """host:port, IPv6 in brackets, port 0-65535 (0: any free port)."""
+    expected = "expected host:port such as 127.0.0.1:9464 ([::1]:9464 for IPv6)"
+    if not isinstance(value, str):
+        raise ValueError(f"{expected}, got {value!r}")
+    host, colon, port = value.strip().rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{expected}, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{host[1:-1]!r} is not an IPv6 address, in {value!r}") from None
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets, such as [::1]:9464, got {value!r}")
+    elif host and not _is_host(host):
+        raise ValueError(f"{host!r} is not a host name or address, in {value!r}")
+    return value.strip()
+
+
 class Config(Strict):
     state: str = "sqlite:///scimsync.db"
     channel: Annotated[str, Field(min_length=1, max_length=64)] = "default"
@@ -305,7 +542,11 @@ class Config(Strict):
     source: SourceConfig
     target: TargetConfig
     options: Options = Options()
-    mapping: dict[str, str | MappingRule] | None = None
+    mapping: dict[str, MappingValue] | None = None
+
+    _listen = field_validator("metrics_listen", mode="before")(
+        classmethod(lambda cls, v: _check_listen(v))
+    )
 
     @field_validator("state")
     @classmethod
@@ -337,6 +578,8 @@ class Config(Strict):
 # --- loading --------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$(\$)?\{([^}]*)\}")
+# $${ is a literal ${ (closed or not); ${NAME} is a variable; a ${ left over is unclosed.
+_DOLLAR_BRACE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 
 
 def _interpolate(node: Any, path: tuple[str | int, ...], env: dict[str, str]) -> Any:
@@ -348,22 +591,28 @@ def _interpolate(node: Any, path: tuple[str | int, ...], env: dict[str, str]) ->
         return node
 
     def substitute(match: re.Match[str]) -> str:
-        if match.group(1):  # $${X} is a literal ${X}
-            return "${" + match.group(2) + "}"
-        name = match.group(2)
+        if match.group(0) == "$${":
+            return "${"
+        name = match.group(1)
+        if name is None:
+            raise ConfigError(
+                f"{_dotted(path)}: '${{' without a closing '}}'; "
+                "expected ${NAME} (or $${ for a literal ${)"
+            )
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ConfigError(f"{_dotted(path)}: ${{{name}}} is not a valid variable name")
         if name not in env:
             raise ConfigError(f"{_dotted(path)}: environment variable {name} is not set")
         return env[name]
 
-    return _VAR.sub(substitute, node)
+    return _DOLLAR_BRACE.sub(substitute, node)
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        text = str(part) if str(part).isprintable() else repr(part)  # a key with a newline
+        out += f"[{part}]" if isinstance(part, int) else (f".{text}" if out else text)
     return out or "(top level)"
 
 
@@ -374,23 +623,75 @@ _INPUT_WORDS = {
     "extra_forbidden": "unknown key",
 }
 
+# What a section must look like, for "got True" where a mapping was expected.
+_SECTION_SHAPES = {
+    "SourceConfig": "a mapping with url, base_dn and users",
+    "TargetConfig": "a mapping with url and token or token_file",
+    "UserScope": "a mapping with group_dn and/or filter",
+    "GroupScope": "a mapping with group_dn and/or filter",
+    "AccountStatus": "a mapping with attribute and disabled_if_present or disabled_value",
+    "Options": "a mapping of options",
+}
 
-def _describe(error: Any) -> str:
+
+_PLAIN_TYPES = {
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "string_type": "a string",
+}
+
+
+def _error_path(error: Any) -> tuple[str | int, ...]:
     loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # Union members and tagged variants add noise ("str", "MappingRule") to the path.
-    loc = tuple(p for p in loc if p not in ("str", "MappingRule", "int"))
+    return tuple(p for p in loc if p not in ("str", "MappingRule", "int"))
+
+
+def _pydantic_words(error: Any) -> str:
+    """pydantic's "Input should be X" as "expected X", naming what a section must hold."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "model_type":
+        return "expected " + _SECTION_SHAPES.get(str(ctx.get("class_name")), "a mapping")
+    if kind == "dict_type":
+        return "expected a mapping"
+    if kind in _PLAIN_TYPES:
+        return "expected " + _PLAIN_TYPES[kind]
+    if kind == "literal_error":
+        return "expected " + str(ctx.get("expected", "")).replace("'", "")
+    message = str(error["msg"])
+    return (
+        "expected " + message.removeprefix("Input should be ")
+        if message.startswith("Input should be ")
+        else message
+    )
+
+
+def _describe(error: Any) -> str:
+    loc = _error_path(error)
     kind = error["type"]
     if kind in _INPUT_WORDS:
         message = _INPUT_WORDS[kind]
-    else:
+    elif kind in ("value_error", "assertion_error"):
         message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if kind not in ("value_error", "assertion_error") and not set(loc) & _SECRET_KEYS:
+    else:
+        message = _pydantic_words(error)
+        if not set(loc) & _SECRET_KEYS:
             given = error.get("input")
-            if given is not None and not isinstance(given, dict | list):
+            if given is None:
+                message += ", got an empty value"
+            elif not isinstance(given, dict | list):
                 message += f", got {given!r}"
             elif isinstance(given, dict | list):
                 message += f", got a {'mapping' if isinstance(given, dict) else 'list'}"
     return f"{_dotted(loc)}: {message}"
+
+
+_OTHERS_NAMED = 5  # keys named after the first error, so that the line stays readable
 
 
 def parse(raw: Any, origin: str, env: dict[str, str] | None = None) -> Config:
@@ -405,7 +706,12 @@ def parse(raw: Any, origin: str, env: dict[str, str] | None = None) -> Config:
     except ValidationError as exc:
         errors = exc.errors()
         first = _describe(errors[0])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        # The rest by key only, so that the line stays one line and hides nothing.
+        others = list(dict.fromkeys(_dotted(_error_path(e)) for e in errors[1:]))
+        named = ", ".join(others[:_OTHERS_NAMED])
+        if len(others) > _OTHERS_NAMED:
+            named += f" and {len(others) - _OTHERS_NAMED} more"
+        more = f" (also wrong: {named})" if others else ""
         raise ConfigError(f"{origin}: {first}{more}") from None
 
 
@@ -429,7 +735,9 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _read_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -438,6 +746,53 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
     config = parse(raw, str(file), env)
     _warn_if_exposed(file, raw)
     return config
+
+
+class DuplicateKeyError(Exception):
+    """A mapping key written twice: YAML would silently keep the second."""
+
+
+def _read_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing a key written twice in one mapping (at any depth)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node, (), set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(
+    loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str | int, ...], seen: set[int]
+) -> None:
+    if id(node) in seen:  # an alias: checked where its anchor was; also ends cycles
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(loader, item, (*path, index), seen)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[object, yaml.Mark] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` merges are meant to be overridden
+        key = loader.construct_object(key_node)
+        name = key if isinstance(key, str | int) and not isinstance(key, bool) else str(key)
+        mark = key_node.start_mark
+        earlier = first.get(key)
+        if earlier is not None:
+            where = f"at line {earlier.line + 1} and line {mark.line + 1}"
+            if earlier.line == mark.line:
+                where = (
+                    f"at line {mark.line + 1}, columns {earlier.column + 1} and {mark.column + 1}"
+                )
+            raise DuplicateKeyError(f"{_dotted((*path, name))}: key written twice, {where}")
+        first[key] = mark
+        _refuse_duplicate_keys(loader, value_node, (*path, name), seen)
 
 
 def _warn_if_exposed(file: Path, raw: dict[str, Any]) -> None:

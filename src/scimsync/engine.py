@@ -17,8 +17,8 @@ from typing import Literal
 
 from scimsync import log
 from scimsync.apply import Executor, Outcome, Progress
-from scimsync.config import Config
-from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
+from scimsync.config import Config, ConfigError
+from scimsync.directory import ChangeSet, LdapDirectory, NoSuchEntry, WatermarkLost
 from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import Finding, Mapper, compile_rules
@@ -943,6 +943,13 @@ def check_directory(config: Config) -> DirectoryCheck:
     mapper = compile_rules(config.rules)
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         server = directory.server_info()
+        try:
+            directory.require_base()
+        except NoSuchEntry:  # a configuration mistake, not an unreachable directory
+            raise ConfigError(
+                f"source.base_dn: {config.source.base_dn} does not exist on "
+                f"{config.source.url} (noSuchObject)"
+            ) from None
         detection, detection_warning = directory.change_detection()
         snapshot = directory.read()
     # Every template runs against every user in scope: the read is complete already.

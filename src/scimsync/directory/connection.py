@@ -19,7 +19,12 @@ from ldap.syncrepl import (
 )
 
 from scimsync.config import SourceConfig
-from scimsync.directory.errors import DirectoryAuthError, DirectoryError, DirectoryUnreachable
+from scimsync.directory.errors import (
+    DirectoryAuthError,
+    DirectoryError,
+    DirectoryUnreachable,
+    NoSuchEntry,
+)
 from scimsync.directory.values import RawEntry
 
 Entry = tuple[str, dict[str, list[bytes]]]
@@ -165,7 +170,7 @@ class Connection:
                 dn, ldap.SCOPE_BASE, "(objectClass=*)", list(attrs), timeout=self.config.timeout
             )
         except ldap.NO_SUCH_OBJECT:
-            raise DirectoryError(f"{what} {dn} does not exist on {self.url}") from None
+            raise NoSuchEntry(f"{what} {dn} does not exist on {self.url}") from None
         except ldap.LDAPError as exc:
             self._fail(exc, f"reading {dn}")
         found_dn, entry = data[0]

@@ -13,3 +13,7 @@ class DirectoryUnreachable(DirectoryError):  # noqa: N818 - name fixed by the in
 
 class DirectoryAuthError(DirectoryError):
     """The server refused the bind DN or password."""
+
+
+class NoSuchEntry(DirectoryError):  # noqa: N818 - says what was found, as NO_SUCH_OBJECT does
+    """An entry the configuration names (base_dn, a group_dn) does not exist."""

@@ -171,6 +171,10 @@ class LdapDirectory:
             kind = vendor or "LDAP server"
         return f"{kind} at {self._config.url}"
 
+    def require_base(self) -> None:
+        """Raise NoSuchEntry when base_dn names no entry on the server."""
+        self._conn.read(self._config.base_dn, ["1.1"], "source.base_dn")
+
     # --- change detection -------------------------------------------------------------
 
     def change_detection(self) -> tuple[str, str | None]:
