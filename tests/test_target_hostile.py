@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from scimsync import config
 from scimsync.target import ScimTarget, open_target
 from scimsync.target.errors import (
     BrokenListing,
@@ -269,3 +270,21 @@ async def test_a_malformed_answer_is_an_invalid_response(
     assert isinstance(error, InvalidResponse), f"{what} answered {result!r}"
     assert str(error).startswith(REQUESTS[what]), str(error)
     assert "\n" not in str(error)
+
+
+# --- the new settings -------------------------------------------------------------------
+
+
+def test_the_limits_have_defaults_and_name_their_key_when_wrong() -> None:
+    raw: dict[str, Any] = {
+        "source": {"url": "ldap://127.0.0.1:389", "base_dn": "dc=x", "users": {"filter": "(a=b)"}},
+        "target": {"url": "http://127.0.0.1:8080/scim", "token": "t"},
+    }
+    loaded = config.parse(raw, "scimsync.yaml", env={})
+    assert loaded.target.max_response_bytes == 64 * MiB
+    assert loaded.target.max_listing == 1_000_000
+    raw["target"]["max_response_bytes"] = 10
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(raw, "scimsync.yaml", env={})
+    assert str(caught.value).startswith("scimsync.yaml: target.max_response_bytes")
+    assert "\n" not in str(caught.value)
