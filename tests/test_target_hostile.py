@@ -148,18 +148,21 @@ async def test_a_body_within_the_cap_is_read(hostile: RunningHostile) -> None:
     server.behaviour.pad_to = MiB // 2
     async with open_target(hostile.config(max_response_bytes=MiB)) as target:
         assert (await target.get_user(id)).user_name == "a@example.com"
+        server.behaviour.gzip_bomb = MiB // 2  # compressed, and within the cap decoded
+        assert await target.find_user("a@example.com") is None
 
 
 async def test_a_drip_fed_answer_ends_at_the_request_deadline(hostile: RunningHostile) -> None:
     server = hostile.server
     id = server.add_user("a@example.com")
-    # Each byte comes well within the per-read timeout; the whole answer would take ~5 s.
-    server.behaviour.drip_seconds = 0.05
-    config = hostile.config(timeout=0.5, max_retries=0)
+    # Each byte comes far within the per-read timeout; the whole answer would take ~6 s.
+    server.behaviour.drip_seconds = 0.02
+    server.behaviour.pad_to = 300
+    config = hostile.config(timeout=1, max_retries=0)
     async with open_target(config) as target:
         with pytest.raises(TargetUnreachable) as caught:
             await target.get_user(id)
-    assert "within 0.5 s (target.timeout)" in str(caught.value)
+    assert "within 1 s (target.timeout)" in str(caught.value)
     assert "\n" not in str(caught.value)
     (exchange,) = server.find("GET /Users")
     assert exchange.body_bytes < exchange.body_size
