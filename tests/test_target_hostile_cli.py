@@ -16,8 +16,9 @@ from tests.harness import source_settings
 
 
 def sync(
-    tree: Tree, hostile: RunningHostile, work: Path, **target: Any
+    tree: Tree, hostile: RunningHostile, work: Path, *args: str, **target: Any
 ) -> subprocess.CompletedProcess[str]:
+    """`scimsync sync` (or the command in `args`) against the hostile server."""
     settings = {
         "state": f"sqlite:///{work / 'state.db'}",
         "source": source_settings(tree),
@@ -27,7 +28,7 @@ def sync(
     path.write_text(yaml.safe_dump(settings))
     path.chmod(0o600)
     return subprocess.run(
-        [sys.executable, "-m", "scimsync", "--config", str(path), "sync"],
+        [sys.executable, "-m", "scimsync", "--config", str(path), *(args or ["sync"])],
         capture_output=True,
         text=True,
         timeout=120,
@@ -73,3 +74,28 @@ def test_a_listing_that_never_ends_ends_the_cycle_with_one_line(
         "GET /Users: unusable answer from the target: more than 500 Users listed" in result.stderr
     )
     assert len(hostile.server.find("GET /Users")) == 6  # stopped, not read to the end
+
+
+def test_a_lost_create_never_links_and_later_disables_another_account(
+    ldap_tree: Tree, hostile: RunningHostile, tmp_path: Path
+) -> None:
+    ceo = hostile.server.add_user("ceo@example.com", displayName="The CEO")
+    ldap_tree.add_user("ann")
+    assert sync(ldap_tree, hostile, tmp_path).returncode == 0
+    hostile.server.behaviour.ignore_filter = True  # each lookup answers the CEO first
+    hostile.server.behaviour.lose_posts = 1  # bob is created; the answer never arrives
+    intern = ldap_tree.add_user("bob")
+    # The lookup after the lost answer, and the one after the resend's 409, answer the CEO
+    # and ann only: bob's record fails instead of being linked to the CEO's account.
+    failed = sync(ldap_tree, hostile, tmp_path, max_retries=1)
+    # A full reconciliation adopts bob: the listing finds him by his userName.
+    assert sync(ldap_tree, hostile, tmp_path, "reset", "--failed").returncode == 0
+    adopted = sync(ldap_tree, hostile, tmp_path)
+    ldap_tree.delete(intern)
+    disabled = sync(ldap_tree, hostile, tmp_path)  # bob leaves the directory: disabled
+    assert hostile.server.users[ceo]["active"] is True
+    assert hostile.server.users[ceo]["displayName"] == "The CEO"
+    users = {u["userName"]: u for u in hostile.server.users.values()}
+    assert users["bob@example.com"]["active"] is False
+    assert [failed.returncode, adopted.returncode, disabled.returncode] == [1, 0, 0]
+    assert "POST /Users: target answered 409 uniqueness" in failed.stderr
