@@ -102,6 +102,20 @@ async def test_lookup_keys_compare_as_scim_says(hostile: RunningHostile) -> None
     assert team in server.groups
 
 
+@pytest.mark.parametrize("bad_id", ["../Users/{ceo}", "{ceo}?x", "{ceo}#x", "..", ""])
+async def test_an_id_that_would_point_a_request_elsewhere_is_refused(
+    hostile: RunningHostile, bad_id: str
+) -> None:
+    server = hostile.server
+    ceo = server.add_user("ceo@example.com")
+    server.users["intern"] = {"id": bad_id.format(ceo=ceo), "userName": "intern@example.com"}
+    async with open_target(hostile.config()) as target:
+        with pytest.raises(InvalidResponse, match="expected a User, got an id"):
+            await target.find_user("intern@example.com")
+        with pytest.raises(InvalidResponse):
+            await listed(target, "Users")
+
+
 async def test_a_created_group_reports_the_members_the_target_kept(
     hostile: RunningHostile,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any, Literal
 
@@ -43,13 +44,20 @@ def _chunks(items: Iterable[str], size: int) -> list[list[str]]:
 # Keys compared exactly by a lookup; the others case-insensitively, as SCIM's caseExact
 # false says for userName and displayName (RFC 7643 4.1.1, 4.2).
 CASE_EXACT = frozenset({"externalId"})
+# An id goes into request paths: one with a slash, dot segment, query or fragment in it
+# would send later writes to another object ("../Users/<someone else>").
+_SAFE_ID = re.compile(r"(?!\.\.?$)[^/?#\s\x00-\x1f\x7f]+")
 
 
 def _shape(value: Any) -> str:
     if value is None:
         return "no body"
     if isinstance(value, dict):
-        return "an object without an id" if "id" not in value else "an object with a bad id"
+        if "id" not in value:
+            return "an object without an id"
+        if not isinstance(value["id"], str) or not value["id"]:
+            return "an id that is not a non-empty string"
+        return "an id that cannot go into a request path"
     names = {list: "a list", str: "a string", bool: "a boolean", int: "a number"}
     return names.get(type(value), "a number" if isinstance(value, float) else "something else")
 
@@ -58,7 +66,7 @@ def _resource(resource: Any, kind: str, request: str) -> dict[str, Any]:
     """`resource` if it is an object with a non-empty string id; InvalidResponse otherwise."""
     if isinstance(resource, dict):
         id = resource.get("id")
-        if isinstance(id, str) and id:
+        if isinstance(id, str) and _SAFE_ID.fullmatch(id):
             return resource
     raise InvalidResponse(0, None, f"expected a {kind}, got {_shape(resource)}", request=request)
 
