@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.postgres",
     "tests.fixtures.scim2",
+    "tests.fixtures.hostile",
 ]

@@ -340,19 +340,25 @@ class Executor:
 
     async def _create_group(self, op: Operation) -> str:
         remote = await self.target.create_group(op.name)
-        self._save_group(LinkedGroup(op.source_id, remote.id, op.name, frozenset()))
+        # What the target holds, not what was asked: a create whose answer was lost is
+        # found again by name, and may hold members by then.
+        self._save_group(LinkedGroup(op.source_id, remote.id, op.name, self._ours(remote)))
         return remote.id
+
+    def _ours(self, remote: RemoteGroup) -> frozenset[str]:
+        """The source ids of a target group's members that scimsync links."""
+        ours = self._source_ids_by_target()
+        return frozenset(ours[tid] for tid in remote.member_ids if tid in ours)
 
     async def _link_group(self, op: Operation) -> str:
         assert op.target_id is not None
         remote = await self.target.get_group(op.target_id)
-        ours = self._source_ids_by_target()
-        members = frozenset(ours[tid] for tid in remote.member_ids if tid in ours)
-        self._save_group(LinkedGroup(op.source_id, op.target_id, op.name, members))
+        self._save_group(LinkedGroup(op.source_id, op.target_id, op.name, self._ours(remote)))
         return op.target_id
 
     async def _rename_group(self, op: Operation) -> str:
         link = self.groups[op.source_id]
+        members = link.member_source_ids
         try:
             await self.target.rename_group(link.target_id, op.name)
             target_id = link.target_id
@@ -362,9 +368,9 @@ class Executor:
             old = await self.target.get_group(link.target_id)
             new: RemoteGroup = await self.target.recreate_group(old, op.name)
             target_id = new.id
+            members = self._ours(new)  # as read back from the new group
         self._save_group(
-            LinkedGroup(link.source_id, target_id, op.name, link.member_source_ids),
-            link.member_source_ids,
+            LinkedGroup(link.source_id, target_id, op.name, members), link.member_source_ids
         )
         return target_id
 

@@ -87,6 +87,23 @@ class ServerError(ScimError):
     """5xx still answered after every retry."""
 
 
+class InvalidResponse(ScimError):  # noqa: N818 - beside the executor's names
+    """An answer scimsync cannot use: undecodable, not JSON, or not the shape SCIM gives it."""
+
+    def __str__(self) -> str:
+        where = f"{self.request}: " if self.request else ""
+        status = f" ({self.status})" if self.status else ""
+        return f"{where}unusable answer from the target{status}: {self.detail}"
+
+
+class ResponseTooLarge(InvalidResponse):
+    """A body over `target.max_response_bytes`, raw or decoded: refused, not read further."""
+
+
+class BrokenListing(InvalidResponse):
+    """A listing that does not page as RFC 7644 3.4.2.4 says: it ends the cycle."""
+
+
 class TargetUnreachable(Exception):  # noqa: N818
     """Connections refused, dropped or timed out on every retry."""
 

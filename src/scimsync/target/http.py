@@ -8,6 +8,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -15,7 +16,9 @@ import httpx2
 from scimsync import log
 from scimsync.config import TargetConfig
 from scimsync.target.errors import (
+    InvalidResponse,
     RateLimited,
+    ResponseTooLarge,
     ScimError,
     ServerError,
     TargetUnreachable,
@@ -28,6 +31,18 @@ logger = log.get(__name__)
 
 # Failures where the request never left: a retried POST after these cannot have written.
 _NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+# What the HTTP library raises besides transport failures: a body it cannot decode, a URL
+# it cannot build from an id the target gave, a stream misuse. None is worth a retry.
+_UNUSABLE = (httpx2.HTTPError, httpx2.InvalidURL, httpx2.StreamError, httpx2.CookieConflict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response read whole, within the caps."""
+
+    status: int
+    headers: httpx2.Headers
+    body: bytes
 
 
 class ScimHttp:
@@ -44,6 +59,8 @@ class ScimHttp:
         self.url = config.url
         self.max_retries = config.max_retries
         self.retry_max_seconds = config.retry_max_seconds
+        self.timeout = config.timeout  # each attempt's deadline, from sending to the last byte
+        self.max_response_bytes = config.max_response_bytes
         self.request_counts: Counter[str] = Counter()
         self._secret = config.bearer
         self._sleep = sleep
@@ -59,6 +76,7 @@ class ScimHttp:
         self._client = httpx2.AsyncClient(
             base_url=config.url + "/",
             headers={"Authorization": f"Bearer {config.bearer}", "Accept": SCIM_JSON},
+            # Per connect, read and write; the deadline in _exchange bounds the whole attempt.
             timeout=httpx2.Timeout(config.timeout),
             verify=verify,
             transport=transport,
@@ -80,6 +98,10 @@ class ScimHttp:
     ) -> Any:
         """The parsed JSON body (None for an empty one); a typed ScimError otherwise.
 
+        Whatever the target answers, only this package's errors leave: a body too large or
+        unusable is an InvalidResponse, a request that cannot complete within `timeout` on
+        any attempt a TargetUnreachable.
+
         `landed` looks up what a create would have made: before a create is sent again
         after a lost response, an answer from it is returned instead, so that targets that
         do not enforce uniqueness get no duplicate either.
@@ -100,21 +122,19 @@ class ScimHttp:
                 await self._sleep(pause)
             if self._bucket is not None:
                 await self._bucket.acquire()
-            response: httpx2.Response | None = None
+            response: Answer | None = None
             failure: Exception | None = None
             async with self._slots:
                 self.request_counts[method] += 1
                 try:
-                    response = await self._client.request(
-                        method, path, params=params, content=content, headers=headers
-                    )
-                except httpx2.TransportError as exc:
+                    response = await self._exchange(what, method, path, params, content, headers)
+                except (httpx2.TransportError, TimeoutError) as exc:
                     failure = exc
-            if response is not None and response.status_code < 400:
-                return _json(response)
-            if response is not None and not _retryable(response.status_code):
+            if response is not None and response.status < 400:
+                return _json(response, what)
+            if response is not None and not _retryable(response.status):
                 raise error_from_body(
-                    response.status_code,
+                    response.status,
                     _json_or_none(response),
                     request=what,
                     after_retry=maybe_applied,
@@ -128,20 +148,70 @@ class ScimHttp:
             waited += delay
             if failure is not None and not isinstance(failure, _NOT_SENT):
                 maybe_applied = True
-            if response is not None and response.status_code >= 500:
+            if response is not None and response.status >= 500:
                 maybe_applied = True
             logger.warning(
                 "target request retried",
                 request=what,
-                status=response.status_code if response is not None else None,
+                status=response.status if response is not None else None,
                 error=type(failure).__name__ if failure else None,
                 delay=round(delay, 3),
                 attempt=attempt,
             )
-            if response is not None and response.status_code == 429:
+            if response is not None and response.status == 429:
                 self._paused_until = max(self._paused_until, self._clock() + delay)
             else:
                 await self._sleep(delay)
+
+    async def _exchange(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        params: dict[str, str | int] | None,
+        content: bytes | None,
+        headers: dict[str, str] | None,
+    ) -> Answer:
+        """One attempt, read within the caps; TimeoutError past the deadline."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._client.stream(
+                    method, path, params=params, content=content, headers=headers
+                ) as response:
+                    body = await self._read(response, what)
+                    return Answer(response.status_code, response.headers, body)
+        except httpx2.TransportError:
+            raise
+        except _UNUSABLE as exc:
+            raise InvalidResponse(0, None, f"{type(exc).__name__}: {exc}", request=what) from None
+
+    async def _read(self, response: httpx2.Response, what: str) -> bytes:
+        """The decoded body, refused once its raw or decoded size passes the cap.
+
+        httpx2's decoders inflate at most 1 MiB per step, so a compressed bomb stops one
+        step past the cap instead of expanding whole.
+        """
+        cap = self.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise _too_large(response.status_code, what, cap, f"{declared} bytes declared")
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap or response.num_bytes_downloaded > cap:
+                    raise _too_large(response.status_code, what, cap, "read so far")
+                parts.append(chunk)
+        except httpx2.DecodingError as exc:
+            encoding = response.headers.get("Content-Encoding", "none")
+            raise InvalidResponse(
+                response.status_code,
+                None,
+                f"the body could not be decoded (Content-Encoding {encoding}): {exc}",
+                request=what,
+            ) from None
+        return b"".join(parts)
 
     async def _lookup(self, landed: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -154,26 +224,29 @@ class ScimHttp:
     def _give_up(
         self,
         what: str,
-        response: httpx2.Response | None,
+        response: Answer | None,
         failure: Exception | None,
         maybe_applied: bool,
     ) -> Exception:
         if response is not None:
             error = error_from_body(
-                response.status_code,
+                response.status,
                 _json_or_none(response),
                 request=what,
                 after_retry=maybe_applied,
                 secret=self._secret,
             )
-            if response.status_code == 429 and not isinstance(error, RateLimited):
+            if response.status == 429 and not isinstance(error, RateLimited):
                 return RateLimited(429, error.scim_type, error.detail, request=what)
             if not isinstance(error, ServerError | RateLimited):
                 return ServerError(error.status, error.scim_type, error.detail, request=what)
             return error
+        reason = type(failure).__name__
+        if isinstance(failure, TimeoutError):
+            reason = f"no complete answer within {self.timeout:g} s (target.timeout)"
         attempts = self.max_retries + 1
         plural = "s" if attempts > 1 else ""
-        cause = f"{what}: {type(failure).__name__} after {attempts} attempt{plural}"
+        cause = f"{what}: {reason} after {attempts} attempt{plural}"
         return TargetUnreachable(self.url, cause)
 
 
@@ -181,23 +254,27 @@ def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-def _json(response: httpx2.Response) -> Any:
-    if not response.content:
+def _too_large(status: int, what: str, cap: int, seen: str) -> ResponseTooLarge:
+    detail = f"the body is over target.max_response_bytes ({cap} bytes; {seen}): refused"
+    return ResponseTooLarge(status, None, detail, request=what)
+
+
+def _json(response: Answer, what: str) -> Any:
+    if not response.body:
         return None
     try:
-        return response.json()
-    except ValueError:
-        raise ScimError(
-            response.status_code,
+        return json.loads(response.body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+        raise InvalidResponse(
+            response.status,
             None,
-            f"the target answered with a body that is not JSON "
-            f"({response.headers.get('Content-Type', 'no content type')})",
-            request=f"{response.request.method} {response.request.url.path}",
+            f"the body is not JSON ({response.headers.get('Content-Type', 'no content type')})",
+            request=what,
         ) from None
 
 
-def _json_or_none(response: httpx2.Response) -> Any:
+def _json_or_none(response: Answer) -> Any:
     try:
-        return response.json() if response.content else None
-    except ValueError:
-        return {"detail": response.text[:200]}
+        return json.loads(response.body) if response.body else None
+    except (ValueError, RecursionError):
+        return {"detail": response.body[:200].decode("utf-8", errors="replace")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any, Literal
 
@@ -12,6 +13,8 @@ from scimsync.config import TargetConfig
 from scimsync.model import ScimValues
 from scimsync.target import payload
 from scimsync.target.errors import (
+    BrokenListing,
+    InvalidResponse,
     InvalidValue,
     Mutability,
     NotFound,
@@ -43,9 +46,61 @@ def _chunks(items: Iterable[str], size: int) -> list[list[str]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def user_from(resource: Any) -> RemoteUser:
-    if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
-        raise ScimError(0, None, "the target returned a User without an id")
+# Keys compared exactly by a lookup; the others case-insensitively, as SCIM's caseExact
+# false says for userName and displayName (RFC 7643 4.1.1, 4.2).
+CASE_EXACT = frozenset({"externalId"})
+# An id goes into request paths: one with a slash, dot segment, query or fragment in it
+# would send later writes to another object ("../Users/<someone else>").
+_SAFE_ID = re.compile(r"(?!\.\.?$)[^/?#\s\x00-\x1f\x7f]+")
+
+
+def _shape(value: Any) -> str:
+    if value is None:
+        return "no body"
+    if isinstance(value, dict):
+        if "id" not in value:
+            return "an object without an id"
+        if not isinstance(value["id"], str) or not value["id"]:
+            return "an id that is not a non-empty string"
+        return "an id that cannot go into a request path"
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number"}
+    return names.get(type(value), "a number" if isinstance(value, float) else "something else")
+
+
+def _resource(resource: Any, kind: str, request: str) -> dict[str, Any]:
+    """`resource` if it is an object with a non-empty string id; InvalidResponse otherwise."""
+    if isinstance(resource, dict):
+        id = resource.get("id")
+        if isinstance(id, str) and _SAFE_ID.fullmatch(id):
+            return resource
+    raise InvalidResponse(0, None, f"expected a {kind}, got {_shape(resource)}", request=request)
+
+
+def _resources(body: Any, request: str) -> list[Any]:
+    """A ListResponse's rows (RFC 7644 3.4.2): `Resources` may be absent when there are none."""
+    if not isinstance(body, dict):
+        raise InvalidResponse(
+            0, None, f"expected a ListResponse object, got {_shape(body)}", request=request
+        )
+    rows = body.get("Resources", [])
+    if rows is None:
+        return []
+    if not isinstance(rows, list):
+        raise InvalidResponse(0, None, "Resources is not a list", request=request)
+    return rows
+
+
+def _matches(row: dict[str, Any], attribute: str, value: str) -> bool:
+    held = row.get(attribute)
+    if not isinstance(held, str):
+        return False
+    if attribute in CASE_EXACT:
+        return held == value
+    return held.casefold() == value.casefold()
+
+
+def user_from(resource: Any, request: str = "") -> RemoteUser:
+    resource = _resource(resource, "User", request)
     return RemoteUser(
         id=resource["id"],
         user_name=str(resource.get("userName", "")),
@@ -54,9 +109,8 @@ def user_from(resource: Any) -> RemoteUser:
     )
 
 
-def group_from(resource: Any) -> RemoteGroup:
-    if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
-        raise ScimError(0, None, "the target returned a Group without an id")
+def group_from(resource: Any, request: str = "") -> RemoteGroup:
+    resource = _resource(resource, "Group", request)
     return RemoteGroup(
         id=resource["id"],
         display_name=str(resource.get("displayName", "")),
@@ -72,6 +126,7 @@ class ScimTarget:
         self.request_counts = http.request_counts
         self.page_size = min(config.page_size, MAX_PAGE)
         self.chunk_size = config.membership_chunk_size
+        self.max_listing = config.max_listing
         self.last_total_results: int | None = None
         self._spc: dict[str, Any] | None = None
         self._spc_lock = asyncio.Lock()
@@ -136,17 +191,29 @@ class ScimTarget:
     # --- reading -----------------------------------------------------------------------
 
     async def _first(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
+        """The row whose `attribute` is `value`, or None: never another row.
+
+        Some targets ignore or mis-evaluate `filter` and answer with other objects; taking
+        one of them would link (and later update or disable) the wrong account.
+        """
+        request = f"GET /{resource}"
         body = await self.http.send(
             "GET",
             resource,
             params={"filter": payload.filter_eq(attribute, value), "count": 2},
         )
-        found = [r for r in (body or {}).get("Resources") or [] if isinstance(r, dict)]
+        rows = [_resource(r, resource[:-1], request) for r in _resources(body, request)]
+        matching = [r for r in rows if _matches(r, attribute, value)]
+        if len(matching) < len(rows):
+            logger.warning(
+                "the target's filter answered objects that do not match it: ignored",
+                request=request,
+                attribute=attribute,
+                ignored=len(rows) - len(matching),
+            )
         # Case sensitivity of Atlassian's userName filter is unconfirmed: prefer exact.
-        for item in found:
-            if item.get(attribute) == value:
-                return item
-        return found[0] if found else None
+        exact = [r for r in matching if r.get(attribute) == value]
+        return exact[0] if exact else matching[0] if matching else None
 
     async def find_user(self, user_name: str) -> RemoteUser | None:
         found = await self._first("Users", "userName", user_name)
@@ -161,35 +228,71 @@ class ScimTarget:
         return group_from(found) if found else None
 
     async def get_user(self, id: str) -> RemoteUser:
-        return user_from(await self.http.send("GET", f"Users/{id}"))
+        return user_from(await self.http.send("GET", f"Users/{id}"), f"GET /Users/{id}")
 
     async def get_group(self, id: str) -> RemoteGroup:
-        return group_from(await self.http.send("GET", f"Groups/{id}"))
+        return group_from(await self.http.send("GET", f"Groups/{id}"), f"GET /Groups/{id}")
 
     async def _pages(self, resource: str) -> AsyncIterator[dict[str, Any]]:
+        """Every row of a listing; BrokenListing when the target's paging cannot end well.
+
+        A target that ignores startIndex, repeats a page or never stops would otherwise
+        keep a cycle listing forever (RFC 7644 3.4.2.4).
+        """
+        request = f"GET /{resource}"
         start = 1
+        limit = self.max_listing
+        listed = 0
+        previous: set[str] = set()
         while True:
             body = await self.http.send(
                 "GET", resource, params={"startIndex": start, "count": self.page_size}
             )
-            body = body if isinstance(body, dict) else {}
+            rows = _resources(body, request)
             total = body.get("totalResults")
-            if isinstance(total, int):
+            if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
                 self.last_total_results = total
-            items = [r for r in body.get("Resources") or [] if isinstance(r, dict)]
+                if start == 1:
+                    limit = min(limit, _with_growth(total, self.page_size))
+                    if total > self.max_listing:
+                        raise _broken(
+                            request,
+                            f"the target says it holds {total} {resource}, more than "
+                            f"target.max_listing ({self.max_listing})",
+                        )
+            else:
+                total = None
+            answered = body.get("startIndex")
+            if isinstance(answered, int) and answered != start:
+                raise _broken(
+                    request, f"asked for startIndex {start}, the target answered {answered}"
+                )
+            items = [_resource(r, resource[:-1], request) for r in rows]
+            ids = {item["id"] for item in items}
+            if ids and ids == previous:
+                raise _broken(request, f"the page at startIndex {start} repeats the one before")
+            previous = ids
+            listed += len(items)
+            if listed > limit:
+                raise _broken(
+                    request,
+                    f"more than {limit} {resource} listed "
+                    f"(target.max_listing {self.max_listing}, or the first totalResults "
+                    "and room for objects created meanwhile)",
+                )
             for item in items:
                 yield item
             start += len(items)
-            if not items or (isinstance(total, int) and start > total):
+            if not items or (total is not None and start > total):
                 return
 
     async def iter_users(self) -> AsyncIterator[RemoteUser]:
         async for item in self._pages("Users"):
-            yield user_from(item)
+            yield user_from(item, "GET /Users")
 
     async def iter_groups(self) -> AsyncIterator[RemoteGroup]:
         async for item in self._pages("Groups"):
-            yield group_from(item)
+            yield group_from(item, "GET /Groups")
 
     # --- users -------------------------------------------------------------------------
 
@@ -222,7 +325,7 @@ class ScimTarget:
                 raise
             logger.info("create answered 409 after a retry: adopted", user=existing.user_name)
             return existing
-        return user_from(created)
+        return user_from(created, "POST /Users")
 
     async def update_user(
         self, id: str, changed: ScimValues, removed: Collection[str] = ()
@@ -259,8 +362,8 @@ class ScimTarget:
         self, id: str, writes: ScimValues, clears: set[str], active: bool | None
     ) -> None:
         """PATCH unsupported: PUT the whole user, keeping attributes scimsync does not map."""
-        current = await self.http.send("GET", f"Users/{id}")
-        current = current if isinstance(current, dict) else {}
+        # Not a User: PUTting our values alone would clear what scimsync does not map.
+        current = _resource(await self.http.send("GET", f"Users/{id}"), "User", f"GET /Users/{id}")
         flat = payload.from_user_resource(current)
         flat.update(writes)
         for key in clears:
@@ -288,9 +391,7 @@ class ScimTarget:
                 body=payload.to_group_resource(display_name, first),
                 landed=lambda: self._first("Groups", "displayName", display_name),
             )
-            group = group_from(body)
-            if not group.member_ids and first:  # some targets answer without members
-                group = RemoteGroup(group.id, group.display_name, frozenset(first))
+            group = group_from(body, "POST /Groups")
         except Uniqueness as exc:
             if not exc.after_retry:
                 raise
@@ -298,10 +399,14 @@ class ScimTarget:
             if found is None:
                 raise
             group = found
+        # Some targets answer without members; adding one already there is harmless.
         missing = [m for m in wanted if m not in group.member_ids]
         if missing:
             await self.add_members(group.id, missing)
-            group = RemoteGroup(group.id, group.display_name, group.member_ids | set(missing))
+        if wanted:
+            # The members the target holds, not the ones asked for: a target may drop some
+            # (an unknown id) or answer with members it did not keep.
+            group = await self.get_group(group.id)
         return group
 
     async def rename_group(self, id: str, display_name: str) -> None:
@@ -395,6 +500,15 @@ class ScimTarget:
     async def delete_group(self, id: str) -> None:
         with contextlib.suppress(NotFound):
             await self.http.send("DELETE", f"Groups/{id}")
+
+
+def _with_growth(total: int, page_size: int) -> int:
+    """How long a listing whose first page said `total` may grow while it is read."""
+    return total + total // 100 + page_size
+
+
+def _broken(request: str, detail: str) -> BrokenListing:
+    return BrokenListing(0, None, f"{detail}; the listing was stopped", request=request)
 
 
 def payload_error(detail: str) -> ScimError:
