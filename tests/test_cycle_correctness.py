@@ -112,6 +112,9 @@ def test_a_user_who_left_scope_is_not_put_back_into_groups_by_an_incremental_cyc
     tree.remove_members(scope, [anna])
     channel.sync()
     assert channel.member_names("jira-developers") == {"ben@example.com", "cleo@example.com"}
+    with channel.store() as store:  # the store holds what the target holds
+        [stored] = store.linked_groups().values()
+    assert stored.member_source_ids == {tree.guid(ben), tree.guid(cleo)}
 
     tree.modify(ben, title="lead")  # ben is in the group: the group is planned again
     touched = channel.sync()

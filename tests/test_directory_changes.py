@@ -132,6 +132,20 @@ def test_deleted_user_is_gone(w: Watcher, org: Tree) -> None:
     assert not change.users
 
 
+def test_a_deleted_user_s_groups_are_reported_though_refint_edits_them_silently(
+    w: Watcher, org: Tree
+) -> None:
+    """memberof-refint drops a deleted entry from its groups without a new entryCSN, so
+    syncprov does not report those groups; they are changed all the same."""
+    alice = org.guid(org.user_dn("alice"))
+    org.add_members(org.group_dn("other"), [org.user_dn("alice")])
+    w.next()
+    org.delete(org.user_dn("alice"))
+    change = w.next()
+    assert group_names(change) >= {"other", "app"}
+    assert all(alice not in group.member_guids for group in change.groups.values())
+
+
 def test_user_leaving_the_filter_is_gone(w: Watcher, org: Tree) -> None:
     org.modify(org.user_dn("bob"), departmentNumber="7")
     change = w.next()

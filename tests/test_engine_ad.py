@@ -187,3 +187,26 @@ def test_a_user_whose_primary_group_is_the_scope_group_is_in_scope(channel: AdCh
     channel.options["groups"] = False
     assert channel.sync().exit_code == 0
     assert set(channel.users()) == {ad.upn("mo"), ad.upn("ned")}
+
+
+def test_the_ad_defaults_send_object_guid_as_external_id_and_user_says_why(
+    channel: AdChannel,
+) -> None:
+    ad = channel.ad
+    ora, pat = ad.add_user("ora"), ad.add_user("pat")
+    scope = ad.add_group("atlassian-users", [ora])
+    channel.source["users"] = {"group_dn": scope}
+    channel.options["groups"] = False
+    channel.sync()
+    assert channel.users()[ad.upn("ora")]["externalId"] == ad.guid(ora)
+    outside = channel.plan(only_user=ad.upn("pat"))
+    assert outside.view.absent == (
+        f"{pat} is out of scope: not a member of source.users.group_dn {scope} "
+        "(users.nested is off)"
+    )
+    assert not outside.view.unknown
+    nobody = channel.plan(only_user=ad.upn("nobody"))
+    assert nobody.view.unknown
+    assert nobody.view.absent == (
+        f"no entry under source.base_dn has userPrincipalName={ad.upn('nobody')}"
+    )

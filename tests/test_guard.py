@@ -99,3 +99,13 @@ def test_member_removals_of_users_held_as_disables_are_held_with_them() -> None:
         *leaving,
         op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0", "u1", "u2")),
     )
+
+
+def test_a_split_removal_keeps_the_removal_of_members_not_ours() -> None:
+    """Only held users' removals wait: members added by hand at the target still go."""
+    removal = op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0",), target_members=("HAND",))
+    verdict = guard(Plan((*disables(1), removal)), 10, Options(max_deletions=0), 9)
+    assert verdict.allowed.operations == (
+        op(Action.REMOVE_MEMBERS, "group", "g1", members=(), target_members=("HAND",)),
+    )
+    assert verdict.held == (*disables(1), op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0",)))

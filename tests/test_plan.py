@@ -698,3 +698,25 @@ def test_no_plan_touches_a_target_object_neither_linked_nor_matched(
             assert op.target_id in matched
         if (op.kind, op.source_id) in inp.skip:
             raise AssertionError(f"skipped record planned: {op}")
+
+
+def test_adoption_deactivates_only_when_deprovisioning_is_allowed() -> None:
+    """A disabled user adopted from an active account: deactivating it is deprovisioning,
+    which deprovision_users governs (update_users governs only re-enabling)."""
+    inp = make([du("u1", "a", active=False)], target_users={"a": TargetRef("T1", "a", True)})
+    allowed = only(run(inp, provision_disabled_users=True))
+    assert allowed.values.get("active") is False
+    held = only(run(inp, provision_disabled_users=True, deprovision_users=False))
+    assert "active" not in held.values
+    assert only(run(inp, provision_disabled_users=True, update_users=False)).values == {
+        "active": False
+    }
+
+
+def test_adoption_sends_only_what_differs_from_the_target_and_clears_the_rest() -> None:
+    found = TargetRef(
+        "T1", "a", True, {"emails.work": "a@example.com", "title": "Old", "nickName": "x"}
+    )
+    op = only(run(make([du("u1", "a", title="New")], target_users={"a": found})))
+    assert dict(op.values) == {"title": "New"}
+    assert op.removed == ("nickName",)

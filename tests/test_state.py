@@ -445,6 +445,8 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
         prod.intend("c", "create", "user", "u2", "b")
 
         assert test.linked_users() == {} and test.linked_groups() == {}
+        assert test.groups_holding({"u1"}) == set() and prod.groups_holding({"u1"}) == {"g1"}
+        assert test.linked_ids("user") == set() and test.linked_to("user", ["t-u1"]) == {}
         assert test.watermark("users") is None
         assert test.failures() == {} and test.staged_deletions() == []
         assert test.runs() == [] and test.audit_log() == [] and test.open_intents() == []
