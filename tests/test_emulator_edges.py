@@ -102,8 +102,9 @@ def test_a_whitespace_token_from_the_environment_is_refused() -> None:
     assert "SCIMSYNC_EMULATOR_TOKEN" in refused([], env_token=" ")
 
 
-def test_no_token_at_all_is_one_line_naming_every_source() -> None:
-    line = refused([])
+@pytest.mark.parametrize("env_token", [None, ""])  # an empty variable counts as unset
+def test_no_token_at_all_is_one_line_naming_every_source(env_token: str | None) -> None:
+    line = refused([], env_token=env_token)
     for source in ("--token", "--token-file", "SCIMSYNC_EMULATOR_TOKEN"):
         assert source in line
 
