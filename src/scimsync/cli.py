@@ -308,9 +308,20 @@ def reset(
 
 @emulate_app.command("atlassian")
 def emulate_atlassian(
+    ctx: typer.Context,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks a free port")],
-    token: Annotated[str, typer.Option("--token", envvar="SCIMSYNC_EMULATOR_TOKEN")],
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="SCIMSYNC_EMULATOR_TOKEN", help="the bearer token clients send"
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="read the token from this file")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="not loopback: a warning, it serves plain HTTP")
+    ] = "127.0.0.1",
     rename: Annotated[str, typer.Option("--rename", help="allowed or immutable")] = "allowed",
     user_name: Annotated[
         str, typer.Option("--user-name", help="mutable or immutable (refuse userName changes)")
@@ -329,11 +340,29 @@ def emulate_atlassian(
 ) -> None:
     """A local server that behaves as Atlassian's SCIM API documents.
 
-    Example: scimsync emulate atlassian --port 8080 --token T --data emulator.json
+    Example: scimsync emulate atlassian --port 8080 --token-file token.txt --data emulator.json
 
-    Exit codes: 0 stopped by SIGTERM or SIGINT, 2 bad option or data file.
+    Exit codes: 0 stopped by SIGTERM or SIGINT, 2 bad option, token or data file.
     """
     from scimsync import emulator  # noqa: PLC0415 (only `emulate` pays for starlette)
+    from scimsync.emulator.running import token_from_file  # noqa: PLC0415
+
+    # The environment is a default: --token-file given on the command line overrides it.
+    # By name: typer's Click is vendored, its ParameterSource no public import.
+    token_source = ctx.get_parameter_source("token")
+    from_environment = token_source is not None and token_source.name == "ENVIRONMENT"
+    if token_file is not None:
+        if token is not None and not from_environment:
+            fail(EXIT_CONFIG, "--token and --token-file: give one of them, not both")
+        try:
+            token = token_from_file(token_file)
+        except ValueError as exc:
+            fail(EXIT_CONFIG, f"--token-file {exc}")
+    elif token is None:
+        fail(EXIT_CONFIG, "no token: give --token, --token-file or SCIMSYNC_EMULATOR_TOKEN")
+    elif not token.strip():
+        source = "SCIMSYNC_EMULATOR_TOKEN" if from_environment else "--token"
+        fail(EXIT_CONFIG, f"{source}: the bearer token is empty")
 
     if rename not in ("allowed", "immutable"):
         fail(EXIT_CONFIG, f"--rename: expected allowed or immutable, got {rename!r}")

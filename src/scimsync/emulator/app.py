@@ -428,7 +428,12 @@ def create_app(
     data_file: Path | None = None,
     seed: int | None = None,
 ) -> Starlette:
-    """The emulator as an ASGI app; `app.state.emulator` gives tests direct access."""
+    """The emulator as an ASGI app; `app.state.emulator` gives tests direct access.
+
+    An empty or blank token is a ValueError: every client would pass with no credential.
+    """
+    if not token.strip():
+        raise ValueError("the bearer token is empty")
     settings = Settings()
     settings.update(
         rename=rename,

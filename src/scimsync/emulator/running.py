@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 import sys
@@ -27,6 +28,32 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def token_from_file(path: Path) -> str:
+    """The token in `path`, stripped; a ValueError naming the file, never its content."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    token = text.strip()
+    if not token:
+        raise ValueError(f"{path}: the bearer token is empty")
+    if len(token.splitlines()) > 1:
+        raise ValueError(f"{path}: more than one line; the file holds the token alone")
+    return token
 
 
 def _url(host: str, port: int) -> str:
@@ -60,7 +87,8 @@ def _server(app: Starlette) -> uvicorn.Server:
 def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> None:
     """Runs the emulator until SIGINT/SIGTERM; prints the URL to put in `target.url`.
 
-    A bad option or data file ends the process with one line on stderr and exit code 2.
+    A bad option or data file ends the process with one line on stderr and exit code 2;
+    a host other machines can reach gets one warning line there.
     """
     try:
         app = create_app(token, **options)
@@ -68,6 +96,13 @@ def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> Non
     except (ValueError, OSError) as exc:
         print(f"scimsync emulate: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not is_loopback(host):
+        print(
+            f"scimsync emulate: warning: serving plain HTTP with test data on {host}: "
+            "reachable from other hosts",
+            file=sys.stderr,
+            flush=True,
+        )
     data_file = options.get("data_file")
     print(f"Atlassian SCIM emulator listening; target.url: {_url(host, sock.getsockname()[1])}")
     if data_file:
@@ -83,7 +118,8 @@ class RunningEmulator(Lifecycle):
     """
 
     def __init__(self, token: str | None = None, **options: Any) -> None:
-        self.token = token or secrets.token_urlsafe(24)
+        # None picks one; "" is refused by create_app rather than silently replaced.
+        self.token = secrets.token_urlsafe(24) if token is None else token
         self.app = create_app(self.token, **options)
         self._state: Emulator = self.app.state.emulator
         self._sock = _bind("127.0.0.1", 0)
