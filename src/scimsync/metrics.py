@@ -56,6 +56,12 @@ class Metrics:
             "Operations the last cycle held by the safety threshold (sync --allow-deletions)",
             registry=self.registry,
         )
+        self.cycle_errors = Counter(
+            "scimsync_cycle_errors",
+            "Cycles that failed as a whole, by the error's class",
+            ["kind"],
+            registry=self.registry,
+        )
         self.last_cycle = CycleHealth()
 
 
