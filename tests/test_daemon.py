@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -547,3 +548,22 @@ def test_a_mapping_error_met_by_a_cycle_still_ends_run_with_exit_2(scimsync: Sci
     assert daemon.popen.wait(timeout=60) == 2
     lines = [line for line in daemon.stderr.splitlines() if not line.startswith("{")]
     assert len(lines) == 1 and "mapping.displayName" in lines[0], daemon.stderr
+
+
+# --- issue 12, item 4: /healthz answers beside an idle connection ----------------------
+
+
+def test_run_answers_healthz_beside_an_idle_connection_drops_it_and_stops_on_sigterm(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    ldap_tree.add_user("wyn")
+    daemon = scimsync.start("run")
+    eventually(daemon.health, "/healthz")
+    port = int(daemon.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+        # One connection that sends nothing held the old single-threaded listener for ever.
+        answer = httpx2.get(f"{daemon.base}/healthz", timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert idle.recv(1) == b""  # dropped by the listener's read timeout, not by us
+    with socket.create_connection(("127.0.0.1", port), timeout=30):
+        assert daemon.stop() == 0  # an open idle connection does not hold up the stop
