@@ -105,9 +105,10 @@ class HealthServer:
     """/metrics for Prometheus; /healthz: 200 while the last cycle did not fail.
 
     503 from the first failed cycle (source or target unreachable, API key refused, store
-    down) until one succeeds, and when no cycle has finished for `stale_after` seconds (a
-    cycle that hangs). Records that fail and operations held by the safety threshold are
-    not the instance's ill health: they show in `status`, the audit log and the metrics.
+    down, any other error) until one succeeds, and when no cycle has finished for
+    `stale_after` seconds (a cycle that hangs). Records that fail and operations held by the
+    safety threshold are not the instance's ill health: they show in `status`, the audit
+    log and the metrics. Each connection has its own thread and `read_timeout` per read.
     """
 
     def __init__(
