@@ -508,11 +508,12 @@ def test_an_error_no_typed_error_covers_fails_the_cycle_503_and_run_goes_on(
 ) -> None:
     """A corrupt record in the store, read by every cycle, raises a bare JSONDecodeError.
 
-    Why this fault: the target client now maps every HTTP-library error (a body that fails
-    to decode included) to the target's error types, so a broken target no longer gives an
-    untyped error on demand. The approval row (a watermark holding JSON) is read by every
-    cycle, and no typed error covers unparsable contents; it is written here through the
-    real store, as a foreign writer, a hand edit or a damaged file would leave it.
+    Why this fault: issue 12's client work maps every HTTP-library error (a body that fails
+    to decode included) to the target's error types, so a broken target will not give an
+    untyped error on demand for long. The approval row (a watermark holding JSON) is read
+    by every cycle, and no typed error covers unparsable contents; it is written here
+    through the real store, as a foreign writer, a hand edit or a damaged file would leave
+    it. No monkeypatching: the real run process meets it on its own.
     """
     ldap_tree.add_user("uma")
     daemon = scimsync.start("run")
@@ -538,6 +539,7 @@ def test_an_error_no_typed_error_covers_fails_the_cycle_503_and_run_goes_on(
     assert len(logged) == 1, logged  # once, not once a cycle
     assert logged[0]["event"] == "cycle failed"
     assert logged[0]["error"].startswith("JSONDecodeError: "), logged
+    assert "retry_in" in logged[0]  # backed off like any failed cycle
     assert "Traceback" not in daemon.stderr  # a traceback only at debug level
     assert any(e["event"] == "cycles succeed again" for e in events)
 
