@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from scimsync import daemon as daemon_module
 from scimsync.emulator import RunningEmulator
 from scimsync.sandbox.slapd import free_port
 from scimsync.state import Store
+from scimsync.state.store import APPROVAL
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel, source_settings
 from tests.test_faults import RestartableSlapd
@@ -496,3 +498,74 @@ def test_store_counts_repeated_cycles_into_one_run_and_filters_audit_by_name(
         assert [a.source_id for a in store.audit_log(group="CREW")] == ["g1"]
         assert store.audit_log(user="crew") == []  # a group's name is not a user's
         assert len(store.audit_log(user="u1", group="g1")) == 2
+
+
+# --- issue 12, item 3: an unexpected error fails one cycle, not the daemon -------------
+
+
+def test_an_error_no_typed_error_covers_fails_the_cycle_503_and_run_goes_on(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    """A corrupt record in the store, read by every cycle, raises a bare JSONDecodeError.
+
+    Why this fault: issue 12's client work maps every HTTP-library error (a body that fails
+    to decode included) to the target's error types, so a broken target will not give an
+    untyped error on demand for long. The approval row (a watermark holding JSON) is read
+    by every cycle, and no typed error covers unparsable contents; it is written here
+    through the real store, as a foreign writer, a hand edit or a damaged file would leave
+    it. No monkeypatching: the real run process meets it on its own.
+    """
+    ldap_tree.add_user("uma")
+    daemon = scimsync.start("run")
+    eventually(lambda: user_names(emulator), "the first cycle")
+    daemon.health_when(lambda h: h.status_code == 200)
+    with scimsync.store() as store:
+        store.set_watermark(APPROVAL, "{not json")
+
+    answer = daemon.health_when(lambda h: h.status_code == 503)
+    assert answer.text.startswith("last cycle failed: JSONDecodeError: "), answer.text
+    errors = 'scimsync_cycle_errors_total{kind="JSONDecodeError"}'
+    eventually(lambda: daemon.metric(errors) >= 3, "three failed cycles")
+    assert daemon.popen.poll() is None  # still running
+
+    with scimsync.store() as store:
+        store.clear_approval()
+    daemon.health_when(lambda h: h.status_code == 200)
+    ldap_tree.add_user("vic")
+    eventually(lambda: "vic@example.com" in user_names(emulator), "a cycle after the fault")
+    assert daemon.stop() == 0
+    events = daemon.events()
+    logged = [e for e in events if e["level"] == "error"]
+    assert len(logged) == 1, logged  # once, not once a cycle
+    assert logged[0]["event"] == "cycle failed"
+    assert logged[0]["error"].startswith("JSONDecodeError: "), logged
+    assert "retry_in" in logged[0]  # backed off like any failed cycle
+    assert "Traceback" not in daemon.stderr  # a traceback only at debug level
+    assert any(e["event"] == "cycles succeed again" for e in events)
+
+
+def test_a_mapping_error_met_by_a_cycle_still_ends_run_with_exit_2(scimsync: Scimsync) -> None:
+    scimsync.settings["mapping"] = {"displayName": "{{ givenName "}
+    daemon = scimsync.start("run")
+    assert daemon.popen.wait(timeout=60) == 2
+    lines = [line for line in daemon.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and "mapping.displayName" in lines[0], daemon.stderr
+
+
+# --- issue 12, item 4: /healthz answers beside an idle connection ----------------------
+
+
+def test_run_answers_healthz_beside_an_idle_connection_drops_it_and_stops_on_sigterm(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    ldap_tree.add_user("wyn")
+    daemon = scimsync.start("run")
+    eventually(daemon.health, "/healthz")
+    port = int(daemon.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+        # One connection that sends nothing held the old single-threaded listener for ever.
+        answer = httpx2.get(f"{daemon.base}/healthz", timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert idle.recv(1) == b""  # dropped by the listener's read timeout, not by us
+    with socket.create_connection(("127.0.0.1", port), timeout=30):
+        assert daemon.stop() == 0  # an open idle connection does not hold up the stop

@@ -8,11 +8,13 @@ import errno
 import signal
 import threading
 import time
+import traceback
 from types import FrameType
 
 from scimsync import engine, log
 from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
+from scimsync.mapping import MappingConfigError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
 from scimsync.target.errors import ScimError, TargetUnreachable
@@ -23,6 +25,11 @@ logger = log.get(__name__)
 # if longer): an outage at `interval: 1` costs about 60 attempts an hour, not 3,600.
 MAX_RETRY_DELAY = 60.0
 
+# What a cycle is expected to meet now and then; their messages say what is at fault.
+EXPECTED = (DirectoryError, TargetUnreachable, ScimError, StateError)
+# A configuration error ends `run` (exit 2): no later cycle can do better.
+FATAL = (ConfigError, MappingConfigError)
+
 
 def retry_delay(interval: float, failures_in_a_row: int) -> float:
     """Seconds from one cycle's start to the next after that many failed cycles in a row."""
@@ -31,6 +38,13 @@ def retry_delay(interval: float, failures_in_a_row: int) -> float:
     # The exponent is bounded: past 2**20 the cap applies anyway.
     backed_off: float = interval * 2 ** min(failures_in_a_row - 1, 20)
     return min(backed_off, max(interval, MAX_RETRY_DELAY))
+
+
+def describe(exc: Exception) -> str:
+    """The cause health and the log give; an unexpected error's class is part of it."""
+    if isinstance(exc, EXPECTED):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def listen_error(listen: str, exc: OSError | ValueError) -> str:
@@ -65,7 +79,7 @@ class Outage:
             return
         if self.kind is None:
             self.since = time.monotonic()
-        self.kind, self.cause = kind, str(exc)
+        self.kind, self.cause = kind, describe(exc)
         logger.error(
             "cycle failed",
             error=self.cause,
@@ -125,10 +139,17 @@ class Daemon:
             active = False
             while not self.stopping.is_set():
                 started = time.monotonic()
-                active = active or self.take_channel(store, holding)
-                if active and not self.cycle(store) and self.store_failed:
-                    release(holding)  # the lock may have died with the store's connection
-                    active = False
+                try:
+                    active = active or self.take_channel(store, holding)
+                    if active and not self.cycle(store) and self.store_failed:
+                        release(holding)  # the lock may have died with the store's connection
+                        active = False
+                except FATAL:
+                    raise
+                except Exception as exc:
+                    # Outside a cycle (taking the channel, the gauges after it): the same
+                    # as a failed cycle, so one bug does not stop provisioning.
+                    self.failed(exc)
                 failures = self.outage.cycles
                 # Event.wait returns early on SIGTERM: the daemon stops without waiting out
                 # the interval.
@@ -145,8 +166,7 @@ class Daemon:
             self.metrics.last_cycle.record(None, standby=True)
             return False
         except StateError as exc:
-            self.metrics.last_cycle.record(str(exc))
-            self.outage.failed(exc, retry_delay(self.config.interval, self.outage.cycles + 1))
+            self.failed(exc)
             return False
         if self.on_standby:
             logger.info("active: this instance now holds the channel")
@@ -168,22 +188,38 @@ class Daemon:
             self.metrics.held.set(len(report.prepared.verdict.held))
             if exit_code in (0, 1):
                 self.metrics.last_success.set(time.time())
-        except (DirectoryError, TargetUnreachable, ScimError, StateError) as exc:
+        except EXPECTED as exc:
             failure = exc
             self.store_failed = isinstance(exc, StateError)
+        except FATAL:
+            raise
+        except Exception as exc:
+            # A fault no typed error covers (a bug, a corrupt record, a library's own
+            # error): the next cycle may not meet it, so it fails this cycle only.
+            failure = exc
+            self.store_failed = False
         finally:
             self.metrics.cycles.labels(str(exit_code)).inc()
             self.metrics.cycle_duration.observe(time.monotonic() - started)
-            self.metrics.last_cycle.record(None if failure is None else str(failure))
         if failure is not None:
-            self.outage.failed(failure, retry_delay(self.config.interval, self.outage.cycles + 1))
+            self.failed(failure)
             return False
+        self.metrics.last_cycle.record(None)
         self.outage.over()
         with contextlib.suppress(StateError):  # the gauges wait for the store's return
             failures = store.failures().values()
             self.metrics.quarantined.set(sum(1 for f in failures if f.quarantined))
             self.metrics.pending.set(sum(1 for f in failures if not f.quarantined))
         return True
+
+    def failed(self, exc: Exception) -> None:
+        """A cycle's turn failed as a whole: 503 with its cause, counted, logged, backed off."""
+        self.metrics.last_cycle.record(describe(exc))
+        self.metrics.cycle_errors.labels(type(exc).__name__).inc()
+        if not isinstance(exc, EXPECTED):
+            # Once at error level (Outage), with its traceback only at debug level.
+            logger.debug("unexpected error", traceback="".join(traceback.format_exception(exc)))
+        self.outage.failed(exc, retry_delay(self.config.interval, self.outage.cycles + 1))
 
 
 def release(holding: contextlib.ExitStack) -> None:

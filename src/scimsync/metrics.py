@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from scimsync import log
+
+logger = log.get(__name__)
+
+# Seconds a connection may take to send its request (each read): one that sends nothing,
+# or stalls, is dropped instead of holding a thread for ever.
+READ_TIMEOUT = 5.0
 
 
 class Metrics:
@@ -46,6 +56,12 @@ class Metrics:
             "Operations the last cycle held by the safety threshold (sync --allow-deletions)",
             registry=self.registry,
         )
+        self.cycle_errors = Counter(
+            "scimsync_cycle_errors",
+            "Cycles that failed as a whole, by the error's class",
+            ["kind"],
+            registry=self.registry,
+        )
         self.last_cycle = CycleHealth()
 
 
@@ -61,7 +77,26 @@ class CycleHealth:
         self.failure, self.standby, self.finished_at = failure, standby, time.time()
 
 
+class _Listener(ThreadingMixIn, WSGIServer):
+    """A thread per connection, so one slow or idle client cannot hold up a probe."""
+
+    daemon_threads = True
+    block_on_close = False  # stopping does not wait out an idle connection's read timeout
+    read_timeout = READ_TIMEOUT
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: no traceback on stderr."""
+        error = sys.exception()
+        logger.debug("metrics connection dropped", client=str(client_address), error=repr(error))
+
+
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        if isinstance(self.server, _Listener):
+            # Every read of the request; a connection that sends nothing ends in TimeoutError.
+            self.request.settimeout(self.server.read_timeout)
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would drown the cycle logs."""
 
@@ -70,12 +105,19 @@ class HealthServer:
     """/metrics for Prometheus; /healthz: 200 while the last cycle did not fail.
 
     503 from the first failed cycle (source or target unreachable, API key refused, store
-    down) until one succeeds, and when no cycle has finished for `stale_after` seconds (a
-    cycle that hangs). Records that fail and operations held by the safety threshold are
-    not the instance's ill health: they show in `status`, the audit log and the metrics.
+    down, any other error) until one succeeds, and when no cycle has finished for
+    `stale_after` seconds (a cycle that hangs). Records that fail and operations held by the
+    safety threshold are not the instance's ill health: they show in `status`, the audit
+    log and the metrics. Each connection has its own thread and `read_timeout` per read.
     """
 
-    def __init__(self, metrics: Metrics, listen: str, stale_after: float) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        listen: str,
+        stale_after: float,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self.metrics = metrics
         self.stale_after = stale_after
@@ -96,9 +138,14 @@ class HealthServer:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found\n"]
 
-        self.server: WSGIServer = make_server(
-            host.strip("[]") or "127.0.0.1", int(port), app, handler_class=_QuietHandler
+        self.server: _Listener = make_server(
+            host.strip("[]") or "127.0.0.1",
+            int(port),
+            app,
+            server_class=_Listener,
+            handler_class=_QuietHandler,
         )
+        self.server.read_timeout = read_timeout
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
