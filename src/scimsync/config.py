@@ -191,7 +191,9 @@ class TargetConfig(Strict):
         return self.token.get_secret_value()
 
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%(?:\s+min\s+(\d+))?\s*$")
+# 2 % of linked users, at least 5: see docs/design.md, "Safety threshold".
+DEFAULT_MAX_DELETIONS = "2% min 5"
 
 
 class Options(Strict):
@@ -202,7 +204,7 @@ class Options(Strict):
     remove_user_action: Literal["disable", "delete"] = "disable"
     groups: bool = True
     group_rename: Literal["in_place", "recreate"] = "in_place"
-    max_deletions: int | str = 50
+    max_deletions: int | str = DEFAULT_MAX_DELETIONS
     max_retries: Annotated[int, Field(ge=1)] = 5
     match_users_by: Literal["userName", "externalId"] = "userName"
     user_name_changes: Literal["conflict", "update"] = "conflict"
@@ -211,12 +213,13 @@ class Options(Strict):
     @field_validator("max_deletions")
     @classmethod
     def _count_or_percent(cls, value: int | str) -> int | str:
+        expected = "expected a count >= 0, a percentage such as '5%', or '2% min 5'"
         if isinstance(value, int):
             if value < 0:
-                raise ValueError("expected a count >= 0 or a percentage such as '5%'")
+                raise ValueError(expected)
             return value
         if not _PERCENT.match(value):
-            raise ValueError(f"expected a count or a percentage such as '5%', got {value!r}")
+            raise ValueError(f"{expected}, got {value!r}")
         return value.strip()
 
     def deletion_limit(self, linked_users: int) -> int:
@@ -225,7 +228,16 @@ class Options(Strict):
             return self.max_deletions
         match = _PERCENT.match(self.max_deletions)
         assert match is not None
-        return int(linked_users * float(match.group(1)) / 100)
+        share = int(linked_users * float(match.group(1)) / 100)
+        return max(share, int(match.group(2) or 0))
+
+    def describe_deletion_limit(self, linked_users: int) -> str:
+        """Which limit applied and what it came to, for the guard's message."""
+        limit = self.deletion_limit(linked_users)
+        if isinstance(self.max_deletions, int):
+            return str(limit)
+        default = "" if "max_deletions" in self.model_fields_set else "the default, "
+        return f"{default}{self.max_deletions}: {limit} for {linked_users} linked users"
 
 
 class MappingRule(Strict):
