@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -31,7 +32,8 @@ class ConfigError(Exception):
 
 
 class InsecureConfigWarning(UserWarning):
-    """A config file holding a secret is readable by other users."""
+    """A setting that exposes a secret: a config file holding one readable by other users,
+    TLS left unverified, a password or API key sent in clear."""
 
 
 class Strict(BaseModel):
@@ -81,7 +83,7 @@ class AccountStatus(Strict):
 def _check_ldap_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ldap", "ldaps", "ldapi") or not (parts.netloc or parts.path):
-        raise ValueError(f"expected an ldap://, ldaps:// or ldapi:// URL, got {url!r}")
+        raise ValueError(f"expected an ldap://, ldaps:// or ldapi:// URL, got {redact_url(url)!r}")
     return url
 
 
@@ -172,7 +174,7 @@ class TargetConfig(Strict):
     def _http_url(cls, url: str) -> str:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got {redact_url(url)!r}")
         return url.rstrip("/")
 
     @model_validator(mode="after")
@@ -324,7 +326,9 @@ class Config(Strict):
     def _state_url(cls, url: str) -> str:
         scheme = urlsplit(url).scheme
         if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
-            raise ValueError(f"expected a sqlite:/// or postgresql+psycopg:// URL, got {url!r}")
+            raise ValueError(
+                f"expected a sqlite:/// or postgresql+psycopg:// URL, got {redact_url(url)!r}"
+            )
         return url
 
     @field_validator("mapping")
@@ -471,3 +475,72 @@ def _warn_if_exposed(file: Path, raw: dict[str, Any]) -> None:
             InsecureConfigWarning,
             stacklevel=2,
         )
+
+
+def warn_if_insecure(config: Config, file: Path) -> None:
+    """One InsecureConfigWarning per setting that lets others read or take a secret."""
+    for problem in insecure_settings(config):
+        warnings.warn(f"{file}: {problem}", InsecureConfigWarning, stacklevel=2)
+
+
+def insecure_settings(config: Config) -> list[str]:
+    """TLS left unverified, a bind password or an API key sent in clear over the network.
+
+    A loopback host (and ldapi://) is spared the clear-text warnings: those bytes never
+    leave the machine, and the emulator and test servers listen there.
+    """
+    source, target = config.source, config.target
+    problems: list[str] = []
+    if not source.verify_tls:
+        problems.append(
+            "source.verify_tls is false: the LDAP server's certificate is not checked, "
+            "so anyone on the path can pose as it"
+        )
+    if not target.verify_tls:
+        problems.append(
+            "target.verify_tls is false: the target's certificate is not checked, "
+            "so anyone on the path can pose as it and take the API key"
+        )
+    ldap_url = urlsplit(source.url)
+    if (
+        ldap_url.scheme == "ldap"
+        and source.password
+        and not source.start_tls
+        and not _is_loopback(ldap_url.hostname)
+    ):
+        problems.append(
+            f"source.url {redact_url(source.url)} without source.start_tls sends the bind "
+            "password in clear; use ldaps:// or start_tls: true"
+        )
+    target_url = urlsplit(target.url)
+    if target_url.scheme == "http" and not _is_loopback(target_url.hostname):
+        problems.append(
+            f"target.url {redact_url(target.url)} sends the API key in clear; use https://"
+        )
+    return problems
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """The URL fit for a message: credentials in it shown as `user:***@` or `***@`."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    # The authority ends at the first /, ? or # (RFC 3986); userinfo at its last @.
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon and user else "***"
+    return f"{scheme}://{shown}@{host}{rest[end:]}"
