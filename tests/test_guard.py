@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from scimsync.config import Options
+from scimsync.emulator import RunningEmulator
 from scimsync.guard import GuardVerdict, guard
 from scimsync.model import Action, Conflict, Operation, Plan
+from tests.fixtures.slapd import Tree
+from tests.test_cli import Cli
 
 
 def op(action: Action, kind: str = "user", sid: str = "u1", **kw: object) -> Operation:
@@ -154,3 +159,20 @@ def test_explicit_limits_keep_their_meaning() -> None:
 def test_a_malformed_limit_is_refused_naming_the_forms(bad: str) -> None:
     with pytest.raises(ValidationError, match=r"expected a count >= 0, a percentage such as '5%'"):
         Options(max_deletions=bad)
+
+
+def test_sync_under_the_default_holds_most_of_a_small_directory_and_says_which_limit(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    del cli.settings["options"]["max_deletions"]  # the default applies
+    people = [cli.tree.add_user(f"p{i}") for i in range(7)]
+    assert cli("sync").returncode == 0
+    for dn in people[:6]:
+        cli.tree.delete(dn)
+    held = cli("sync")
+    assert held.returncode == 3, held.stdout + held.stderr
+    assert (
+        "6 disables and deletes exceed max_deletions (the default, 2% min 5: 5 for 7 linked users)"
+    ) in held.stdout
+    assert all(user["active"] for user in cli.emulator.users())
