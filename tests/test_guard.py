@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
 from scimsync.config import Options
+from scimsync.emulator import RunningEmulator
 from scimsync.guard import GuardVerdict, guard
 from scimsync.model import Action, Conflict, Operation, Plan
+from tests.fixtures.slapd import Tree
+from tests.test_cli import Cli
 
 
 def op(action: Action, kind: str = "user", sid: str = "u1", **kw: object) -> Operation:
@@ -109,3 +117,72 @@ def test_a_split_removal_keeps_the_removal_of_members_not_ours() -> None:
         op(Action.REMOVE_MEMBERS, "group", "g1", members=(), target_members=("HAND",)),
     )
     assert verdict.held == (*disables(1), op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0",)))
+
+
+# --- the default threshold: 2 % of linked users, at least 5 ---------------------------------
+
+
+def held(linked: int, removals: int, options: Options | None = None) -> bool:
+    the_plan = Plan(tuple(disables(removals)))
+    return guard(the_plan, linked, options or Options(), linked - removals).blocked
+
+
+def test_the_default_never_lets_a_small_directory_lose_everyone_in_one_cycle() -> None:
+    verdict = guard(Plan(tuple(disables(41))), 41, Options(), source_user_count=1)
+    assert verdict.blocked
+    assert verdict.reason == (
+        "41 disables and deletes exceed max_deletions "
+        "(the default, 2% min 5: 5 for 41 linked users)"
+    )
+    assert not held(41, 5)  # a few leavers at once are ordinary
+    assert held(41, 6)
+
+
+def test_the_default_lets_a_large_directory_s_ordinary_day_pass() -> None:
+    # Leavers run at about 0.1-0.3 % of the staff a day; a daily cron sees them in one cycle.
+    assert not held(100_000, 300)
+    assert not held(100_000, 2_000)
+    assert held(100_000, 2_001)  # a lost OU or a broken filter is far more than 2 %
+
+
+@pytest.mark.parametrize(("linked", "limit"), [(0, 5), (10, 5), (250, 5), (300, 6), (1_000, 20)])
+def test_the_default_is_two_percent_of_linked_users_with_a_floor_of_five(
+    linked: int, limit: int
+) -> None:
+    assert Options().deletion_limit(linked) == limit
+
+
+def test_explicit_limits_keep_their_meaning() -> None:
+    assert Options(max_deletions=50).deletion_limit(100_000) == 50
+    assert Options(max_deletions="5%").deletion_limit(10) == 0  # a bare percentage has no floor
+    assert Options(max_deletions="5% min 3").deletion_limit(10) == 3
+    assert Options(max_deletions="5% min 3").deletion_limit(1_000) == 50
+    verdict = guard(Plan(tuple(disables(4))), 10, Options(max_deletions="5% min 3"), 6)
+    assert verdict.reason == (
+        "4 disables and deletes exceed max_deletions (5% min 3: 3 for 10 linked users)"
+    )
+    verdict = guard(Plan(tuple(disables(4))), 10, Options(max_deletions=3), 6)
+    assert verdict.reason == "4 disables and deletes exceed max_deletions (3)"
+
+
+@pytest.mark.parametrize("bad", ["2% min", "min 5", "2% max 5", "-1", "5% min -1"])
+def test_a_malformed_limit_is_refused_naming_the_forms(bad: str) -> None:
+    with pytest.raises(ValidationError, match=r"expected a count >= 0, a percentage such as '5%'"):
+        Options(max_deletions=bad)
+
+
+def test_sync_under_the_default_holds_most_of_a_small_directory_and_says_which_limit(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    del cli.settings["options"]["max_deletions"]  # the default applies
+    people = [cli.tree.add_user(f"p{i}") for i in range(7)]
+    assert cli("sync").returncode == 0
+    for dn in people[:6]:
+        cli.tree.delete(dn)
+    held = cli("sync")
+    assert held.returncode == 3, held.stdout + held.stderr
+    assert (
+        "6 disables and deletes exceed max_deletions (the default, 2% min 5: 5 for 7 linked users)"
+    ) in held.stdout
+    assert all(user["active"] for user in cli.emulator.users())

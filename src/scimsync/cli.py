@@ -116,6 +116,8 @@ def load_config() -> Config:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", config_module.InsecureConfigWarning)
         loaded = config_module.load(settings.config_path)
+        # Printed once per process: `run` loads its config once, not every cycle.
+        config_module.warn_if_insecure(loaded, config_module.locate(settings.config_path))
     for warning in caught:
         err.print(f"scimsync: warning: {warning.message}", markup=False)
     return loaded

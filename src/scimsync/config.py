@@ -35,7 +35,8 @@ class ConfigError(Exception):
 
 
 class InsecureConfigWarning(UserWarning):
-    """A config file holding a secret is readable by other users."""
+    """A setting that exposes a secret: a config file holding one readable by other users,
+    TLS left unverified, a password or API key sent in clear."""
 
 
 class Strict(BaseModel):
@@ -262,7 +263,7 @@ class AccountStatus(Strict):
 def _check_ldap_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ldap", "ldaps", "ldapi") or not (parts.netloc or parts.path):
-        raise ValueError(f"expected an ldap://, ldaps:// or ldapi:// URL, got {url!r}")
+        raise ValueError(f"expected an ldap://, ldaps:// or ldapi:// URL, got {redact_url(url)!r}")
     return url
 
 
@@ -357,7 +358,7 @@ class TargetConfig(Strict):
     def _http_url(cls, url: str) -> str:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got {redact_url(url)!r}")
         return url.rstrip("/")
 
     @model_validator(mode="after")
@@ -376,7 +377,9 @@ class TargetConfig(Strict):
         return self.token.get_secret_value()
 
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%(?:\s+min\s+(\d+))?\s*$")
+# 2 % of linked users, at least 5: see docs/design.md, "Safety threshold".
+DEFAULT_MAX_DELETIONS = "2% min 5"
 
 
 class Options(Strict):
@@ -387,7 +390,7 @@ class Options(Strict):
     remove_user_action: Literal["disable", "delete"] = "disable"
     groups: bool = True
     group_rename: Literal["in_place", "recreate"] = "in_place"
-    max_deletions: int | str = 50
+    max_deletions: int | str = DEFAULT_MAX_DELETIONS
     max_retries: Annotated[int, Field(ge=1)] = 5
     match_users_by: Literal["userName", "externalId"] = "userName"
     user_name_changes: Literal["conflict", "update"] = "conflict"
@@ -396,6 +399,7 @@ class Options(Strict):
     @field_validator("max_deletions", mode="before")
     @classmethod
     def _count_or_percent(cls, value: object) -> int | str:
+        expected = "expected a count >= 0, a percentage such as '5%', or '2% min 5'"
         # "50" is a count, as `interval: "60"` is a number: ${VAR} always yields a string.
         if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
             value = int(value)
@@ -403,7 +407,7 @@ class Options(Strict):
             return value
         if isinstance(value, str) and _PERCENT.match(value):
             return value.strip()
-        raise ValueError(f"expected a count >= 0 or a percentage such as '5%', got {value!r}")
+        raise ValueError(f"{expected}, got {value!r}")
 
     def deletion_limit(self, linked_users: int) -> int:
         """The most deprovisioning operations one cycle may apply unasked."""
@@ -411,7 +415,16 @@ class Options(Strict):
             return self.max_deletions
         match = _PERCENT.match(self.max_deletions)
         assert match is not None
-        return int(linked_users * float(match.group(1)) / 100)
+        share = int(linked_users * float(match.group(1)) / 100)
+        return max(share, int(match.group(2) or 0))
+
+    def describe_deletion_limit(self, linked_users: int) -> str:
+        """Which limit applied and what it came to, for the guard's message."""
+        limit = self.deletion_limit(linked_users)
+        if isinstance(self.max_deletions, int):
+            return str(limit)
+        default = "" if "max_deletions" in self.model_fields_set else "the default, "
+        return f"{default}{self.max_deletions}: {limit} for {linked_users} linked users"
 
 
 class MappingRule(Strict):
@@ -556,7 +569,9 @@ class Config(Strict):
     def _state_url(cls, url: str) -> str:
         scheme = urlsplit(url).scheme
         if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
-            raise ValueError(f"expected a sqlite:/// or postgresql+psycopg:// URL, got {url!r}")
+            raise ValueError(
+                f"expected a sqlite:/// or postgresql+psycopg:// URL, got {redact_url(url)!r}"
+            )
         return url
 
     @field_validator("mapping")
@@ -817,3 +832,72 @@ def _warn_if_exposed(file: Path, raw: dict[str, Any]) -> None:
             InsecureConfigWarning,
             stacklevel=2,
         )
+
+
+def warn_if_insecure(config: Config, file: Path) -> None:
+    """One InsecureConfigWarning per setting that lets others read or take a secret."""
+    for problem in insecure_settings(config):
+        warnings.warn(f"{file}: {problem}", InsecureConfigWarning, stacklevel=2)
+
+
+def insecure_settings(config: Config) -> list[str]:
+    """TLS left unverified, a bind password or an API key sent in clear over the network.
+
+    A loopback host (and ldapi://) is spared the clear-text warnings: those bytes never
+    leave the machine, and the emulator and test servers listen there.
+    """
+    source, target = config.source, config.target
+    problems: list[str] = []
+    if not source.verify_tls:
+        problems.append(
+            "source.verify_tls is false: the LDAP server's certificate is not checked, "
+            "so anyone on the path can pose as it"
+        )
+    if not target.verify_tls:
+        problems.append(
+            "target.verify_tls is false: the target's certificate is not checked, "
+            "so anyone on the path can pose as it and take the API key"
+        )
+    ldap_url = urlsplit(source.url)
+    if (
+        ldap_url.scheme == "ldap"
+        and source.password
+        and not source.start_tls
+        and not _is_loopback(ldap_url.hostname)
+    ):
+        problems.append(
+            f"source.url {redact_url(source.url)} without source.start_tls sends the bind "
+            "password in clear; use ldaps:// or start_tls: true"
+        )
+    target_url = urlsplit(target.url)
+    if target_url.scheme == "http" and not _is_loopback(target_url.hostname):
+        problems.append(
+            f"target.url {redact_url(target.url)} sends the API key in clear; use https://"
+        )
+    return problems
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """The URL fit for a message: credentials in it shown as `user:***@` or `***@`."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    # The authority ends at the first /, ? or # (RFC 3986); userinfo at its last @.
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon and user else "***"
+    return f"{scheme}://{shown}@{host}{rest[end:]}"

@@ -17,7 +17,7 @@ from typing import Literal
 
 from scimsync import log
 from scimsync.apply import Executor, Outcome, Progress
-from scimsync.config import Config, ConfigError
+from scimsync.config import Config, ConfigError, redact_url
 from scimsync.directory import ChangeSet, LdapDirectory, NoSuchEntry, WatermarkLost
 from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
@@ -867,7 +867,8 @@ def audit_held(store: Store, cycle_id: str, verdict: GuardVerdict) -> None:
 
 
 def record_key_refusal(store: Store, cycle_id: str, config: Config, exc: Unauthorized) -> None:
-    store.audit(cycle_id, "key_refused", "cycle", "", None, False, str(exc), name=config.target.url)
+    shown = redact_url(config.target.url)
+    store.audit(cycle_id, "key_refused", "cycle", "", None, False, str(exc), name=shown)
 
 
 def record_refusals(
@@ -989,4 +990,5 @@ async def check_target(config: Config) -> TargetCheck:
         f"{name} {'yes' if (spc.get(name) or {}).get('supported') else 'no'}"
         for name in ("patch", "bulk", "filter")
     )
-    return TargetCheck(config.target.url, features, total if isinstance(total, int) else listed)
+    shown = redact_url(config.target.url)
+    return TargetCheck(shown, features, total if isinstance(total, int) else listed)

@@ -45,7 +45,7 @@ def guard(
     if len(removals) > limit:
         reason = (
             f"{len(removals)} disables and deletes exceed max_deletions "
-            f"({options.max_deletions!s}, {limit} for {linked_user_count} linked users)"
+            f"({options.describe_deletion_limit(linked_user_count)})"
         )
         return _hold(plan, reason, hold_all_member_removals=False)
     return GuardVerdict.allow(plan)

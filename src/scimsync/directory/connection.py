@@ -18,7 +18,7 @@ from ldap.syncrepl import (
     SyncStateControl,
 )
 
-from scimsync.config import SourceConfig
+from scimsync.config import SourceConfig, redact_url
 from scimsync.directory.errors import (
     DirectoryAuthError,
     DirectoryError,
@@ -51,7 +51,7 @@ class SyncRefresh:
 class Connection:
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
-        self.url = config.url
+        self.url = redact_url(config.url)  # for messages: never the credentials a URL holds
         self._conn: Any = None
 
     # --- opening and closing ----------------------------------------------------------

@@ -136,7 +136,7 @@ class LdapDirectory:
         self._conn.close()
 
     def __repr__(self) -> str:
-        return f"LdapDirectory({self._config.url!r}, bind_dn={self._config.bind_dn!r})"
+        return f"LdapDirectory({self._conn.url!r}, bind_dn={self._config.bind_dn!r})"
 
     # --- public -----------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class LdapDirectory:
             kind = "OpenLDAP"
         else:
             kind = vendor or "LDAP server"
-        return f"{kind} at {self._config.url}"
+        return f"{kind} at {self._conn.url}"
 
     def require_base(self) -> None:
         """Raise NoSuchEntry when base_dn names no entry on the server."""
@@ -679,14 +679,14 @@ class LdapDirectory:
         values = get(entry, self._guid_attr)
         if not values:
             raise DirectoryError(
-                f"{dn} on {self._config.url} has no {self._guid_attr} "
+                f"{dn} on {self._conn.url} has no {self._guid_attr} "
                 "(source.guid_attribute); cannot identify it"
             )
         try:
             return guid_text(self._guid_attr, values[0])
         except UnicodeDecodeError:
             raise DirectoryError(
-                f"{dn} on {self._config.url}: {self._guid_attr} is binary; "
+                f"{dn} on {self._conn.url}: {self._guid_attr} is binary; "
                 "expected entryUUID text or a 16-byte objectGUID"
             ) from None
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 
 from scimsync import log
-from scimsync.config import TargetConfig
+from scimsync.config import TargetConfig, redact_url
 from scimsync.target.errors import (
     InvalidResponse,
     RateLimited,
@@ -56,7 +56,7 @@ class ScimHttp:
         clock: Clock = time.monotonic,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = config.url
+        self.url = redact_url(config.url)  # for messages: never the credentials a URL holds
         self.max_retries = config.max_retries
         self.retry_max_seconds = config.retry_max_seconds
         self.timeout = config.timeout  # each attempt's deadline, from sending to the last byte
