@@ -72,6 +72,9 @@ def test_a_new_identity_attribute_re_keys_links_instead_of_deprovisioning(
     channel.emulator.reset_stats()
     planned = channel.plan()  # the dry run plans what sync does after the re-key
     assert (planned.view.mode, planned.plan.operations) == ("full", ())
+    one = channel.plan(only_user="anna@example.com")
+    assert (one.plan.operations, one.plan.conflicts) == ((), ())
+    assert set(one.view.linked_users) == {dns["anna"].lower()}
     with channel.store() as store:
         assert store.watermark(IDENTITY) == "entryUUID"  # a plan writes nothing
 

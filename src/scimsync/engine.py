@@ -293,13 +293,22 @@ def incremental_view(
 
 
 def user_view(
-    directory: LdapDirectory, mapper: Mapper, config: Config, store: Store, user_name: str
+    directory: LdapDirectory,
+    mapper: Mapper,
+    config: Config,
+    store: Store,
+    user_name: str,
+    rekeyed: Mapping[str, str] | None = None,
 ) -> View:
-    """`sync --user NAME`: that user, its memberships, and nothing else."""
+    """`sync --user NAME`: that user, its memberships, and nothing else.
+
+    `rekeyed`: a dry run's pending re-key (old source id -> new), applied to the links."""
     snapshot = directory.read()
     users, failures = map_users(snapshot.users.values(), mapper)
     wanted = {sid: u for sid, u in users.items() if u.user_name.lower() == user_name.lower()}
     linked_groups_all = store.linked_groups()
+    if rekeyed:
+        linked_groups_all = rekey.groups_rekeyed(linked_groups_all, rekeyed)
     groups: dict[str, DesiredGroup] = {}
     linked_groups: dict[str, LinkedGroup] = {}
     if config.options.groups:
@@ -314,7 +323,12 @@ def user_view(
             groups[sid] = replace(group, member_source_ids=members)
     mine = tuple(f for f in failures if f.name.lower() == user_name.lower())
     desired = Desired(wanted, groups, mine, None)
-    linked_users = store.linked_users_by_ids(wanted)
+    if rekeyed:
+        old_ids = {new: old for old, new in rekeyed.items()}
+        linked_users = store.linked_users_by_ids([old_ids.get(sid, sid) for sid in wanted])
+        linked_users = rekey.users_rekeyed(linked_users, rekeyed)
+    else:
+        linked_users = store.linked_users_by_ids(wanted)
     universe: set[Record] = {("user", sid) for sid in wanted}
     universe |= {("group", sid) for sid in groups}
     entered, _ = scope_moves(linked_users, wanted.keys())
@@ -408,7 +422,7 @@ def read_view(
 ) -> View:
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         if only_user is not None:
-            return user_view(directory, mapper, config, store, only_user)
+            return user_view(directory, mapper, config, store, only_user, rekeyed)
         mode = choose_mode(store, config, failures, now)
         if mode == "incremental":
             watermark = store.watermark(WATERMARK)
