@@ -93,6 +93,7 @@ def test_a_new_identity_attribute_re_keys_links_instead_of_deprovisioning(
             new_ids["ops"]: {new_ids["cara"]},
         }
         assert set(store.failures()) == {("user", new_ids["dave"])}
+        assert [e.event for e in store.audit_log()].count("map") == 1  # dave's, once
         [event] = [e for e in store.audit_log() if e.event == "rekey"]
         assert event.success
         assert event.cause == (
@@ -130,6 +131,12 @@ def test_an_identity_attribute_no_entry_has_is_refused_with_exit_2_and_nothing_w
     with Store.open(cli.settings["state"], "default") as store:
         assert snapshot(store) == before
     assert cli.emulator.stats()["by_method"].keys() <= {"GET"}
+
+    cli.settings["source"]["guid_attribute"] = NEW_ATTRIBUTE  # one every entry has
+    assert cli("sync").returncode == 1  # dave is still unmappable; nothing else to do
+    assert cli.emulator.stats()["by_method"].keys() <= {"GET"}
+    status = cli("status").stdout
+    assert "rekey" in status and "2 rekey group, 3 rekey user" in status
 
 
 def test_links_whose_old_attribute_no_entry_has_any_more_are_refused(channel: Channel) -> None:
@@ -180,6 +187,15 @@ def test_a_new_attribute_two_linked_entries_share_is_refused() -> None:
     identities = [Identity("uid=a", "1", "same"), Identity("uid=b", "2", "same")]
     with pytest.raises(RekeyRefusedError, match="uid=a and uid=b both have 'same'"):
         match("entryUUID", "cn", identities, {"1", "2"}, set())
+
+
+def test_failure_rows_of_unlinked_records_follow_too() -> None:
+    identities = [Identity("uid=a", "1", "x"), Identity("uid=b", "2", "y")]
+    found = match("entryUUID", "uid", identities, {"1"}, set(), {("user", "2")})
+    assert (found.new_ids, found.users, found.not_found) == ({"1": "x", "2": "y"}, 1, 0)
+    with pytest.raises(RekeyRefusedError, match="not unique"):
+        match("entryUUID", "uid", [*identities, Identity("uid=c", "3", "x")], {"1"}, set(),
+              {("user", "3")})  # fmt: skip
 
 
 def test_records_not_found_stay_and_are_counted() -> None:

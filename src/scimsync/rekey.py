@@ -72,8 +72,10 @@ def pending(config: Config, store: Store) -> Rekey | None:
     users, groups = store.linked_ids("user"), store.linked_ids("group")
     if not users and not groups:
         return Rekey(old, configured(config), {}, 0, 0, 0)
+    failing = set(store.failures())  # of unlinked records too
     with LdapDirectory(config.source, ()) as directory:
-        return match(old, configured(config), directory.identities(old), users, groups)
+        identities = directory.identities(old)
+        return match(old, configured(config), identities, users, groups, failing)
 
 
 def match(
@@ -82,9 +84,13 @@ def match(
     identities: Iterable[Identity],
     users: Collection[str],
     groups: Collection[str],
+    failing: Collection[tuple[Kind, str]] = (),
 ) -> Rekey:
-    """Each linked record's new id, from the entry that has its old one."""
+    """Each linked record's new id, from the entry that has its old one. `failing`: the
+    ids of failure rows, re-keyed too where found (a refused record stays on record as
+    refused, not audited again as new)."""
     linked = set(users) | set(groups)
+    wanted = linked | {source_id for _, source_id in failing}
     new_ids: dict[str, str] = {}
     where: dict[str, str] = {}  # old id -> DN, for messages
     lacking: list[str] = []  # DNs of linked entries without the new attribute
@@ -93,14 +99,15 @@ def match(
         if entry.old is None:
             continue
         readable = True
-        if entry.old not in linked:
+        if entry.old not in wanted:
             continue
         if entry.new is None:
-            lacking.append(entry.dn)
+            if entry.old in linked:
+                lacking.append(entry.dn)
         else:
             new_ids[entry.old] = entry.new
             where[entry.old] = entry.dn
-    if not new_ids and not lacking:
+    if not linked & new_ids.keys() and not lacking:
         how = (
             f"none of the {len(linked)} linked entries is found by it"
             if readable
@@ -117,9 +124,10 @@ def match(
             f"so their links cannot follow them: give every entry a {new}, or set {KEY} "
             f"back to {old}"
         )
-    for ids in (users, groups):
+    for kind, ids in (("user", users), ("group", groups)):
         holder: dict[str, str] = {}
-        for source_id in ids:
+        # Failure rows are keyed by kind and id too: none may land on another's new id.
+        for source_id in {*ids, *(sid for k, sid in failing if k == kind)}:
             new_id = new_ids.get(source_id, source_id)
             other = holder.setdefault(new_id, source_id)
             if other != source_id:
@@ -156,7 +164,8 @@ def settle(config: Config, store: Store, *, settings_unchanged: bool) -> Rekey |
         cycle_id = store.begin_run("rekey")
         store.rekey(rekey.new_ids)
         store.set_watermark(IDENTITY, rekey.new_attribute)
-        store.audit(cycle_id, "rekey", "cycle", "", None, True, rekey.cause, name=KEY)
+        name = f"{KEY} {rekey.old_attribute} to {rekey.new_attribute}"
+        store.audit(cycle_id, "rekey", "cycle", "", None, True, rekey.cause, name=name)
         summary = {"rekey user": rekey.users, "rekey group": rekey.groups}
         store.finish_run(cycle_id, "ok", summary, rekey.cause)
     logger.info(
