@@ -160,6 +160,9 @@ def settle(config: Config, store: Store, *, settings_unchanged: bool) -> Rekey |
     rekey = pending(config, store)
     if rekey is None:
         return None
+    if not rekey.users and not rekey.groups:  # no links: nothing to re-point, no event
+        store.set_watermark(IDENTITY, rekey.new_attribute)
+        return None
     with store.atomic():  # all of it, or nothing
         cycle_id = store.begin_run("rekey")
         store.rekey(rekey.new_ids)
