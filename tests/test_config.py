@@ -281,7 +281,10 @@ def test_max_deletions_as_a_string_is_a_count(tmp_path: Path, written: str, coun
 @pytest.mark.parametrize("written", ["-1", -1, True, 2.5, "fifty", [5]])
 def test_max_deletions_refusals_say_what_was_expected(tmp_path: Path, written: Any) -> None:
     message = error_of(tmp_path, with_(options__max_deletions=written))
-    assert ": options.max_deletions: expected a count >= 0 or a percentage such as '5%'" in message
+    assert (
+        ": options.max_deletions: expected a count >= 0, a percentage such as '5%', or '2% min 5'"
+        in message
+    )
 
 
 NOT_A_RULE = "expected an LDAP attribute, a {{ template }} or a mapping of rule options"

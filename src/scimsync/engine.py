@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 from typing import Literal
 
-from scimsync import log
+from scimsync import log, rekey
 from scimsync.apply import Executor, Outcome, Progress
 from scimsync.config import Config, ConfigError, redact_url
 from scimsync.directory import ChangeSet, LdapDirectory, NoSuchEntry, WatermarkLost
@@ -38,7 +38,7 @@ from scimsync.model import (
 )
 from scimsync.plan import PlanInput, plan
 from scimsync.state import Approval, FailureRecord, Store, held_digest
-from scimsync.state.store import MAX_CAUSE
+from scimsync.state.store import IDENTITY, MAX_CAUSE
 from scimsync.target import RemoteGroup, Target, open_target
 from scimsync.target.errors import Unauthorized
 
@@ -192,10 +192,21 @@ def scope_moves(
 # --- views ---------------------------------------------------------------------------------
 
 
-def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: Store) -> View:
+def full_view(
+    directory: LdapDirectory,
+    mapper: Mapper,
+    config: Config,
+    store: Store,
+    rekeyed: Mapping[str, str] | None = None,
+) -> View:
+    """`rekeyed`: a dry run's pending re-key (old source id -> new), applied to the links."""
     position = directory.position()  # before the read, so changes made during it come next
     # The target's own copy of each linked user replaces what was pushed (observe_everything).
     linked_users = store.linked_users(with_values=False)
+    linked_groups = store.linked_groups()
+    if rekeyed:
+        linked_users = rekey.users_rekeyed(linked_users, rekeyed)
+        linked_groups = rekey.groups_rekeyed(linked_groups, rekeyed)
     sources: list[SourceGroup] = []
 
     def users_only() -> Iterator[SourceUser]:
@@ -219,7 +230,7 @@ def full_view(directory: LdapDirectory, mapper: Mapper, config: Config, store: S
         "full",
         desired,
         linked_users,
-        store.linked_groups(),
+        linked_groups,
         position,
         universe=None,
         scope_entered=entered,
@@ -282,13 +293,22 @@ def incremental_view(
 
 
 def user_view(
-    directory: LdapDirectory, mapper: Mapper, config: Config, store: Store, user_name: str
+    directory: LdapDirectory,
+    mapper: Mapper,
+    config: Config,
+    store: Store,
+    user_name: str,
+    rekeyed: Mapping[str, str] | None = None,
 ) -> View:
-    """`sync --user NAME`: that user, its memberships, and nothing else."""
+    """`sync --user NAME`: that user, its memberships, and nothing else.
+
+    `rekeyed`: a dry run's pending re-key (old source id -> new), applied to the links."""
     snapshot = directory.read()
     users, failures = map_users(snapshot.users.values(), mapper)
     wanted = {sid: u for sid, u in users.items() if u.user_name.lower() == user_name.lower()}
     linked_groups_all = store.linked_groups()
+    if rekeyed:
+        linked_groups_all = rekey.groups_rekeyed(linked_groups_all, rekeyed)
     groups: dict[str, DesiredGroup] = {}
     linked_groups: dict[str, LinkedGroup] = {}
     if config.options.groups:
@@ -303,7 +323,12 @@ def user_view(
             groups[sid] = replace(group, member_source_ids=members)
     mine = tuple(f for f in failures if f.name.lower() == user_name.lower())
     desired = Desired(wanted, groups, mine, None)
-    linked_users = store.linked_users_by_ids(wanted)
+    if rekeyed:
+        old_ids = {new: old for old, new in rekeyed.items()}
+        linked_users = store.linked_users_by_ids([old_ids.get(sid, sid) for sid in wanted])
+        linked_users = rekey.users_rekeyed(linked_users, rekeyed)
+    else:
+        linked_users = store.linked_users_by_ids(wanted)
     universe: set[Record] = {("user", sid) for sid in wanted}
     universe |= {("group", sid) for sid in groups}
     entered, _ = scope_moves(linked_users, wanted.keys())
@@ -393,10 +418,11 @@ def read_view(
     only_user: str | None,
     failures: Failures,
     now: datetime,
+    rekeyed: Mapping[str, str] | None = None,
 ) -> View:
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
         if only_user is not None:
-            return user_view(directory, mapper, config, store, only_user)
+            return user_view(directory, mapper, config, store, only_user, rekeyed)
         mode = choose_mode(store, config, failures, now)
         if mode == "incremental":
             watermark = store.watermark(WATERMARK)
@@ -411,7 +437,7 @@ def read_view(
             else:
                 changes = revisit_failing(directory, changes, failures, now)
                 return incremental_view(changes, mapper, config, store, user_ids)
-        return full_view(directory, mapper, config, store)
+        return full_view(directory, mapper, config, store, rekeyed)
 
 
 # --- observe the target -------------------------------------------------------------------
@@ -571,11 +597,17 @@ async def prepare(
     only_user: str | None = None,
     allow_deletions: bool = False,
     now: Clock = utc_now,
+    rekeyed: Mapping[str, str] | None = None,
 ) -> Prepared:
-    """Read, map, observe the target and plan: everything up to the first write."""
+    """Read, map, observe the target and plan: everything up to the first write.
+
+    `rekeyed`: a dry run's pending re-key (old source id -> new), applied to what it reads.
+    """
     mapper = compile_rules(config.rules)
     failures = store.failures()  # read once: mode, skips, refusals and the executor use it
-    view = read_view(config, store, mapper, only_user, failures, now())
+    if rekeyed:
+        failures = rekey.failures_rekeyed(failures, rekeyed)
+    view = read_view(config, store, mapper, only_user, failures, now(), rekeyed)
     if view.mode == "full":
         inputs = await observe_everything(target, view, config)
     else:
@@ -637,8 +669,18 @@ async def recover_interrupted(store: Store, target: Target, config: Config) -> b
 
 
 async def dry_run(config: Config, store: Store, only_user: str | None = None) -> Prepared:
+    # A changed identity attribute: plan what sync does after re-keying (or refuse as it does).
+    pending = rekey.pending(config, store)
+    if pending is not None and pending.new_ids:
+        logger.info("sync re-keys the store first", cause=pending.cause)
     async with open_target(config.target) as target:
-        return await prepare(config, store, target, only_user=only_user)
+        return await prepare(
+            config,
+            store,
+            target,
+            only_user=only_user,
+            rekeyed=pending.new_ids if pending is not None else None,
+        )
 
 
 async def sync(
@@ -656,6 +698,9 @@ async def sync(
     Directory and target errors before the first write leave no run, except a refused
     API key, which is recorded as a failed run with an audit event.
     """
+    # Before anything is read: links keyed by another identity attribute follow their entries.
+    unchanged = store.watermark(SETTINGS) == settings_fingerprint(config)
+    rekey.settle(config, store, settings_unchanged=unchanged)
     async with open_target(config.target) as target:
         try:
             await recover_interrupted(store, target, config)
@@ -748,6 +793,7 @@ async def sync(
                 if view.mode == "full":
                     store.set_watermark(LAST_FULL, now().isoformat())
                     store.set_watermark(SETTINGS, settings_fingerprint(config))
+                    store.set_watermark(IDENTITY, rekey.configured(config))
         logger.info(
             "cycle interrupted" if report.interrupted else "cycle finished",
             cycle_id=cycle_id,

@@ -67,6 +67,15 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """One entry's identity under two attributes (None: it has no such attribute)."""
+
+    dn: str
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Group:
     dn: str
     guid: str
@@ -174,6 +183,14 @@ class LdapDirectory:
     def require_base(self) -> None:
         """Raise NoSuchEntry when base_dn names no entry on the server."""
         self._conn.read(self._config.base_dn, ["1.1"], "source.base_dn")
+
+    def identities(self, old_attribute: str) -> Iterator[Identity]:
+        """Every entry under base_dn with its identity under `old_attribute` and under
+        source.guid_attribute, in one GUID-only paged scan: what a re-key matches links by."""
+        attrs = list(dict.fromkeys([old_attribute, self._guid_attr]))
+        for dn, entry in self._conn.paged(self._config.base_dn, "(objectClass=*)", attrs):
+            old = self._identity(dn, entry, old_attribute)
+            yield Identity(dn, old, self._identity(dn, entry, self._guid_attr))
 
     # --- change detection -------------------------------------------------------------
 
@@ -688,6 +705,19 @@ class LdapDirectory:
             raise DirectoryError(
                 f"{dn} on {self._conn.url}: {self._guid_attr} is binary; "
                 "expected entryUUID text or a 16-byte objectGUID"
+            ) from None
+
+    def _identity(self, dn: str, entry: RawEntry, attribute: str) -> str | None:
+        """The entry's identity under `attribute` as _guid spells it; None if it has none."""
+        values = get(entry, attribute)
+        if not values:
+            return None
+        try:
+            return guid_text(attribute, values[0])
+        except UnicodeDecodeError:
+            raise DirectoryError(
+                f"{dn} on {self._config.url}: {attribute} is binary; "
+                "expected text or a 16-byte objectGUID"
             ) from None
 
     def _member_attrs(self) -> tuple[str, ...]:

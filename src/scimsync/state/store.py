@@ -52,6 +52,11 @@ Clock = Callable[[], datetime]
 T = TypeVar("T")
 
 APPROVAL = "approval"  # the watermark row holding an Approval
+# The watermark row naming the directory attribute whose values the links' source ids are
+# (source.guid_attribute when they were made). Not a watermark of the directory: `reset`
+# keeps it, so that a change of the attribute is always seen as a re-key.
+IDENTITY = "identity"
+REKEYING = "\u00a7"  # a temporary source id's prefix; source ids are ASCII (guid_text)
 
 WRITE_CHUNK = 1000  # rows per executemany transaction
 READ_CHUNK = 500  # ids per IN (...) query; well below SQLite's bound-parameter limit
@@ -343,6 +348,45 @@ class Store:
                     members.channel_id == self._channel_id, column == source_id
                 )
             )
+
+    def rekey(self, new_ids: Mapping[str, str]) -> None:
+        """Re-point every record from its old source id to its new one: links, pushed member
+        sets (groups and members alike), failures and open intents, in one transaction.
+        Ids missing from new_ids stay. The held deletions and their approval name old ids
+        and are dropped: the next cycle decides again."""
+        pairs = [(old, new) for old, new in new_ids.items() if old != new]
+        # Through a temporary id each, so that an old id that is also another's new id
+        # never meets itself: every primary key stays unique at every step.
+        temporary = {old: f"{REKEYING}{n}" for n, (old, _) in enumerate(pairs)}
+        steps = [[(old, temporary[old]) for old, _ in pairs]]
+        steps.append([(temporary[old], new) for old, new in pairs])
+        columns = [
+            t.links.c.source_id,
+            t.members.c.group_id,
+            t.members.c.member_id,
+            t.failures.c.source_id,
+            t.intents.c.source_id,
+        ]
+        with self._write() as conn:
+            for step in steps:
+                for column in columns:
+                    table = column.table
+                    where = [table.c.channel_id == self._channel_id]
+                    if "kind" in table.c and table is not t.intents:
+                        # The middle column of the primary key: the index serves each row.
+                        where.append(sa.or_(table.c.kind == "user", table.c.kind == "group"))
+                    statement = (
+                        sa.update(table)
+                        .where(*where, column == sa.bindparam("b_from"))
+                        .values({column.name: sa.bindparam("b_to")})
+                    )
+                    for chunk in _chunks(step, WRITE_CHUNK):
+                        conn.execute(statement, [{"b_from": a, "b_to": b} for a, b in chunk])
+            for table in (t.staged_deletions, t.watermarks):
+                query = sa.delete(table).where(table.c.channel_id == self._channel_id)
+                if table is t.watermarks:
+                    query = query.where(t.watermarks.c.key == APPROVAL)
+                conn.execute(query)
 
     # -- runs and audit ------------------------------------------------------
 
@@ -771,15 +815,17 @@ class Store:
                 sa.delete(t.watermarks).where(c.channel_id == self._channel_id, c.key == key)
             )
 
-    def clear_watermarks(self) -> None:
+    def clear_watermarks(self, keep: Collection[str] = ()) -> None:
+        c = t.watermarks.c
         with self._write() as conn:
             conn.execute(
-                sa.delete(t.watermarks).where(t.watermarks.c.channel_id == self._channel_id)
+                sa.delete(t.watermarks).where(c.channel_id == self._channel_id, c.key.not_in(keep))
             )
 
     def reset(self) -> None:
-        """Forget the watermarks, so the next cycle is a full reconciliation."""
-        self.clear_watermarks()
+        """Forget the watermarks, so the next cycle is a full reconciliation. Which attribute
+        the links are keyed by is kept: it is a fact about the links, not the directory."""
+        self.clear_watermarks(keep=[IDENTITY])
 
     # -- plumbing ------------------------------------------------------------
 
