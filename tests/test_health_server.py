@@ -72,3 +72,16 @@ def test_concurrent_probes_all_answer_beside_idle_connections(listener: HealthSe
             connection.close()
     assert [a.status_code for a in answers] == [200] * 16
     assert all("scimsync_cycles_total" in s.text for s in scrapes)
+
+
+def test_an_ipv6_listen_address_is_served() -> None:
+    """`metrics_listen: "[::1]:PORT"` passes config validation, so it must serve."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    server = HealthServer(Metrics(), "[::1]:0", stale_after=60)
+    server.start()
+    try:
+        answer = httpx2.get(f"http://[::1]:{server.port}/healthz", timeout=5)
+        assert answer.status_code == 200
+    finally:
+        server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -90,6 +91,10 @@ class _Listener(ThreadingMixIn, WSGIServer):
         logger.debug("metrics connection dropped", client=str(client_address), error=repr(error))
 
 
+class _Listener6(_Listener):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def setup(self) -> None:
         if isinstance(self.server, _Listener):
@@ -138,12 +143,11 @@ class HealthServer:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found\n"]
 
+        address = host.strip("[]") or "127.0.0.1"
+        # wsgiref's server is IPv4 only: an IPv6 address (`[::1]:9464`) needs its family.
+        server_class = _Listener6 if ":" in address else _Listener
         self.server: _Listener = make_server(
-            host.strip("[]") or "127.0.0.1",
-            int(port),
-            app,
-            server_class=_Listener,
-            handler_class=_QuietHandler,
+            address, int(port), app, server_class=server_class, handler_class=_QuietHandler
         )
         self.server.read_timeout = read_timeout
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
