@@ -133,10 +133,14 @@ def test_deleted_user_is_gone(w: Watcher, org: Tree) -> None:
 
 
 def test_a_deleted_user_s_groups_are_reported_though_refint_edits_them_silently(
-    w: Watcher, org: Tree
+    w: Watcher, org: Tree, mechanism: Mechanism
 ) -> None:
     """memberof-refint drops a deleted entry from its groups without a new entryCSN, so
-    syncprov does not report those groups; they are changed all the same."""
+    syncprov does not report those groups; they are changed all the same. (Under timestamp
+    polling an edit in the same second as the last one, with the same entryCSN, cannot be
+    told from it; the engine then derives the groups from the links that hold the user.)"""
+    if mechanism != "syncrepl":
+        pytest.skip("a syncrepl guarantee")
     alice = org.guid(org.user_dn("alice"))
     org.add_members(org.group_dn("other"), [org.user_dn("alice")])
     w.next()

@@ -232,7 +232,11 @@ class TimestampTracker(_Watching):
             )
             newest = max(newest, moment)
             version = next((v[0] for v in map(lambda n: get(entry, n), _VERSIONS) if v), None)
-            stamp = version.decode("ascii", "replace") if version else _format_time(moment)
+            # The version tells two edits within a second apart; the time tells an edit
+            # that leaves the version alone (memberof-refint dropping a deleted member).
+            stamp = _format_time(moment)
+            if version:
+                stamp += "/" + version.decode("ascii", "replace")
             key = f"{guid}@{stamp}"
             stamps.append((key, moment))
             if key not in seen:
