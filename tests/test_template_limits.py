@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+import structlog.testing
 
 from scimsync.config import MappingRule
+from scimsync.emulator import RunningEmulator
 from scimsync.mapping import (
     DEFAULT_LIMITS,
     MAX_VALUE_LENGTH,
@@ -13,6 +18,9 @@ from scimsync.mapping import (
     compile_rules,
 )
 from scimsync.model import DesiredUser, MappingFailure, SourceUser
+from tests.fixtures.slapd import Tree
+from tests.harness import Channel
+from tests.test_cli import Cli
 
 BASE = {"userName": "uid", "emails.work": "mail"}
 DN = "uid=jsmith,ou=people,dc=example,dc=com"
@@ -202,3 +210,59 @@ def test_ordinary_templates_render_as_before() -> None:
     assert result.values["organization"] == "d" * MAX_VALUE_LENGTH
     assert result.values["externalId"] == "jsmith.jsmith.jsmith|  jsmith  |jsmith@x"
     assert m.warnings() == []
+
+
+# --- end to end: the engine and `check`, with real slapd and the emulator ----------------
+
+ATTACKS: dict[str, Any] = {  # as the config file has them
+    "title": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "nickName": "{{ 'x' * 10**8 }}",
+    "displayName": {"template": "{{ lipsum(10**5) }}", "default": "Staff"},
+}
+
+
+@pytest.fixture
+def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Channel:
+    return Channel(ldap_tree, emulator, tmp_path)
+
+
+@QUICKLY
+def test_a_sync_with_the_attacks_of_the_issue_completes_and_provisions(channel: Channel) -> None:
+    channel.mapping.update(ATTACKS)
+    for uid in ("ann", "ben"):
+        channel.tree.add_user(uid, title="Engineer")
+    with structlog.testing.capture_logs() as logs:
+        report = channel.sync()
+    assert report.exit_code == 0
+    users = channel.users()
+    assert set(users) == {"ann@example.com", "ben@example.com"}
+    assert "title" not in users["ann@example.com"]
+    assert "nickName" not in users["ann@example.com"]
+    assert users["ann@example.com"]["displayName"] == "Staff"
+    warnings = sorted(e["event"] for e in logs if e["log_level"] == "warning")
+    assert [w.partition(" (e.g.")[0] for w in warnings] == [
+        "mapping.nickName: the template failed for 2 entries",
+        "mapping.title: the template failed for 2 entries",
+    ]
+    assert "TemplateLimitError: '*' would build 100000000 characters" in warnings[0]
+    assert "TemplateLimitError: range() of 99999 items: the limit is 10000" in warnings[1]
+
+
+@pytest.fixture
+def cli(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Cli:
+    return Cli(ldap_tree, emulator, tmp_path)
+
+
+@QUICKLY
+def test_check_reports_each_limit_hit_per_rule(cli: Cli) -> None:
+    cli.tree.add_user("ann")
+    cli.tree.add_user("ben")
+    cli.settings["mapping"] = {"title": ATTACKS["title"], "nickName": ATTACKS["nickName"]}
+    result = cli("check")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "TemplateLimitError" in line]
+    assert {line.partition(" (e.g.")[0] for line in lines} == {
+        "  warning: mapping.title: the template failed for 2 entries",
+        "  warning: mapping.nickName: the template failed for 2 entries",
+    }, result.stdout
+    assert "no user can be mapped" not in result.stdout
