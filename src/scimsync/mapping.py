@@ -215,24 +215,34 @@ class TemplateLimits:
 
 
 DEFAULT_LIMITS = TemplateLimits()
-# Jinja2's default globals that no mapping needs; lipsum() is slow by design.
-DROPPED_GLOBALS = ("lipsum", "cycler", "joiner")
+# Jinja2's default globals that no mapping needs; lipsum() is slow by design, and a
+# namespace's attributes, set by `{% set ns.x = ... %}`, are out of reach of the size checks.
+DROPPED_GLOBALS = ("lipsum", "cycler", "joiner", "namespace")
 
 
 class TemplateLimitError(TemplateRuntimeError):
     """A render went over one of its TemplateLimits."""
 
 
-def _size(value: Any) -> int:
-    """Characters or items a value holds (a list counts its strings' characters too)."""
-    if isinstance(value, (str, bytes, range)):
-        return len(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return len(value) + sum(len(item) for item in value if isinstance(item, str))
-    if isinstance(value, dict):
-        texts = [*value.keys(), *value.values()]
-        return len(value) + sum(len(item) for item in texts if isinstance(item, str))
-    return 0
+_SIZE_CEILING = 10**8  # no size is counted further: anything near it is refused anyway
+
+
+def _size(value: Any, stop: int = _SIZE_CEILING) -> int:
+    """Characters and items a value holds, nested ones included, once per reference (as
+    str() prints them: `[[a] * 100] * 100` is 10,000 copies of a); counted up to `stop`."""
+    total, pending = 0, [value]
+    while pending and total <= stop:
+        item = pending.pop()
+        if isinstance(item, (str, bytes, range)):
+            total += len(item)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item)
+            pending.extend(item)
+        elif isinstance(item, dict):
+            total += len(item)
+            pending.extend(item.keys())
+            pending.extend(item.values())
+    return total
 
 
 def _is_int(value: Any) -> bool:
@@ -241,7 +251,7 @@ def _is_int(value: Any) -> bool:
 
 _JINJA_KWARGS = frozenset({"_loop_vars", "_block_vars"})  # what Jinja2 adds to calls
 # `%` conversions: flags, then a width and a precision, either of which may be `*`.
-_PERCENT_SPEC = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
 class _LimitedEnvironment(ImmutableSandboxedEnvironment):
@@ -295,6 +305,19 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
         texts = [part if type(part) is str else str(part) for part in parts]
         self._check_size("'~'", sum(map(len, texts)), texts)
         return "".join(texts)
+
+    def limited_literal(self, value: Any) -> Any:
+        """A `[...]`, `(...)` or `{...}` in the template: its strings as they are, but no
+        more than `value` characters or items besides (`[b, b, b]` of lists `b`)."""
+        elements = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        allowed = self.limits.value + len(value)
+        allowed += sum(len(element) for element in elements if isinstance(element, str))
+        if _size(value, allowed) > allowed:
+            raise TemplateLimitError(
+                f"a literal would hold more than {allowed} characters or items: the limit "
+                f"is {self.limits.value} besides its strings"
+            )
+        return value
 
     def limited_range(self, *args: int) -> range:
         numbers = range(*args)
@@ -374,15 +397,21 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
         limited.__name__ = getattr(function, "__name__", name)
         return limited
 
-    def _check_size(self, what: str, size: int, inputs: Iterable[Any]) -> None:
+    def _check_size(self, what: str, size: int, inputs: Sequence[Any]) -> None:
         """Refuse to build more than `value` characters, unless no more than an input."""
-        if size > self.limits.value and size > max(map(_size, inputs), default=0):
+        if size > self.limits.value and all(_size(i, size) < size for i in inputs):
             raise TemplateLimitError(
                 f"{what} would build {size} characters or items: the limit is {self.limits.value}"
             )
 
-    def _check_result(self, what: str, result: Any, inputs: Iterable[Any]) -> None:
-        self._check_size(what, _size(result), inputs)
+    def _check_result(self, what: str, result: Any, inputs: Sequence[Any]) -> None:
+        allowed = max([self.limits.value, *(_size(i) for i in inputs)])
+        # Counted no further than needed: a result may hold one list many times over.
+        if _size(result, allowed) > allowed:
+            raise TemplateLimitError(
+                f"{what} built more than {allowed} characters or items: "
+                f"the limit is {self.limits.value}"
+            )
 
     def _check_bits(self, what: str, bits: int, *inputs: Any) -> None:
         largest = max((n.bit_length() for n in inputs if isinstance(n, int)), default=0)
@@ -494,6 +523,18 @@ class _LimitHooks(NodeTransformer):
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
         self.generic_visit(node)
         return _hook("limited_concat", node.nodes, node)
+
+    def visit_List(self, node: nodes.List | nodes.Dict) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        return _hook("limited_literal", [node], node)
+
+    visit_Dict = visit_List  # noqa: N815
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        if node.ctx != "load":  # `{% for key, value in ... %}`: names, not a value
+            return node
+        return _hook("limited_literal", [node], node)
 
 
 def _hook(name: str, args: Sequence[nodes.Node], where: nodes.Node) -> nodes.Call:
