@@ -13,6 +13,7 @@ from scimsync.emulator import RunningEmulator
 from scimsync.mapping import (
     DEFAULT_LIMITS,
     MAX_VALUE_LENGTH,
+    TIME_OUTS_BEFORE_GIVING_UP,
     Mapper,
     TemplateLimits,
     compile_rules,
@@ -278,3 +279,24 @@ def test_check_reports_each_limit_hit_per_rule(cli: Cli) -> None:
         "  warning: mapping.nickName: the template failed for 2 entries",
     }, result.stdout
     assert "no user can be mapped" not in result.stdout
+
+
+def test_a_rule_that_keeps_running_out_of_time_is_not_rendered_again_that_cycle() -> None:
+    loop = "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
+    m = mapper(TemplateLimits(cpu_seconds=0.001), userName=loop)
+    causes = []
+    for _ in range(TIME_OUTS_BEFORE_GIVING_UP + 5):
+        result = m.map_user(person())
+        assert isinstance(result, MappingFailure), result
+        causes.append(result.cause)
+    spent = "mapping.userName: required but empty (template failed: TemplateLimitError: "
+    spent += "the template exceeded its time limit (1 ms of CPU)"
+    assert causes[:TIME_OUTS_BEFORE_GIVING_UP] == [spent + ")"] * TIME_OUTS_BEFORE_GIVING_UP
+    given_up = f"{spent} for {TIME_OUTS_BEFORE_GIVING_UP} entries: not rendered again until "
+    assert causes[TIME_OUTS_BEFORE_GIVING_UP:] == [given_up + "the next cycle)"] * 5
+    [finding] = m.findings()
+    assert finding.count == TIME_OUTS_BEFORE_GIVING_UP + 5
+    # A new Mapper (the next cycle) tries again: the template may have been fixed.
+    fresh = mapper(TemplateLimits(cpu_seconds=0.001), userName=loop).map_user(person())
+    assert isinstance(fresh, MappingFailure)
+    assert fresh.cause == spent + ")"
