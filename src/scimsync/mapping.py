@@ -30,6 +30,8 @@ Decisions:
   default applies to an optional attribute, a required one makes the record a
   MappingFailure; both name the rule and the limit. Not a refusal: a limit can be met by
   data (an attribute value far longer than usual), not only by a mistaken template.
+  A rule that runs out of time for TIME_OUTS_BEFORE_GIVING_UP entries is not rendered
+  again by that Mapper: the remaining entries fail the same way without the cost.
 """
 
 from __future__ import annotations
