@@ -24,21 +24,33 @@ Decisions:
   someone else's account.
 - Order per rule: value (source or template), parser, trim, case; then the default if empty.
   The default is used as written. Empty values are dropped.
+- Templates have limits (TemplateLimits), as the sandbox only blocks escapes: CPU time per
+  render, characters emitted per render, the size of a value an operation builds, and
+  range(). Hitting one is a render error like any other (TemplateLimitError): the rule's
+  default applies to an optional attribute, a required one makes the record a
+  MappingFailure; both name the rule and the limit. Not a refusal: a limit can be met by
+  data (an attribute value far longer than usual), not only by a mistaken template.
+  A rule that runs out of time for TIME_OUTS_BEFORE_GIVING_UP entries is not rendered
+  again by that Mapper: the remaining entries fail the same way without the cost.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, NoReturn
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
+from jinja2.visitor import NodeTransformer
 
 from scimsync.config import MappingRule
 from scimsync.model import DesiredGroup, DesiredUser, MappingFailure, SourceGroup, SourceUser
@@ -124,6 +136,8 @@ class _Trace:
     missing: list[str] = field(default_factory=list)  # variables the entry lacks, used
     refused: list[str] = field(default_factory=list)  # sandbox messages
     undefined: list[str] = field(default_factory=list)  # other undefined values used
+    deadline: float = 0.0  # thread CPU time the render must end by; 0: none (compiling)
+    emitted: int = 0  # characters the render has output so far, buffers included
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.refused or self.undefined)
@@ -191,9 +205,363 @@ class _TracingUndefined(jinja2.ChainableUndefined):
         return iter(())
 
 
-def _new_environment() -> ImmutableSandboxedEnvironment:
-    # Not HTML: no autoescape. A missing attribute renders as '', and is traced.
-    return ImmutableSandboxedEnvironment(autoescape=False, undefined=_TracingUndefined)
+@dataclass(frozen=True, slots=True)
+class TemplateLimits:
+    """What one render of one rule may use; far above what any real mapping needs."""
+
+    cpu_seconds: float = 0.05  # thread CPU time, so a busy machine does not trip it
+    output: int = 65_536  # characters emitted, `{% set %}` blocks and macros included
+    value: int = 10_000  # characters (or items) an operation may build ...
+    int_bits: int = 64  # ... and the bits of a number it may build
+    range_items: int = 10_000  # what range() may produce (Jinja2's own cap: 100,000)
+
+
+DEFAULT_LIMITS = TemplateLimits()
+# Jinja2's default globals that no mapping needs; lipsum() is slow by design, and a
+# namespace's attributes, set by `{% set ns.x = ... %}`, are out of reach of the size checks.
+DROPPED_GLOBALS = ("lipsum", "cycler", "joiner", "namespace")
+
+
+class TemplateLimitError(TemplateRuntimeError):
+    """A render went over one of its TemplateLimits."""
+
+    def __init__(self, message: str, *, time_out: bool = False) -> None:
+        super().__init__(message)
+        self.time_out = time_out
+
+
+# A rule that runs out of time for this many entries is not rendered again by that Mapper
+# (one cycle): the rest fail the same way at no cost, not 50 ms each.
+TIME_OUTS_BEFORE_GIVING_UP = 10
+
+
+_SIZE_CEILING = 10**8  # no size is counted further: anything near it is refused anyway
+
+
+def _size(value: Any, stop: int = _SIZE_CEILING) -> int:
+    """Characters and items a value holds, nested ones included, once per reference (as
+    str() prints them: `[[a] * 100] * 100` is 10,000 copies of a); counted up to `stop`."""
+    total, pending = 0, [value]
+    while pending and total <= stop:
+        item = pending.pop()
+        if isinstance(item, (str, bytes, range)):
+            total += len(item)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item)
+            pending.extend(item)
+        elif isinstance(item, dict):
+            total += len(item)
+            pending.extend(item.keys())
+            pending.extend(item.values())
+    return total
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_JINJA_KWARGS = frozenset({"_loop_vars", "_block_vars"})  # what Jinja2 adds to calls
+# `%` conversions: flags, then a width and a precision, either of which may be `*`.
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+class _LimitedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus TemplateLimits: every hook Jinja2 offers checks the CPU time used,
+    and each operation that can make a value much bigger than its inputs is checked
+    before it runs (`*`, `**`, `+`, `~`, `%`, padding, replace, join, format widths) or,
+    where its size cannot be known in advance, after (any call or filter).
+    Templates must be compiled with compile_limited, which adds the loop and output hooks.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, limits: TemplateLimits) -> None:
+        # Not HTML: no autoescape. A missing attribute renders as '', and is traced.
+        super().__init__(autoescape=False, undefined=_TracingUndefined)
+        self.limits = limits
+        for name in DROPPED_GLOBALS:
+            del self.globals[name]
+        self.globals["range"] = self.limited_range
+        self.filters = {name: self._limited_filter(name, f) for name, f in self.filters.items()}
+
+    # --- the hooks the compiled template calls (see _LimitHooks) -----------------------
+
+    def tick(self) -> None:
+        """Stop the render once its CPU time is up."""
+        trace = _TRACE.get()
+        if trace is not None and trace.deadline and time.thread_time() > trace.deadline:
+            milliseconds = round(self.limits.cpu_seconds * 1000)
+            raise TemplateLimitError(
+                f"the template exceeded its time limit ({milliseconds} ms of CPU)", time_out=True
+            )
+
+    def limited_loop(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        for item in iterable:
+            self.tick()
+            yield item
+
+    def limited_output(self, value: Any) -> str:
+        """What `{{ }}` and the text around it emit; str() as Jinja2 would, counted."""
+        text = value if type(value) is str else str(value)
+        trace = _TRACE.get()
+        if trace is not None and trace.deadline:
+            trace.emitted += len(text)
+            if trace.emitted > self.limits.output:
+                raise TemplateLimitError(
+                    f"the template's output exceeded {self.limits.output} characters"
+                )
+        return text
+
+    def limited_concat(self, *parts: Any) -> str:
+        texts = [part if type(part) is str else str(part) for part in parts]
+        self._check_size("'~'", sum(map(len, texts)), texts)
+        return "".join(texts)
+
+    def limited_literal(self, value: Any) -> Any:
+        """A `[...]`, `(...)` or `{...}` in the template: its strings as they are, but no
+        more than `value` characters or items besides (`[b, b, b]` of lists `b`)."""
+        elements = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        allowed = self.limits.value + len(value)
+        allowed += sum(len(element) for element in elements if isinstance(element, str))
+        if _size(value, allowed) > allowed:
+            raise TemplateLimitError(
+                f"a literal would hold more than {allowed} characters or items: the limit "
+                f"is {self.limits.value} besides its strings"
+            )
+        return value
+
+    def limited_range(self, *args: int) -> range:
+        numbers = range(*args)
+        if len(numbers) > self.limits.range_items:
+            raise TemplateLimitError(
+                f"range() of {len(numbers)} items: the limit is {self.limits.range_items}"
+            )
+        return numbers
+
+    # --- the sandbox's own hooks ------------------------------------------------------
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.tick()
+        owner = getattr(obj, "__self__", None)
+        if owner is self:  # one of the hooks above, which check what they build
+            return super().call(context, obj, *args, **kwargs)
+        name = getattr(obj, "__name__", "a call")
+        if isinstance(owner, str):
+            self._check_size(f"str.{name}()", _str_method_size(owner, name, args), [owner])
+        inputs = [owner, *args, *(v for k, v in kwargs.items() if k not in _JINJA_KWARGS)]
+        result = super().call(context, obj, *args, **kwargs)
+        self._check_result(name, result, inputs)
+        return result
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        self.tick()
+        what = f"'{operator}'"
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, (str, list, tuple)) and _is_int(times):
+                    self._check_size(what, _size(sequence) * times, [sequence])
+            if _is_int(left) and _is_int(right):
+                self._check_bits(what, left.bit_length() + right.bit_length() - 1, left, right)
+        elif operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1:
+            if right > 0:
+                self._check_bits(what, (left.bit_length() - 1) * right + 1, left, right)
+        elif operator == "+" and isinstance(left, (str, list, tuple)):
+            self._check_size(what, _size(left) + _size(right), [left, right])
+        elif operator == "%" and isinstance(left, str):
+            self._check_percent(left, right)
+        result = super().call_binop(context, operator, left, right)
+        if _is_int(result):
+            self._check_bits(what, result.bit_length(), left, right)
+        elif operator == "%":
+            self._check_result(what, result, (left, right))
+        return result
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        formatter = super().wrap_str_format(value)
+        if formatter is None:
+            return None
+        pattern: str = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            self._check_format_widths(pattern, [*args, *kwargs.values()])
+            return formatter(*args, **kwargs)
+
+        return checked
+
+    # --- checks -----------------------------------------------------------------------
+
+    def _limited_filter(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        predict = _FILTER_SIZES.get(name)
+        # A pass_context (or eval_context, environment) filter gets that first.
+        first = 0 if getattr(function, "jinja_pass_arg", None) is None else 1
+
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            self.tick()
+            if predict is not None:
+                size = predict(self, *args[first:], **kwargs)
+                self._check_size(f"|{name}", size, args[first:])
+            result = function(*args, **kwargs)
+            self._check_result(f"|{name}", result, args)
+            return result
+
+        limited.__dict__.update(getattr(function, "__dict__", {}))  # pass_context and the like
+        limited.__name__ = getattr(function, "__name__", name)
+        return limited
+
+    def _check_size(self, what: str, size: int, inputs: Sequence[Any]) -> None:
+        """Refuse to build more than `value` characters, unless no more than an input."""
+        if size > self.limits.value and all(_size(i, size) < size for i in inputs):
+            raise TemplateLimitError(
+                f"{what} would build {size} characters or items: the limit is {self.limits.value}"
+            )
+
+    def _check_result(self, what: str, result: Any, inputs: Sequence[Any]) -> None:
+        allowed = max([self.limits.value, *(_size(i) for i in inputs)])
+        # Counted no further than needed: a result may hold one list many times over.
+        if _size(result, allowed) > allowed:
+            raise TemplateLimitError(
+                f"{what} built more than {allowed} characters or items: "
+                f"the limit is {self.limits.value}"
+            )
+
+    def _check_bits(self, what: str, bits: int, *inputs: Any) -> None:
+        largest = max((n.bit_length() for n in inputs if isinstance(n, int)), default=0)
+        if bits > self.limits.int_bits and bits > largest:
+            raise TemplateLimitError(
+                f"{what} would build a number of {bits} bits: the limit is {self.limits.int_bits}"
+            )
+
+    def _check_percent(self, pattern: str, arguments: Any) -> None:
+        """`'%9999999s' % x` pads before anything could check the result: check the widths."""
+        values = arguments if isinstance(arguments, tuple) else (arguments,)
+        specs = [w for m in _PERCENT_SPEC.finditer(pattern) for w in m.groups() if w]
+        widths = [int(w) for w in specs if w != "*"]
+        if "*" in specs:  # the width is an argument
+            widths += [v for v in values if _is_int(v)]
+        self._check_widths("'%'", widths, pattern)
+
+    def _check_format_widths(self, pattern: str, arguments: list[Any]) -> None:
+        widths: list[int] = []
+        for _, _, spec, _ in string.Formatter().parse(pattern):
+            if spec:
+                widths += [int(digits) for digits in re.findall(r"\d+", spec)]
+                if "{" in spec:  # `{:>{width}}`: the width is an argument
+                    widths += [v for v in arguments if _is_int(v)]
+        self._check_widths("str.format()", widths, pattern)
+
+    def _check_widths(self, what: str, widths: list[int], pattern: str) -> None:
+        for width in widths:
+            self._check_size(what, width, [pattern])
+
+
+def _str_method_size(text: str, name: str, args: tuple[Any, ...]) -> int:
+    """What a str method that can grow its string will build; 0 for the others."""
+    if name in ("center", "ljust", "rjust", "zfill") and args and _is_int(args[0]):
+        width: int = args[0]
+        return max(len(text), width)
+    if name == "expandtabs":
+        tabsize = args[0] if args and _is_int(args[0]) else 8
+        return len(text) + text.count("\t") * max(tabsize, 0)
+    if name == "replace" and len(args) >= 2:
+        return _replaced_size(text, args[0], args[1], args[2] if len(args) > 2 else -1)
+    if name == "join" and args and isinstance(args[0], (list, tuple)):
+        return _size(args[0]) + len(text) * max(len(args[0]) - 1, 0)
+    return 0
+
+
+def _replaced_size(text: Any, old: Any, new: Any, count: Any) -> int:
+    if not (isinstance(text, str) and isinstance(old, str) and isinstance(new, str)):
+        return 0
+    found = text.count(old) if old else len(text) + 1
+    if _is_int(count) and count >= 0:
+        found = min(found, count)
+    return len(text) + found * (len(new) - len(old))
+
+
+def _center_size(env: _LimitedEnvironment, value: Any, width: Any = 80) -> int:
+    return max(len(str(value)), width) if _is_int(width) else 0
+
+
+def _indent_size(env: _LimitedEnvironment, value: Any, width: Any = 4, *_: Any, **__: Any) -> int:
+    lines = str(value).count("\n") + 1
+    return len(str(value)) + lines * (width if _is_int(width) else len(str(width)))
+
+
+def _replace_size(env: _LimitedEnvironment, s: Any, old: Any, new: Any, count: Any = None) -> int:
+    return _replaced_size(str(s), old, new, count)
+
+
+def _join_size(env: _LimitedEnvironment, value: Any, d: Any = "", *_: Any, **__: Any) -> int:
+    if not isinstance(value, (list, tuple)):
+        return 0  # a generator: only the result can be checked
+    return _size(value) + len(str(d)) * max(len(value) - 1, 0)
+
+
+def _slice_size(env: _LimitedEnvironment, value: Any, slices: Any = 1, *_: Any, **__: Any) -> int:
+    return slices if _is_int(slices) else 0
+
+
+def _format_size(env: _LimitedEnvironment, value: Any, *args: Any, **kwargs: Any) -> int:
+    env._check_percent(str(value), args or tuple(kwargs.values()))
+    return 0
+
+
+_FILTER_SIZES: dict[str, Callable[..., int]] = {
+    "center": _center_size,
+    "indent": _indent_size,
+    "replace": _replace_size,
+    "join": _join_size,
+    "slice": _slice_size,
+    "format": _format_size,
+}
+
+
+class _LimitHooks(NodeTransformer):
+    """Routes each loop, each piece of output and each `~` through the environment's hooks:
+    Jinja2 compiles them to plain Python, which no sandbox method sees. (Jinja2's visitor
+    dispatches on the node's class name, hence the method names.)"""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.iter = _hook("limited_loop", [node.iter], node)
+        return node
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.nodes = [_hook("limited_output", [child], child) for child in node.nodes]
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        return _hook("limited_concat", node.nodes, node)
+
+    def visit_List(self, node: nodes.List | nodes.Dict) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        return _hook("limited_literal", [node], node)
+
+    visit_Dict = visit_List  # noqa: N815
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        if node.ctx != "load":  # `{% for key, value in ... %}`: names, not a value
+            return node
+        return _hook("limited_literal", [node], node)
+
+
+def _hook(name: str, args: Sequence[nodes.Node], where: nodes.Node) -> nodes.Call:
+    function = nodes.EnvironmentAttribute(name, lineno=where.lineno)
+    return nodes.Call(function, list(args), [], None, None, lineno=where.lineno)
+
+
+def _new_environment(limits: TemplateLimits = DEFAULT_LIMITS) -> _LimitedEnvironment:
+    return _LimitedEnvironment(limits)
+
+
+def compile_limited(env: _LimitedEnvironment, tree: nodes.Template) -> jinja2.Template:
+    """Compile a parsed template with the loop, output and `~` hooks in place."""
+    hooked = _LimitHooks().visit(tree)
+    assert isinstance(hooked, nodes.Template)
+    return env.from_string(hooked)
 
 
 Problem = Literal["missing", "refused", "failed", "empty"]
@@ -248,8 +616,13 @@ class CompiledRule:
 class Mapper:
     """Maps source records with rules compiled once per run (one per cycle)."""
 
-    def __init__(self, rules: Mapping[str, CompiledRule]) -> None:
+    def __init__(
+        self, rules: Mapping[str, CompiledRule], limits: TemplateLimits = DEFAULT_LIMITS
+    ) -> None:
         self._rules = dict(rules)
+        self._cpu_seconds = limits.cpu_seconds
+        self._time_outs: dict[str, int] = {}
+        self._given_up: dict[str, str] = {}  # rules not rendered again: the error to give
         self._create_only = frozenset(a for a, r in self._rules.items() if r.rule.create_only)
         self._variables = frozenset(v for r in self._rules.values() for v in r.variables)
         self._findings: dict[tuple[str, Problem, str], Finding] = {}
@@ -344,15 +717,26 @@ class Mapper:
         lacking: tuple[str, ...] = ()
         if compiled.template is not None:
             trace = self._trace
+            limited = False
+            trace.deadline = time.thread_time() + self._cpu_seconds
+            trace.emitted = 0
             try:
+                if compiled.attribute in self._given_up:
+                    raise TemplateLimitError(self._given_up[compiled.attribute])
                 value = clean(compiled.template.render(context))
             except SecurityError as exc:
                 trace.refused.append(str(exc))
             except Exception as exc:  # jinja2 errors: PingFederate sends the default
                 failed = f"{type(exc).__name__}: {exc}"
+                limited = isinstance(exc, TemplateLimitError)
+                if isinstance(exc, TemplateLimitError) and exc.time_out:
+                    self._count_time_out(compiled.attribute, str(exc))
+            finally:
+                trace.deadline = 0.0
             refused = compiled.refused
             if trace:
-                lacking = tuple(dict.fromkeys(trace.missing))
+                # A limit is the cause, whatever variables the render met on the way.
+                lacking = () if limited else tuple(dict.fromkeys(trace.missing))
                 refused = refused or (trace.refused[0] if trace.refused else None)
                 if lacking:
                     failed = None  # `{{ sn + 1 }}` failed because the entry lacks `sn`
@@ -377,6 +761,14 @@ class Mapper:
         if not value and rule.default is not None:
             value, default_used = clean(rule.default), True
         return _Rendered(value, lacking, refused, failed, default_used)
+
+    def _count_time_out(self, attribute: str, error: str) -> None:
+        """A rule that keeps running out of time is broken: stop paying for it."""
+        self._time_outs[attribute] = count = self._time_outs.get(attribute, 0) + 1
+        if count >= TIME_OUTS_BEFORE_GIVING_UP:
+            self._given_up[attribute] = (
+                f"{error} for {count} entries: not rendered again until the next cycle"
+            )
 
     def _note_optional(self, attribute: str, result: _Rendered, dn: str) -> None:
         if result.failed is not None:
@@ -427,9 +819,11 @@ class Mapper:
         finding.count += 1
 
 
-def compile_rules(rules: Mapping[str, MappingRule]) -> Mapper:
+def compile_rules(
+    rules: Mapping[str, MappingRule], limits: TemplateLimits = DEFAULT_LIMITS
+) -> Mapper:
     """Compile every template once; a bad one is a MappingConfigError naming the attribute."""
-    env = _new_environment()
+    env = _new_environment(limits)
     compiled: dict[str, CompiledRule] = {}
     for attribute in REQUIRED:
         if attribute not in rules:
@@ -440,10 +834,9 @@ def compile_rules(rules: Mapping[str, MappingRule]) -> Mapper:
             trace = _Trace()
             token = _TRACE.set(trace)
             try:
-                template = env.from_string(rule.template)
-                variables = frozenset(
-                    jinja2.meta.find_undeclared_variables(env.parse(rule.template))
-                )
+                tree = env.parse(rule.template)
+                variables = frozenset(jinja2.meta.find_undeclared_variables(tree))
+                template = compile_limited(env, tree)
             except jinja2.TemplateSyntaxError as exc:
                 where = f" (line {exc.lineno})" if exc.lineno else ""
                 raise MappingConfigError(
@@ -453,4 +846,4 @@ def compile_rules(rules: Mapping[str, MappingRule]) -> Mapper:
                 _TRACE.reset(token)
             refused = trace.refused[0] if trace.refused else None
         compiled[attribute] = CompiledRule(attribute, rule, template, variables, refused)
-    return Mapper(compiled)
+    return Mapper(compiled, limits)
