@@ -1,14 +1,77 @@
-"""The supply chain: a bootstrap that keeps its apt log private."""
+"""The supply chain: every package installed from a hash-pinned lock, and a bootstrap that
+keeps its apt log private."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = ROOT / "requirements"
+LOCKS = ("bootstrap.txt", "lock.txt", "uv.txt")
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)(?:\[[^\]]*\])?==(?P<version>[^\s;\\]+)")
+STALE = "out of date: run `make lock` and commit requirements/"
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked(filename: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of each requirement in a requirements/*.txt file."""
+    text = (REQUIREMENTS / filename).read_text().replace("\\\n", " ")
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = PIN.match(line)
+        assert match, f"{filename}: not an exact pin: {line.strip()}"
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", line)
+        entries[normalized(match["name"])] = (match["version"], hashes)
+    return entries
+
+
+def pyproject() -> dict[str, object]:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        return tomllib.load(file)
+
+
+@pytest.mark.parametrize("filename", LOCKS)
+def test_every_locked_package_is_pinned_with_its_hashes(filename: str) -> None:
+    entries = locked(filename)
+    assert entries
+    unhashed = [name for name, (_, hashes) in entries.items() if not hashes]
+    assert unhashed == []
+
+
+def test_the_lock_holds_every_dependency_at_its_pyproject_pin() -> None:
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    lock = locked("lock.txt")
+    for requirement in wanted:
+        match = PIN.match(requirement)
+        assert match, f"pyproject.toml: {requirement!r} is not an exact pin"
+        name, version = normalized(match["name"]), match["version"]
+        assert name in lock, f"{name} is not in requirements/lock.txt, {STALE}"
+        assert lock[name][0] == version, f"{name} {version} in pyproject.toml, {STALE}"
+
+
+def test_pip_and_the_build_backend_are_pinned_where_bootstrap_installs_them_first() -> None:
+    build_system = pyproject()["build-system"]
+    assert isinstance(build_system, dict)
+    bootstrap = locked("bootstrap.txt")
+    assert "pip" in bootstrap
+    for requirement in build_system["requires"]:
+        match = PIN.match(requirement)
+        assert match, f"[build-system] requires {requirement!r}: not an exact pin"
+        name = normalized(match["name"])
+        assert bootstrap.get(name, ("",))[0] == match["version"], f"{name}: {STALE}"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="bootstrap installs system packages only as root")
