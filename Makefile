@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-ad demo test lint pytest bench clean
+.PHONY: setup setup-ad demo test lint pytest bench lock clean
 
 setup:
 	@scripts/bootstrap
@@ -26,6 +26,11 @@ test: lint pytest
 
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Regenerate requirements/*.txt (pinned, with hashes) after changing pyproject.toml's
+# dependencies or requirements/*.in; LOCK_ARGS=--upgrade moves every pin to the newest release.
+lock:
+	@scripts/lock $(LOCK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
