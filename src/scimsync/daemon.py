@@ -10,7 +10,7 @@ import threading
 import time
 from types import FrameType
 
-from scimsync import engine, log
+from scimsync import engine, log, memory
 from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
 from scimsync.metrics import HealthServer, Metrics
@@ -129,6 +129,7 @@ class Daemon:
                 if active and not self.cycle(store) and self.store_failed:
                     release(holding)  # the lock may have died with the store's connection
                     active = False
+                memory.release_freed()  # else RSS keeps each outage's high-water mark
                 failures = self.outage.cycles
                 # Event.wait returns early on SIGTERM: the daemon stops without waiting out
                 # the interval.
