@@ -11,7 +11,7 @@ import time
 import traceback
 from types import FrameType
 
-from scimsync import engine, log
+from scimsync import engine, log, memory
 from scimsync.config import Config, ConfigError
 from scimsync.directory import DirectoryError
 from scimsync.mapping import MappingConfigError
@@ -150,6 +150,7 @@ class Daemon:
                     # Outside a cycle (taking the channel, the gauges after it): the same
                     # as a failed cycle, so one bug does not stop provisioning.
                     self.failed(exc)
+                memory.release_freed()  # else RSS keeps each outage's high-water mark
                 failures = self.outage.cycles
                 # Event.wait returns early on SIGTERM: the daemon stops without waiting out
                 # the interval.
