@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 import pytest
@@ -13,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scimsync.emulator import RunningEmulator
 from scimsync.emulator.app import EmulatorApp
-from scimsync.sandbox.slapd import free_port
+from scimsync.sandbox.slapd import Slapd, free_port
 from tests.fixtures.scim2 import Scim2Tenant
 from tests.fixtures.slapd import Tree
 from tests.test_cli import TOKEN_VAR, Cli, one_line_error
@@ -185,3 +188,44 @@ def test_directory_generic_syncs_and_sees_changes_by_timestamp(cli: Cli) -> None
     assert planned["summary"] == {"update": 1}, planned
     assert cli("sync").returncode == 0
     assert cli.emulator.users()[0]["displayName"] == "Gil Renamed"
+
+
+class SlapdWithLdapi(Slapd):
+    """The sandbox slapd, also listening on a Unix socket of its own (ldapi://)."""
+
+    def __init__(self, socket_dir: Path) -> None:
+        super().__init__()
+        self.ldapi_url = "ldapi://" + quote(str(socket_dir / "slapd.sock"), safe="")
+
+    @property
+    def ldaps_url(self) -> str:
+        # start() serves "{url}/ {ldaps_url}/": one more listener rides along here.
+        return f"{super().ldaps_url}/ {self.ldapi_url}"
+
+
+@pytest.fixture(scope="module")
+def ldapi_slapd() -> Iterator[SlapdWithLdapi]:
+    # A short directory of its own: a socket's path is at most 107 bytes.
+    socket_dir = Path(tempfile.mkdtemp(prefix="scimsync-ldapi-"))
+    try:
+        with SlapdWithLdapi(socket_dir) as server:
+            yield server
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_a_source_over_ldapi_syncs_without_a_clear_text_warning(
+    ldapi_slapd: SlapdWithLdapi, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    tree = Tree(ldapi_slapd, "ldapi")
+    cli = Cli(tree, emulator, tmp_path)
+    tree.add_group("sock", [tree.add_user("sid")])
+    cli.settings["source"]["url"] = ldapi_slapd.ldapi_url
+    check = cli("check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "warning" not in check.stderr, check.stderr
+    synced = cli("sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert [u["userName"] for u in emulator.users()] == ["sid@example.com"]
+    assert [g["displayName"] for g in emulator.groups()] == ["sock"]
+    assert ldapi_slapd.url not in cli.path.read_text()  # the socket was the only way in
