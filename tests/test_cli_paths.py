@@ -229,3 +229,12 @@ def test_a_source_over_ldapi_syncs_without_a_clear_text_warning(
     assert [u["userName"] for u in emulator.users()] == ["sid@example.com"]
     assert [g["displayName"] for g in emulator.groups()] == ["sock"]
     assert ldapi_slapd.url not in cli.path.read_text()  # the socket was the only way in
+
+
+def test_sync_with_a_missing_target_ca_file_is_one_line_exit_2(cli: Cli) -> None:
+    cli.tree.add_user("cai")
+    cli.settings["target"]["ca_file"] = str(cli.work / "no-such-ca.pem")
+    result = cli("sync")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert one_line_error(result).endswith(f"target.ca_file: cannot read {cli.work}/no-such-ca.pem")
+    assert cli.emulator.users() == []
