@@ -267,6 +267,12 @@ def _check_ldap_url(url: str) -> str:
     return url
 
 
+def _check_readable_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"cannot read {path}")
+    return path
+
+
 def _read_secret_file(path: Path) -> SecretStr:
     try:
         return SecretStr(path.read_text(encoding="utf-8").strip())
@@ -297,6 +303,7 @@ class SourceConfig(Strict):
 
     _check_url = field_validator("url")(classmethod(lambda cls, v: _check_ldap_url(v)))
     _check_base = field_validator("base_dn")(classmethod(lambda cls, v: _check_dn(v)))
+    _check_ca = field_validator("ca_file")(classmethod(lambda cls, v: _check_readable_file(v)))
 
     @model_validator(mode="after")
     def _resolve(self) -> Self:
@@ -304,8 +311,6 @@ class SourceConfig(Strict):
             raise ValueError("expected bind_password or bind_password_file, not both")
         if self.bind_password_file is not None:
             object.__setattr__(self, "bind_password", _read_secret_file(self.bind_password_file))
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file: cannot read {self.ca_file}")
         ad = self.directory is Flavour.ACTIVE_DIRECTORY
         if self.guid_attribute is None:
             object.__setattr__(
@@ -352,6 +357,8 @@ class TargetConfig(Strict):
     # A body's cap, raw and decoded: a 100,000-member group's page is about 19 MiB.
     max_response_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     max_listing: Annotated[int, Field(ge=1)] = 1_000_000  # Atlassian's most users
+
+    _check_ca = field_validator("ca_file")(classmethod(lambda cls, v: _check_readable_file(v)))
 
     @field_validator("url")
     @classmethod
