@@ -17,15 +17,14 @@ import httpx2
 import pytest
 
 from scimsync.config import TargetConfig
+from scimsync.emulator import RunningEmulator
 from scimsync.target import open_target
 from scimsync.target.errors import (
     RateLimited,
     RenameRefused,
     ServerError,
     TargetUnreachable,
-    Unauthorized,
     Uniqueness,
-    error_from_body,
 )
 from scimsync.target.pacing import TokenBucket, retry_after
 from tests.fixtures.scim2 import Scim2Tenant
@@ -305,51 +304,41 @@ async def test_rate_limit_holds_for_concurrent_callers() -> None:
     assert most_in_any_second(slots) == 5
 
 
-async def test_membership_removal_falls_back_to_a_value_list_and_remembers() -> None:
-    bodies: list[str] = []
-
-    def atlassian_like(request: httpx2.Request) -> httpx2.Response:
-        text = request.content.decode()
-        bodies.append(text)
-        if "members[value eq" in text:
-            return httpx2.Response(
-                400, json={"status": "400", "scimType": "invalidPath", "detail": "bad path"}
-            )
-        return httpx2.Response(204)
-
-    config = TargetConfig(url="http://t.invalid", token="t", membership_chunk_size=2)
-    async with open_target(config, transport=httpx2.MockTransport(atlassian_like)) as target:
-        await target.remove_members("g", ["a", "b", "c"])
-    assert ['members[value eq \\"a\\"]' in b for b in bodies] == [True, False, False]
-    assert ['"path": "members", "value"' in b for b in bodies] == [False, True, True]
-    bodies.clear()
-    async with open_target(config, transport=httpx2.MockTransport(atlassian_like)) as target:
-        await target.change_members("g", add=["n"], remove=["o"])
-    # The refused filter form is retried as a value list, with the addition still in it.
-    assert len(bodies) == 2 and all('"op": "add"' in b for b in bodies)
-    assert ["members[value eq" in b for b in bodies] == [True, False]
+def patches(emulator: RunningEmulator) -> tuple[int, int]:
+    """(PATCH /Groups served, 400s answered) since the emulator's counters were reset."""
+    stats = emulator.stats()
+    return stats["by_resource"].get("PATCH Groups", 0), stats["by_status"].get("400", 0)
 
 
-async def test_refused_rename_names_the_recreate_option() -> None:
-    def refuses(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(
-            400,
-            json={"status": "400", "scimType": "mutability", "detail": "displayName immutable"},
-        )
+async def test_membership_removal_falls_back_to_a_value_list_and_remembers(
+    emulator: RunningEmulator,
+) -> None:
+    emulator.configure(member_filter="refused")
+    config = TargetConfig(url=emulator.url, token=emulator.token, membership_chunk_size=2)
+    async with open_target(config) as target:
+        a, b, c, kept = [await target.create_user(user(f"{n}@example.com"), True) for n in "abck"]
+        group = await target.create_group("team", [a.id, b.id, c.id, kept.id])
+        emulator.reset_stats()
+        await target.remove_members(group.id, [a.id, b.id, c.id])
+        # One refused filter PATCH, then both chunks as value lists: the form is remembered.
+        assert patches(emulator) == (3, 1)
+        assert (await target.get_group(group.id)).member_ids == {kept.id}
+    async with open_target(config) as target:
+        added = await target.create_user(user("n@example.com"), True)
+        emulator.reset_stats()
+        await target.change_members(group.id, add=[added.id], remove=[kept.id])
+        # The refused filter form is retried as a value list, with the addition still in it.
+        assert patches(emulator) == (2, 1)
+        assert (await target.get_group(group.id)).member_ids == {added.id}
 
-    config = TargetConfig(url="http://t.invalid", token="t")
-    async with open_target(config, transport=httpx2.MockTransport(refuses)) as target:
+
+async def test_refused_rename_names_the_recreate_option(emulator: RunningEmulator) -> None:
+    emulator.configure(rename="immutable")
+    config = TargetConfig(url=emulator.url, token=emulator.token)
+    async with open_target(config) as target:
+        group = await target.create_group("old")
         with pytest.raises(RenameRefused) as caught:
-            await target.rename_group("g", "new")
+            await target.rename_group(group.id, "new")
     assert caught.value.scim_type == "mutability"
     assert "options.group_rename: recreate" in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_atlassian_string_status_and_secret_scrubbing() -> None:
-    body = {"status": "409", "scimType": "uniqueness", "detail": "email taken\n (key s3cr3t)"}
-    error = error_from_body(409, body, request="POST /Users", secret="s3cr3t")
-    assert isinstance(error, Uniqueness) and error.status == 409
-    assert str(error) == "POST /Users: target answered 409 uniqueness: email taken (key ***)"
-    assert isinstance(error_from_body(401, {"status": "401"}), Unauthorized)
-    assert isinstance(error_from_body(502, "<html>"), ServerError)
+    assert [g["displayName"] for g in emulator.groups()] == ["old"]
