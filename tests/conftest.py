@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.scim2",
     "tests.fixtures.hostile",
+    "tests.fixtures.ports",
 ]

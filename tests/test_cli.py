@@ -83,20 +83,24 @@ def test_check_reports_scope_and_target(cli: Cli) -> None:
     [
         ({"source": {"url": "http://nope"}}, 2, "source.url: expected an ldap://"),
         ({"options": {"shred": True}}, 2, "options.shred: unknown key"),
-        ({"source": {"url": "ldap://127.0.0.1:1"}}, 4, "127.0.0.1:1"),
+        ({"source": {"url": "ldap://127.0.0.1:{closed_port}"}}, 4, "127.0.0.1:{closed_port}"),
         ({"target": {"token": "wrong"}}, 4, "must be rotated"),
         ({"source": {"bind_password": "wrong-password"}}, 4, "bind"),
     ],
 )
 def test_check_errors_are_one_line_with_exit_code(
-    cli: Cli, change: dict[str, dict[str, Any]], code: int, expected: str
+    cli: Cli, change: dict[str, dict[str, Any]], code: int, expected: str, closed_port: int
 ) -> None:
     for section, values in change.items():
-        cli.settings[section].update(values)
+        cli.settings[section].update(
+            {k: v.replace("{closed_port}", str(closed_port)) for k, v in values.items()}
+            if section == "source"
+            else values
+        )
     result = cli("check")
     assert result.returncode == code, result.stdout + result.stderr
     line = one_line_error(result)
-    assert expected in line
+    assert expected.replace("{closed_port}", str(closed_port)) in line
     assert "wrong-password" not in line and cli.emulator.token not in line
 
 

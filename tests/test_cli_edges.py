@@ -242,8 +242,8 @@ def test_check_refuses_a_server_that_is_not_scim(
     assert "the API key works" not in result.stdout
 
 
-def test_check_makes_one_attempt_at_a_closed_port(cli: Cli) -> None:
-    url = f"http://127.0.0.1:{free_port()}/scim"
+def test_check_makes_one_attempt_at_a_closed_port(cli: Cli, closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/scim"
     cli.settings["target"]["url"] = url
     result = cli("check")
     assert result.returncode == 4, result.stdout + result.stderr

@@ -18,7 +18,7 @@ from scimsync.directory import (
     LdapDirectory,
     Snapshot,
 )
-from scimsync.sandbox.slapd import Slapd, free_port
+from scimsync.sandbox.slapd import Slapd
 from tests.fixtures.slapd import Tree
 
 ATTRS = ("uid", "mail", "cn", "givenName", "sn")
@@ -300,8 +300,8 @@ def test_wrong_password(org: Tree) -> None:
     )
 
 
-def test_unreachable_host(org: Tree) -> None:
-    url = f"ldap://127.0.0.1:{free_port()}"
+def test_unreachable_host(org: Tree, closed_port: int) -> None:
+    url = f"ldap://127.0.0.1:{closed_port}"
     with pytest.raises(DirectoryUnreachable) as caught:
         read(org, url=url, connect_timeout=2)
     message = str(caught.value)
@@ -360,10 +360,16 @@ def test_server_info_and_repr_hide_the_password(org: Tree) -> None:
         assert org.server.password not in repr(directory)
 
 
-def test_ldif_organisation(slapd: Slapd) -> None:
+def test_ldif_organisation(slapd: Slapd, ldap_tree: Tree, tmp_path: Path) -> None:
     """tests/data/directory_org.ldif: escaped DNs, base64 UTF-8 values, mixed group classes."""
-    assert slapd.load_ldif(Path(__file__).parent / "data" / "directory_org.ldif") == 6
-    tree = Tree(slapd, "ldif", create=False)  # the LDIF brings its own ou=ldif
+    # Moved under this test's own subtree, so the shared slapd takes it again on a rerun.
+    text = (Path(__file__).parent / "data" / "directory_org.ldif").read_text(encoding="utf-8")
+    moved = tmp_path / "directory_org.ldif"
+    moved.write_text(text.replace("ou=ldif,dc=example,dc=com", f"ou=ldif,{ldap_tree.base_dn}"))
+    assert slapd.load_ldif(moved) == 6
+    own_ou = ldap_tree.base_dn.split(",", 1)[0]
+    tree = Tree(slapd, f"ldif,{own_ou}", create=False)  # the LDIF brings its own ou=ldif
+    assert tree.base_dn == f"ou=ldif,{ldap_tree.base_dn}"
     tree_base = tree.base_dn
     snapshot = read(
         tree,

@@ -151,7 +151,10 @@ def assert_target_matches(channel: Channel, users: int, groups: dict[str, set[st
         assert {link.target_id for link in store.linked_users().values()} == target_ids
         assert store.failures() == {}
         # Every run finished; one cut short by a fault says so ("failed"), never "ok".
-        assert all(run.result in {"ok", "partial", "failed"} for run in store.runs(100))
+        runs = store.runs(100)
+        assert all(run.result in {"ok", "partial", "failed"} for run in runs)
+        cut_short = [run for run in runs if run.cause is not None]
+        assert all(run.result == "failed" for run in cut_short), cut_short
 
 
 def fault_row(kind: str, channel: Channel, cycles: int, lost: int, duplicated: int) -> None:

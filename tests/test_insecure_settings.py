@@ -9,7 +9,6 @@ import pytest
 
 from scimsync.config import redact_url
 from scimsync.emulator import PREFIX, RunningEmulator
-from scimsync.sandbox.slapd import free_port
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli, one_line_error
 from tests.test_daemon import Scimsync, eventually
@@ -148,8 +147,10 @@ def test_a_url_refused_by_the_config_is_quoted_without_its_credentials(
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_a_directory_error_quotes_source_url_without_its_credentials(cli: Cli) -> None:
-    cli.settings["source"]["url"] = f"ldap://reader:{SECRET}@127.0.0.1:{free_port()}"
+def test_a_directory_error_quotes_source_url_without_its_credentials(
+    cli: Cli, closed_port: int
+) -> None:
+    cli.settings["source"]["url"] = f"ldap://reader:{SECRET}@127.0.0.1:{closed_port}"
     result = cli("check")
     assert result.returncode == 4, result.stderr
     line = one_line_error(result)
@@ -157,9 +158,11 @@ def test_a_directory_error_quotes_source_url_without_its_credentials(cli: Cli) -
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_a_target_error_quotes_target_url_without_its_credentials(cli: Cli) -> None:
+def test_a_target_error_quotes_target_url_without_its_credentials(
+    cli: Cli, closed_port: int
+) -> None:
     cli.tree.add_user("ann")
-    cli.settings["target"]["url"] = f"http://scim:{SECRET}@127.0.0.1:{free_port()}{PREFIX}"
+    cli.settings["target"]["url"] = f"http://scim:{SECRET}@127.0.0.1:{closed_port}{PREFIX}"
     result = cli("check")
     assert result.returncode == 4, result.stderr
     line = one_line_error(result)
@@ -167,8 +170,10 @@ def test_a_target_error_quotes_target_url_without_its_credentials(cli: Cli) -> N
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_a_store_error_quotes_the_state_url_without_its_password(cli: Cli) -> None:
-    cli.settings["state"] = f"postgresql+psycopg://scimsync:{SECRET}@127.0.0.1:{free_port()}/x"
+def test_a_store_error_quotes_the_state_url_without_its_password(
+    cli: Cli, closed_port: int
+) -> None:
+    cli.settings["state"] = f"postgresql+psycopg://scimsync:{SECRET}@127.0.0.1:{closed_port}/x"
     result = cli("sync")
     assert result.returncode == 5, result.stderr
     line = one_line_error(result)

@@ -213,7 +213,7 @@ def test_a_400_from_the_target_fails_alone(channel: Channel, clock: Clock) -> No
     assert "400" in by_name["   "].cause and "invalidValue" in by_name["   "].cause
     recorded = failures(channel)[("user", channel.tree.guid(channel.tree.user_dn("blank")))]
     assert "400" in recorded.cause and recorded.action == "create"
-    assert team
+    assert ("group", channel.tree.guid(team)) not in failures(channel)  # the group did not fail
 
 
 class Meanwhile:

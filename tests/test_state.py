@@ -500,8 +500,10 @@ def test_another_process_cannot_lock_a_held_channel(store_url: str) -> None:
 # -- errors ------------------------------------------------------------------
 
 
-def test_unreachable_postgres_is_one_line_without_the_password() -> None:
-    url = "postgresql+psycopg://scimsync:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=3"
+def test_unreachable_postgres_is_one_line_without_the_password(closed_port: int) -> None:
+    url = (
+        f"postgresql+psycopg://scimsync:s3cret-pw@127.0.0.1:{closed_port}/nowhere?connect_timeout=3"
+    )
     with pytest.raises(StateError) as caught:
         Store.open(url, "main")
     message = str(caught.value)

@@ -1,13 +1,13 @@
-"""The Atlassian profile against the Atlassian emulator (skipped until its fixture exists)."""
+"""The Atlassian profile against the Atlassian emulator."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import pytest
 
 from scimsync.config import TargetConfig
+from scimsync.emulator import RunningEmulator
 from scimsync.target import open_target
 from scimsync.target.errors import NotFound, Uniqueness
 
@@ -15,11 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def atlassian(request: pytest.FixtureRequest) -> TargetConfig:
-    try:
-        emulator: Any = request.getfixturevalue("emulator")
-    except pytest.FixtureLookupError:
-        pytest.skip("the Atlassian emulator fixture is not available yet")
+def atlassian(emulator: RunningEmulator) -> TargetConfig:
     return TargetConfig(type="atlassian", url=emulator.url, token=emulator.token)
 
 

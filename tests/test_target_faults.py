@@ -17,15 +17,14 @@ import httpx2
 import pytest
 
 from scimsync.config import TargetConfig
+from scimsync.emulator import RunningEmulator
 from scimsync.target import open_target
 from scimsync.target.errors import (
     RateLimited,
     RenameRefused,
     ServerError,
     TargetUnreachable,
-    Unauthorized,
     Uniqueness,
-    error_from_body,
 )
 from scimsync.target.pacing import TokenBucket, retry_after
 from tests.fixtures.scim2 import Scim2Tenant
@@ -175,12 +174,20 @@ async def test_429_storm_waits_as_retry_after_says(scim2: Scim2Tenant) -> None:
 
 
 async def test_retry_after_as_an_http_date(scim2: Scim2Tenant) -> None:
-    when = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
-    wire, sleeps = Faulty(first_n(1, "429"), retry_after=when), Sleeps()
+    # An HTTP date has whole seconds; the wait is that instant less the time it is read,
+    # which falls between `before` and `after` however slow the machine is.
+    when = (datetime.now(UTC) + timedelta(seconds=90)).replace(microsecond=0)
+    wire, sleeps = (
+        Faulty(first_n(1, "429"), retry_after=format_datetime(when, usegmt=True)),
+        Sleeps(),
+    )
     config = scim2.config(retry_max_seconds=600)
     async with open_target(config, sleep=sleeps, transport=wire) as target:
+        before = datetime.now(UTC)
         assert await target.find_user("a@example.com") is None
-    assert len(sleeps.waits) == 1 and 85 < sleeps.waits[0] <= 90
+        after = datetime.now(UTC)
+    [wait] = sleeps.waits
+    assert (when - after).total_seconds() <= wait <= (when - before).total_seconds()
 
 
 def test_retry_after_parsing() -> None:
@@ -223,14 +230,15 @@ async def test_persistent_5xx_gives_up_after_max_retries_with_growing_backoff(
     assert str(caught.value) == "GET /Users/x: target answered 503: try later"
 
 
-async def test_refused_connections_end_as_target_unreachable() -> None:
-    config = TargetConfig(type="scim", url="http://127.0.0.1:9", token="t", max_retries=3)
+async def test_refused_connections_end_as_target_unreachable(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}"
+    config = TargetConfig(type="scim", url=url, token="t", max_retries=3)
     sleeps = Sleeps()
     async with open_target(config, sleep=sleeps) as target:
         with pytest.raises(TargetUnreachable) as caught:
             await target.find_user("a@example.com")
     assert len(sleeps.waits) == 3
-    assert str(caught.value).startswith("target http://127.0.0.1:9 unreachable: GET /Users:")
+    assert str(caught.value).startswith(f"target {url} unreachable: GET /Users:")
     assert "\n" not in str(caught.value)
 
 
@@ -305,51 +313,41 @@ async def test_rate_limit_holds_for_concurrent_callers() -> None:
     assert most_in_any_second(slots) == 5
 
 
-async def test_membership_removal_falls_back_to_a_value_list_and_remembers() -> None:
-    bodies: list[str] = []
-
-    def atlassian_like(request: httpx2.Request) -> httpx2.Response:
-        text = request.content.decode()
-        bodies.append(text)
-        if "members[value eq" in text:
-            return httpx2.Response(
-                400, json={"status": "400", "scimType": "invalidPath", "detail": "bad path"}
-            )
-        return httpx2.Response(204)
-
-    config = TargetConfig(url="http://t.invalid", token="t", membership_chunk_size=2)
-    async with open_target(config, transport=httpx2.MockTransport(atlassian_like)) as target:
-        await target.remove_members("g", ["a", "b", "c"])
-    assert ['members[value eq \\"a\\"]' in b for b in bodies] == [True, False, False]
-    assert ['"path": "members", "value"' in b for b in bodies] == [False, True, True]
-    bodies.clear()
-    async with open_target(config, transport=httpx2.MockTransport(atlassian_like)) as target:
-        await target.change_members("g", add=["n"], remove=["o"])
-    # The refused filter form is retried as a value list, with the addition still in it.
-    assert len(bodies) == 2 and all('"op": "add"' in b for b in bodies)
-    assert ["members[value eq" in b for b in bodies] == [True, False]
+def patches(emulator: RunningEmulator) -> tuple[int, int]:
+    """(PATCH /Groups served, 400s answered) since the emulator's counters were reset."""
+    stats = emulator.stats()
+    return stats["by_resource"].get("PATCH Groups", 0), stats["by_status"].get("400", 0)
 
 
-async def test_refused_rename_names_the_recreate_option() -> None:
-    def refuses(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(
-            400,
-            json={"status": "400", "scimType": "mutability", "detail": "displayName immutable"},
-        )
+async def test_membership_removal_falls_back_to_a_value_list_and_remembers(
+    emulator: RunningEmulator,
+) -> None:
+    emulator.configure(member_filter="refused")
+    config = TargetConfig(url=emulator.url, token=emulator.token, membership_chunk_size=2)
+    async with open_target(config) as target:
+        a, b, c, kept = [await target.create_user(user(f"{n}@example.com"), True) for n in "abck"]
+        group = await target.create_group("team", [a.id, b.id, c.id, kept.id])
+        emulator.reset_stats()
+        await target.remove_members(group.id, [a.id, b.id, c.id])
+        # One refused filter PATCH, then both chunks as value lists: the form is remembered.
+        assert patches(emulator) == (3, 1)
+        assert (await target.get_group(group.id)).member_ids == {kept.id}
+    async with open_target(config) as target:
+        added = await target.create_user(user("n@example.com"), True)
+        emulator.reset_stats()
+        await target.change_members(group.id, add=[added.id], remove=[kept.id])
+        # The refused filter form is retried as a value list, with the addition still in it.
+        assert patches(emulator) == (2, 1)
+        assert (await target.get_group(group.id)).member_ids == {added.id}
 
-    config = TargetConfig(url="http://t.invalid", token="t")
-    async with open_target(config, transport=httpx2.MockTransport(refuses)) as target:
+
+async def test_refused_rename_names_the_recreate_option(emulator: RunningEmulator) -> None:
+    emulator.configure(rename="immutable")
+    config = TargetConfig(url=emulator.url, token=emulator.token)
+    async with open_target(config) as target:
+        group = await target.create_group("old")
         with pytest.raises(RenameRefused) as caught:
-            await target.rename_group("g", "new")
+            await target.rename_group(group.id, "new")
     assert caught.value.scim_type == "mutability"
     assert "options.group_rename: recreate" in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_atlassian_string_status_and_secret_scrubbing() -> None:
-    body = {"status": "409", "scimType": "uniqueness", "detail": "email taken\n (key s3cr3t)"}
-    error = error_from_body(409, body, request="POST /Users", secret="s3cr3t")
-    assert isinstance(error, Uniqueness) and error.status == 409
-    assert str(error) == "POST /Users: target answered 409 uniqueness: email taken (key ***)"
-    assert isinstance(error_from_body(401, {"status": "401"}), Unauthorized)
-    assert isinstance(error_from_body(502, "<html>"), ServerError)
+    assert [g["displayName"] for g in emulator.groups()] == ["old"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +19,11 @@ from starlette.types import Receive, Scope, Send
 
 from scimsync.emulator import discovery
 from scimsync.emulator.behaviour import (
+    MemberFilterMode,
     Misbehaviour,
     RenameMode,
     Settings,
+    SlidingWindow,
     Stats,
     UserNameMode,
     authorized,
@@ -57,11 +60,15 @@ class Emulator:
         self.configure(
             rename="allowed",
             user_name="mutable",
+            member_filter="accepted",
             rate=None,
             latency_ms=0.0,
             fault_rate=0.0,
             lost_response_rate=0.0,
         )
+        if self.misbehaviour is not None:  # an empty rate window on the real clock
+            self.misbehaviour.window = SlidingWindow()
+            self.misbehaviour.clock = time.monotonic
 
 
 def _base(request: Request) -> str:
@@ -269,7 +276,11 @@ async def patch_group(request: Request) -> Response:
     directory = emulator.directory
     with directory.lock:
         group = directory.group(request.path_params["id"])
-        new = patched_group(GroupState(group.display_name, group.external_id, group.members), body)
+        new = patched_group(
+            GroupState(group.display_name, group.external_id, group.members),
+            body,
+            member_filter=emulator.settings.member_filter == "accepted",
+        )
         group = directory.update_group(
             group.id,
             new.display_name,
@@ -368,6 +379,7 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
     return {
         "rename": s.rename,
         "user_name": s.user_name,
+        "member_filter": s.member_filter,
         "rate": s.rate,
         "latency_ms": s.latency_ms,
         "fault_rate": s.fault_rate,
@@ -421,6 +433,7 @@ def create_app(
     *,
     rename: RenameMode = "allowed",
     user_name: UserNameMode = "mutable",
+    member_filter: MemberFilterMode = "accepted",
     rate: float | None = None,
     latency_ms: float = 0,
     fault_rate: float = 0,
@@ -438,6 +451,7 @@ def create_app(
     settings.update(
         rename=rename,
         user_name=user_name,
+        member_filter=member_filter,
         rate=rate,
         latency_ms=latency_ms,
         fault_rate=fault_rate,

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from scimsync.emulator.responses import scim_response
 
 RenameMode = Literal["allowed", "immutable"]
 UserNameMode = Literal["mutable", "immutable"]
+MemberFilterMode = Literal["accepted", "refused"]
 CONTROL_PREFIX = "/_emulator/"
 
 
@@ -30,6 +32,9 @@ class Settings:
     # Whether Atlassian accepts a userName change is unconfirmed (atlassian-scim-api.md
     # section 2): `immutable` refuses it, so both of scimsync's paths can be tested.
     user_name: UserNameMode = "mutable"
+    # Whether Atlassian takes `members[value eq "..."]` in a PATCH remove is unconfirmed
+    # (section 4): `refused` answers 400 invalidPath, so the client's fallback meets a server.
+    member_filter: MemberFilterMode = "accepted"
     rate: float | None = None
     latency_ms: float = 0.0
     fault_rate: float = 0.0
@@ -46,6 +51,8 @@ class Settings:
             raise ValueError("rename: expected allowed or immutable")
         if options.get("user_name", self.user_name) not in ("mutable", "immutable"):
             raise ValueError("user_name: expected mutable or immutable")
+        if options.get("member_filter", self.member_filter) not in ("accepted", "refused"):
+            raise ValueError("member_filter: expected accepted or refused")
         for name in ("fault_rate", "lost_response_rate"):
             value = options.get(name, getattr(self, name))
             if not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -68,12 +75,25 @@ class Stats:
     by_resource: Counter[str] = field(default_factory=Counter)
     by_status: Counter[str] = field(default_factory=Counter)
     dropped: int = 0
+    # Requests inside the misbehaviour layer at once (latency included), and the most seen,
+    # so a test can tell that slow requests overlap instead of timing them.
+    in_flight: int = 0
+    max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, method: str, resource: str) -> None:
         with self.lock:
             self.by_method[method] += 1
             self.by_resource[f"{method} {resource}"] += 1
+
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def answered(self, status: int) -> None:
         with self.lock:
@@ -91,6 +111,7 @@ class Stats:
                 "by_resource": dict(self.by_resource),
                 "by_status": dict(self.by_status),
                 "dropped": self.dropped,
+                "max_in_flight": self.max_in_flight,
             }
 
     def reset(self) -> None:
@@ -99,6 +120,7 @@ class Stats:
             self.by_resource.clear()
             self.by_status.clear()
             self.dropped = 0
+            self.max_in_flight = self.in_flight
 
 
 class SlidingWindow:
@@ -158,6 +180,8 @@ class Misbehaviour:
         self.stats = stats
         self.window = SlidingWindow()
         self.rng = random.Random(settings.seed)
+        # The rate window's clock; a test may freeze it to count 429s instead of timing them.
+        self.clock: Callable[[], float] = time.monotonic
 
     def reseed(self, seed: int | None) -> None:
         self.rng = random.Random(seed)
@@ -168,7 +192,13 @@ class Misbehaviour:
             await self.app(scope, receive, send)
             return
         self.stats.record(scope["method"], resource_of(scope["path"], self.prefix))
+        self.stats.enter()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.stats.leave()
 
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def counted_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.stats.answered(message["status"])
@@ -182,7 +212,7 @@ class Misbehaviour:
             await scim_response(error.body(), 401)(scope, receive, counted_send)
             return
         if settings.rate is not None:
-            wait = self.window.wait(settings.rate, time.monotonic())
+            wait = self.window.wait(settings.rate, self.clock())
             if wait is not None:
                 # Atlassian publishes no SCIM rate numbers; its admin APIs answer 429 and
                 # clients honour Retry-After (atlassian-scim-api.md section 6).

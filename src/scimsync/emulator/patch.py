@@ -233,7 +233,9 @@ class GroupState:
 _MEMBER_FILTER = re.compile(r'^members\[\s*value\s+eq\s+("(?:[^"\\]|\\.)*")\s*\]$', re.IGNORECASE)
 
 
-def _apply_group(state: GroupState, op: str, path: str, value: Any) -> None:
+def _apply_group(
+    state: GroupState, op: str, path: str, value: Any, member_filter: bool = True
+) -> None:
     lowered = path.strip().lower()
     if lowered in ("displayname", f"{CORE_GROUP.lower()}:displayname"):
         if op == "remove":
@@ -252,18 +254,19 @@ def _apply_group(state: GroupState, op: str, path: str, value: Any) -> None:
         else:
             for user_id in ids:
                 state.remove_member(user_id)
-    elif (match := _MEMBER_FILTER.match(path.strip())) and op == "remove":
+    elif member_filter and (match := _MEMBER_FILTER.match(path.strip())) and op == "remove":
         # Removing a non-member is a no-op, so a retried removal succeeds.
         state.remove_member(json.loads(match.group(1)))
     else:
         raise invalid_path(path)
 
 
-def patched_group(state: GroupState, body: Any) -> GroupState:
+def patched_group(state: GroupState, body: Any, member_filter: bool = True) -> GroupState:
+    """The group after `body`; `member_filter=False` refuses `members[value eq ...]` paths."""
     new = GroupState(state.display_name, state.external_id, dict(state.members))
     for op, path, value in operations(body):
         if path is not None:
-            _apply_group(new, op, path, value)
+            _apply_group(new, op, path, value, member_filter)
             continue
         if op == "remove" or not isinstance(value, dict):
             raise invalid_value(f"{op} without a path needs an object value")

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -163,8 +164,13 @@ class RunningEmulator(Lifecycle):
         self._state.stats.reset()
 
     def configure(self, **options: Any) -> None:
-        """Changes rename, rate, latency_ms, fault_rate, lost_response_rate or seed."""
+        """Changes any `Settings` mode: rename, member_filter, rate, latency_ms, faults or seed."""
         self._state.configure(**options)
+
+    def set_rate_clock(self, clock: Callable[[], float]) -> None:
+        """The clock the rate window reads, until `reset()`; a frozen one makes 429s countable."""
+        assert self._state.misbehaviour is not None
+        self._state.misbehaviour.clock = clock
 
     def reset(self) -> None:
         """Empty directory, zero counters, default modes: a fresh emulator for the next test."""
