@@ -496,6 +496,10 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
                 del linked_groups[source_id]
                 continue
             target_members[source_id] = seen_group.member_ids
+            if seen_group.display_name != glink.display_name:
+                # A rename that landed unrecorded (a killed cycle) or one made by hand:
+                # plan from the name the target holds, as for users' values.
+                linked_groups[source_id] = replace(glink, display_name=seen_group.display_name)
         unlinked = {
             group.display_name.lower(): group
             for group in remote_groups.values()
