@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.postgres",
     "tests.fixtures.scim2",
+    "tests.fixtures.channels",
     "tests.fixtures.hostile",
     "tests.fixtures.ports",
 ]

@@ -5,27 +5,11 @@ failures that heal, and adoption that writes only what differs."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from scimsync import engine
-from scimsync.emulator import RunningEmulator
-from tests.fixtures.slapd import Tree
 from tests.harness import Channel
-
-# `openldap` detects changes by syncrepl (the sandbox slapd has syncprov), `generic` by
-# modifyTimestamp polling: each behaviour below must hold for both.
-MECHANISMS = ["openldap", "generic"]
-
-
-@pytest.fixture(params=MECHANISMS)
-def channel(
-    request: pytest.FixtureRequest, ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
-) -> Channel:
-    made = Channel(ldap_tree, emulator, tmp_path)
-    made.source["directory"] = request.param
-    return made
 
 
 def mode(report: engine.CycleReport) -> str:

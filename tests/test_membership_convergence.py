@@ -3,27 +3,10 @@ a deleted user's removal from its groups while the removal of a member added by 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from scimsync.emulator import RunningEmulator
-from tests.fixtures.slapd import Tree
 from tests.harness import Channel
 
+
 # `openldap` detects changes by syncrepl, `generic` by modifyTimestamp polling.
-MECHANISMS = ["openldap", "generic"]
-
-
-@pytest.fixture(params=MECHANISMS)
-def channel(
-    request: pytest.FixtureRequest, ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
-) -> Channel:
-    made = Channel(ldap_tree, emulator, tmp_path)
-    made.source["directory"] = request.param
-    return made
-
-
 def stored_members_at_the_target(channel: Channel) -> dict[str, set[str]]:
     """Each linked group's stored member set, as target user ids, by displayName."""
     with channel.store() as store:
