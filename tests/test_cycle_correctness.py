@@ -411,3 +411,25 @@ def test_leaving_scope_directly_and_through_a_nested_scope_group_in_one_cycle(
     assert not active(channel, "anna@example.com")
     assert not active(channel, "ben@example.com")
     assert channel.member_names("jira-developers") == {"cleo@example.com"}
+
+
+def test_a_user_who_leaves_scope_without_a_write_is_recorded_out_of_scope(
+    channel: Channel,
+) -> None:
+    """With deprovision_users off nothing is sent for a leaver, yet the store must know he
+    left: else an incremental cycle counts him as a member of the groups it touches."""
+    tree = channel.tree
+    anna, ben = tree.add_user("anna"), tree.add_user("ben")
+    scope = tree.add_group("atlassian-users", [anna, ben])
+    tree.add_group("jira-developers", [anna, ben])
+    channel.source["users"] = {"group_dn": scope}
+    channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
+    channel.options["deprovision_users"] = False
+    channel.sync()
+    tree.remove_members(scope, [anna])
+    channel.sync()
+    with channel.store() as store:
+        assert store.linked_ids("user", in_scope=False) == {tree.guid(anna)}
+    tree.modify(ben, title="lead")
+    channel.sync()
+    assert channel.member_names("jira-developers") == {"ben@example.com"}
