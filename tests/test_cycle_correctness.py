@@ -433,3 +433,83 @@ def test_a_user_who_leaves_scope_without_a_write_is_recorded_out_of_scope(
     tree.modify(ben, title="lead")
     channel.sync()
     assert channel.member_names("jira-developers") == {"ben@example.com"}
+
+
+# --- renames and nested groups, end to end at the target --------------------------------------
+
+
+def test_a_user_renamed_while_in_groups_keeps_them_and_later_edits_still_arrive(
+    channel: Channel,
+) -> None:
+    """A modrdn changes the DN every group lists (refint rewrites the member values): the
+    user must stay linked and in his groups, and a later membership change must still find
+    him by his new DN."""
+    tree = channel.tree
+    anna, ben = tree.add_user("anna"), tree.add_user("ben")
+    tree.add_group("jira-developers", [anna, ben])
+    tree.add_group("jira-admins", [anna])
+    channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
+    channel.sync()
+    anna_id = channel.users()["anna@example.com"]["id"]
+
+    renamed = tree.rename(anna, "uid=anna.smith")
+    report = channel.sync()
+    assert mode(report) == "incremental"
+    assert report.prepared.plan.summary().keys() <= {"update"}  # no create, no membership
+    users = channel.users()
+    assert users["anna@example.com"]["id"] == anna_id
+    assert channel.member_names("jira-developers") == {"anna@example.com", "ben@example.com"}
+    assert channel.member_names("jira-admins") == {"anna@example.com"}
+
+    tree.add_members(tree.group_dn("jira-admins"), [ben])
+    tree.remove_members(tree.group_dn("jira-admins"), [renamed])
+    moved = channel.sync()
+    assert mode(moved) == "incremental"
+    assert channel.member_names("jira-admins") == {"ben@example.com"}
+    assert channel.member_names("jira-developers") == {"anna@example.com", "ben@example.com"}
+
+
+def test_a_deleted_nested_subgroup_leaves_the_parents_flattened_members(
+    channel: Channel,
+) -> None:
+    """Deleting a subgroup touches neither its users nor (in the same second, where refint
+    rewrites the parent without a new entryCSN) anything a poll keys on: the parent must
+    still lose the users it held only through the subgroup."""
+    tree = channel.tree
+    anna, ben, cleo = (tree.add_user(n) for n in ("anna", "ben", "cleo"))
+    sub = tree.add_group("jira-contractors", [ben, cleo])
+    tree.add_group("jira-all", [anna, sub, cleo])
+    channel.source["groups"] = {
+        "filter": "(&(objectClass=groupOfNames)(cn=jira-*))",
+        "nested": True,
+    }
+    channel.sync()
+    assert channel.member_names("jira-all") == {
+        "anna@example.com",
+        "ben@example.com",
+        "cleo@example.com",
+    }
+    tree.delete(sub)
+    report = channel.sync()
+    assert mode(report) == "incremental"
+    assert "jira-contractors" not in channel.groups()
+    assert channel.member_names("jira-all") == {"anna@example.com", "cleo@example.com"}
+    assert channel.sync().prepared.plan.operations == ()
+
+
+def test_a_membership_change_two_levels_down_reaches_every_parent(channel: Channel) -> None:
+    tree = channel.tree
+    anna, ben = tree.add_user("anna"), tree.add_user("ben")
+    leaf = tree.add_group("jira-leaf", [anna])
+    middle = tree.add_group("jira-middle", [leaf])
+    tree.add_group("jira-top", [middle])
+    channel.source["groups"] = {
+        "filter": "(&(objectClass=groupOfNames)(cn=jira-*))",
+        "nested": True,
+    }
+    channel.sync()
+    tree.add_members(leaf, [ben])
+    report = channel.sync()
+    assert mode(report) == "incremental"
+    for name in ("jira-leaf", "jira-middle", "jira-top"):
+        assert channel.member_names(name) == {"anna@example.com", "ben@example.com"}, name

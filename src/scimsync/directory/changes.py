@@ -85,6 +85,10 @@ class Delta:
     changed: dict[str, Changed] = field(default_factory=dict)  # by normalised DN
     deleted_users: set[str] = field(default_factory=set)  # GUIDs; kind unknown goes in both
     deleted_groups: set[str] = field(default_factory=set)
+    # Polling only: every group in the poll's window, already-seen ones included. A deletion
+    # makes refint edit its groups without a new entryCSN, within a second the dedupe may
+    # already hold; the reader reports these groups again once it finds something gone.
+    recent_groups: dict[str, Changed] = field(default_factory=dict)
 
     @property
     def deletions(self) -> bool:
@@ -196,9 +200,7 @@ class TimestampTracker(_Watching):
         self._guid_attr = guid_attr
 
     def position(self) -> str:
-        now = self._server_now()
-        _, state = self._poll(now, set())
-        return state
+        return self._poll(self._server_now(), set()).state
 
     def delta(self, state: str) -> Delta:
         try:
@@ -207,14 +209,14 @@ class TimestampTracker(_Watching):
         except ValueError:
             raise WatermarkLost(f"timestamp watermark {state[:40]!r} is unreadable") from None
         seen = set(filter(None, seen_text.split(",")))
-        changed, new_state = self._poll(since, seen)
-        return Delta(state=new_state, changed=changed)
+        return self._poll(since, seen)
 
-    def _poll(self, since: datetime, seen: set[str]) -> tuple[dict[str, Changed], str]:
+    def _poll(self, since: datetime, seen: set[str]) -> Delta:
+        """The entries changed since `since` (less the overlap) that `seen` does not hold."""
         start = _format_time(since - OVERLAP)
         filterstr = f"(|(modifyTimestamp>={start})(createTimestamp>={start}))"
         attrs = [self._guid_attr, "objectClass", *_STAMPS, *_VERSIONS]
-        changed: dict[str, Changed] = {}
+        delta = Delta(state="")
         stamps: list[tuple[str, datetime]] = []
         newest = since
         for dn, entry in self._conn.paged(self._base, filterstr, attrs):
@@ -239,10 +241,14 @@ class TimestampTracker(_Watching):
                 stamp += "/" + version.decode("ascii", "replace")
             key = f"{guid}@{stamp}"
             stamps.append((key, moment))
+            found = Changed(dn, guid, _is_group(entry, self._group_classes))
+            if found.is_group:
+                delta.recent_groups[normalize_dn(dn)] = found
             if key not in seen:
-                changed[normalize_dn(dn)] = Changed(dn, guid, _is_group(entry, self._group_classes))
+                delta.changed[normalize_dn(dn)] = found
         keep = [key for key, moment in stamps if moment >= newest - OVERLAP][:MAX_SEEN]
-        return changed, _format_time(newest) + "|" + ",".join(sorted(keep))
+        delta.state = _format_time(newest) + "|" + ",".join(sorted(keep))
+        return delta
 
     def _server_now(self) -> datetime:
         """The server's clock: AD's rootDSE currentTime, else OpenLDAP's contextCSN (the time

@@ -268,6 +268,15 @@ class LdapDirectory:
             groups, gone = self._changed_groups(
                 changed_groups, delta, reshaped, polls, users, known_groups
             )
+            recent = delta.recent_groups.keys() - changed_groups
+            if (gone or gone_groups) and recent:
+                # A group went: the groups that held it were edited, perhaps invisibly to
+                # the poll's dedupe (see Delta.recent_groups), and a parent's flattened
+                # members change with it. (A deleted user's groups the engine derives from
+                # the links that hold him.)
+                groups, gone = self._changed_groups(
+                    changed_groups | recent, delta, reshaped, polls, users, known_groups
+                )
             gone_groups |= gone
         return ChangeSet(
             users=users,
