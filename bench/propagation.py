@@ -23,7 +23,7 @@ import ldap
 from bench.read_directory import populate
 from bench.sync_scale import AUTH, emulator, write_config
 from scimsync.emulator import PREFIX
-from scimsync.sandbox.slapd import Slapd, free_port
+from scimsync.sandbox.slapd import Slapd
 
 
 def title_of(client: httpx2.Client, user_name: str) -> str | None:
@@ -56,7 +56,7 @@ def main() -> None:
             url + PREFIX,
             concurrency=4,
             interval=args.interval,
-            metrics_listen=f"127.0.0.1:{free_port()}",
+            metrics_listen="127.0.0.1:0",  # run binds a free port itself
         )
         daemon = subprocess.Popen(
             [sys.executable, "-m", "scimsync", "--config", str(config), "run"],

@@ -274,7 +274,7 @@ def main() -> None:
             target.url + PREFIX,
             concurrency=4,
             interval=args.interval,
-            metrics_listen=f"127.0.0.1:{free_port()}",
+            metrics_listen="127.0.0.1:0",  # run binds a free port itself
         )
         stop = threading.Event()
         outages = Outages(server, target, args.outage_every, stop)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from scimsync.emulator import PREFIX, RunningEmulator
-from scimsync.sandbox.slapd import free_port
+from tests.fixtures.ports import emulator_url
 from tests.fixtures.slapd import Tree
 from tests.harness import source_settings
 
@@ -204,26 +203,20 @@ def test_secrets_never_reach_output_plans_audit_or_the_store(cli: Cli) -> None:
 
 
 def test_emulate_atlassian_serves_until_terminated() -> None:
-    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "scimsync", "emulate", "atlassian", "--port", str(port),
+        [sys.executable, "-m", "scimsync", "emulate", "atlassian", "--port", "0",
          "--token", "cli-token", "--rename", "immutable", "--seed", "7"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}{PREFIX}/ServiceProviderConfig"
     try:
-        deadline = time.monotonic() + 20
-        answer = None
-        while answer is None and time.monotonic() < deadline:
-            try:
-                answer = httpx2.get(url, headers={"Authorization": "Bearer cli-token"})
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        assert answer is not None and answer.status_code == 200
+        target_url = emulator_url(process)
+        url = f"{target_url}/ServiceProviderConfig"
+        answer = httpx2.get(url, headers={"Authorization": "Bearer cli-token"})
+        assert answer.status_code == 200
         assert answer.json()["patch"]["supported"] is True
         assert httpx2.get(url).status_code == 401
     finally:
         process.terminate()
         out, _ = process.communicate(timeout=20)
-    assert f"http://127.0.0.1:{port}{PREFIX}" in out
-    assert "cli-token" not in out
+    assert target_url.startswith("http://127.0.0.1:") and target_url.endswith(PREFIX)
+    assert "cli-token" not in target_url + out  # all it printed

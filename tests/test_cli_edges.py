@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ import httpx2
 import pytest
 import yaml
 
-from scimsync.emulator import PREFIX, RunningEmulator
-from scimsync.sandbox.slapd import free_port
+from scimsync.emulator import RunningEmulator
+from tests.fixtures.ports import emulator_url
 from tests.fixtures.scim2 import Scim2Tenant
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli, one_line_error
@@ -301,16 +300,13 @@ class EmulatorProcess:
     token = "edge-token"
 
     def __init__(self, data: Path) -> None:
-        self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scimsync", "emulate", "atlassian", "--port", str(self.port),
+            [sys.executable, "-m", "scimsync", "emulate", "atlassian", "--port", "0",
              "--token", self.token, "--data", str(data)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert self.process.stdout is not None
-        self.process.stdout.readline()  # "listening" is printed once the socket is bound
         self.http = httpx2.Client(
-            base_url=f"http://127.0.0.1:{self.port}{PREFIX}",
+            base_url=emulator_url(self.process),  # printed once it accepts connections
             headers={"Authorization": f"Bearer {self.token}"},
         )
 
@@ -331,23 +327,10 @@ class EmulatorProcess:
         self.process.communicate(timeout=30)
 
 
-def wait_answering(emulator: EmulatorProcess) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            emulator.http.get("/ServiceProviderConfig")
-            return
-        except httpx2.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_emulator_data_survives_a_restart(tmp_path: Path, sig: signal.Signals) -> None:
     data = tmp_path / "emulator.json"
     first = EmulatorProcess(data)
-    wait_answering(first)
     users = [first.user(f"u{i}@example.com") for i in range(5)]
     group = first.http.post(
         "/Groups",
@@ -372,7 +355,6 @@ def test_emulator_data_survives_a_restart(tmp_path: Path, sig: signal.Signals) -
 
     second = EmulatorProcess(data)
     try:
-        wait_answering(second)
         listed = second.http.get("/Users").json()["Resources"]
         assert sorted(u["userName"] for u in listed) == [
             "u0@example.com", "u2@example.com", "u3@example.com", "u4@example.com"

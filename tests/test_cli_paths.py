@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scimsync.emulator import RunningEmulator
 from scimsync.emulator.app import EmulatorApp
-from scimsync.sandbox.slapd import Slapd, free_port
+from scimsync.sandbox.slapd import Slapd
 from tests.fixtures.scim2 import Scim2Tenant
 from tests.fixtures.slapd import Tree
 from tests.test_cli import TOKEN_VAR, Cli, one_line_error
@@ -32,9 +32,9 @@ def cli(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Cli:
 # --- exit codes end to end ------------------------------------------------------------------
 
 
-def test_sync_exits_4_for_an_unreachable_target(cli: Cli) -> None:
+def test_sync_exits_4_for_an_unreachable_target(cli: Cli, closed_port: int) -> None:
     cli.tree.add_user("una")
-    closed = free_port()
+    closed = closed_port  # held refusing: nothing can start listening there meanwhile
     cli.settings["target"]["url"] = f"http://127.0.0.1:{closed}/scim/directory/x"
     cli.settings["target"]["max_retries"] = 0
     result = cli("sync")

@@ -22,7 +22,6 @@ import yaml
 
 from scimsync import daemon as daemon_module
 from scimsync.emulator import RunningEmulator
-from scimsync.sandbox.slapd import free_port
 from scimsync.state import Store
 from scimsync.state.store import APPROVAL
 from tests.fixtures.slapd import Tree
@@ -53,9 +52,9 @@ def get(url: str) -> httpx2.Response | None:
 class Process:
     """One scimsync process; its stdout and stderr go to files, readable while it runs."""
 
-    def __init__(self, args: list[str], work: Path, name: str, port: int | None) -> None:
+    def __init__(self, args: list[str], work: Path, name: str) -> None:
         self.out_path, self.err_path = work / f"{name}.out", work / f"{name}.err"
-        self.base = f"http://127.0.0.1:{port}" if port else ""
+        self._base = ""
         with self.out_path.open("w") as out, self.err_path.open("w") as err:
             self.popen = subprocess.Popen(args, stdout=out, stderr=err, text=True)
 
@@ -68,9 +67,31 @@ class Process:
         return self.err_path.read_text()
 
     def events(self) -> list[dict[str, Any]]:
-        """The JSON log lines."""
-        lines = self.stderr.splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        """The JSON log lines written so far (not a last one still being written)."""
+        lines = self.stderr.splitlines(keepends=True)
+        return [json.loads(line) for line in lines if line.startswith("{") and line.endswith("\n")]
+
+    def started(self) -> dict[str, Any]:
+        """The `daemon started` log event, once written."""
+
+        def probe() -> dict[str, Any] | None:
+            found = [e for e in self.events() if e["event"] == "daemon started"]
+            if not found and self.popen.poll() is not None:
+                raise AssertionError(f"exited with {self.popen.returncode}: {self.stderr}")
+            return found[0] if found else None
+
+        return eventually(probe, "the daemon started log line")
+
+    @property
+    def base(self) -> str:
+        """`http://host:port` of `run`'s listener, as its start-up log line gives it."""
+        if not self._base:
+            self._base = str(self.started()["metrics"]).removesuffix("/metrics")
+        return self._base
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
 
     def health(self) -> httpx2.Response | None:
         return get(f"{self.base}/healthz")
@@ -119,15 +140,18 @@ class Scimsync:
         path.chmod(0o600)
         return path
 
-    def start(self, *args: str, name: str = "run", port: int | None = None) -> Process:
-        """`scimsync --log-format json ARGS`; for `run`, metrics on `port` (a free one)."""
+    def start(self, *args: str, name: str = "run", port: int = 0) -> Process:
+        """`scimsync --log-format json ARGS`; for `run`, metrics on `port`.
+
+        Port 0 by default: `run` binds a free port itself and logs it, so no other process
+        can take the port between its choice and the bind.
+        """
         overrides = {}
         if args[:1] == ("run",):
-            port = port or free_port()
             overrides["metrics_listen"] = f"127.0.0.1:{port}"
         config = self.config(name, **overrides)
         command = [sys.executable, "-m", "scimsync", "--config", str(config)]
-        process = Process([*command, "--log-format", "json", *args], self.work, name, port)
+        process = Process([*command, "--log-format", "json", *args], self.work, name)
         self.processes.append(process)
         return process
 
@@ -195,6 +219,18 @@ def test_daemon_syncs_changes_serves_health_and_metrics_and_stops_on_sigterm(
     assert '"event": "daemon stopped"' in daemon.stderr
 
 
+def test_metrics_listen_port_0_binds_a_free_port_and_the_start_up_line_names_it(
+    scimsync: Scimsync,
+) -> None:
+    daemon = scimsync.start("run")  # metrics_listen: 127.0.0.1:0
+    url = str(daemon.started()["metrics"])
+    host, _, port = url.removeprefix("http://").removesuffix("/metrics").rpartition(":")
+    assert host == "127.0.0.1" and int(port) > 0, url
+    answer = eventually(lambda: get(url), "/metrics at the logged address")
+    assert answer.status_code == 200 and "scimsync_cycles_total" in answer.text
+    assert daemon.stop() == 0, daemon.stderr
+
+
 # --- item 5: metrics_listen taken; a standby -------------------------------------------
 
 
@@ -202,11 +238,11 @@ def test_a_taken_metrics_listen_exits_2_and_another_listen_stands_by_then_takes_
     scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
 ) -> None:
     ldap_tree.add_user("sam")
-    port = free_port()
-    active = scimsync.start("run", name="active", port=port)
+    active = scimsync.start("run", name="active")
     eventually(lambda: user_names(emulator), "the active instance's first cycle")
     assert eventually(active.health, "the active /healthz").text.strip() == "ok"
 
+    port = active.port  # held by the active instance for as long as it runs
     same_port = scimsync.start("run", name="same-port", port=port)
     assert same_port.popen.wait(timeout=60) == 2
     lines = [line for line in same_port.stderr.splitlines() if line.strip()]
@@ -561,7 +597,7 @@ def test_run_answers_healthz_beside_an_idle_connection_drops_it_and_stops_on_sig
     ldap_tree.add_user("wyn")
     daemon = scimsync.start("run")
     eventually(daemon.health, "/healthz")
-    port = int(daemon.base.rsplit(":", 1)[1])
+    port = daemon.port
     with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
         # One connection that sends nothing held the old single-threaded listener for ever.
         answer = httpx2.get(f"{daemon.base}/healthz", timeout=10)

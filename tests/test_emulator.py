@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 
 from scimsync.emulator import RunningEmulator
+from tests.fixtures.ports import emulator_url
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -580,7 +583,7 @@ def test_the_data_file_survives_a_restart(tmp_path: Path) -> None:
             assert_error(http.post("/Users", json=user_body("pat@example.com")), 409, "uniqueness")
 
 
-def test_runs_as_a_subprocess_and_prints_its_target_url(tmp_path: Path) -> None:
+def test_port_0_runs_on_a_free_port_and_prints_its_target_url_once_listening() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "scimsync.emulator", "--port", "0", "--token", "sub-token"],
         stdout=subprocess.PIPE,
@@ -588,15 +591,16 @@ def test_runs_as_a_subprocess_and_prints_its_target_url(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        url = line.rsplit("target.url: ", 1)[1].strip()
-        assert url.endswith("/scim/directory/emulated")
+        url = emulator_url(process)
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        assert host == "127.0.0.1" and port and url.endswith("/scim/directory/emulated")
+        # At once, without retrying: a port bound but not yet listening refuses.
+        socket.create_connection((host, port), timeout=10).close()
         response = httpx2.get(
             f"{url}/ServiceProviderConfig", headers={"Authorization": "Bearer sub-token"}
         )
         assert response.status_code == 200
-        assert "sub-token" not in line
+        assert "sub-token" not in url
     finally:
         process.terminate()
         process.wait(timeout=10)

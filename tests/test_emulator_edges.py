@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 
 from scimsync.emulator import PREFIX, RunningEmulator, create_app, running
+from tests.fixtures.ports import emulator_url
 
 EMULATE = [sys.executable, "-m", "scimsync", "emulate", "atlassian"]
 WARNING = (
@@ -57,14 +58,7 @@ class Served:
 
     def status(self, token: str | None) -> int:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        deadline = time.monotonic() + 30
-        while True:  # "listening" is printed once bound, a moment before it accepts
-            try:
-                return httpx2.get(f"{self.url}/ServiceProviderConfig", headers=headers).status_code
-            except httpx2.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        return httpx2.get(f"{self.url}/ServiceProviderConfig", headers=headers).status_code
 
 
 @contextmanager
@@ -79,10 +73,7 @@ def serving(args: Sequence[str], env_token: str | None = None) -> Iterator[Serve
     )
     served = Served(process, "")
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "target.url: " in line, line
-        port = line.rsplit(":", 1)[1].split("/", 1)[0]
+        port = urlsplit(emulator_url(process)).port  # printed once it accepts connections
         served.url = f"http://127.0.0.1:{port}{PREFIX}"
         yield served
     finally:

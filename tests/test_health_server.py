@@ -74,6 +74,11 @@ def test_concurrent_probes_all_answer_beside_idle_connections(listener: HealthSe
     assert all("scimsync_cycles_total" in s.text for s in scrapes)
 
 
+def test_the_address_names_the_port_bound_for_port_0(listener: HealthServer) -> None:
+    """What `run` logs at start: with `metrics_listen` port 0, the only place it shows."""
+    assert listener.port > 0 and listener.address == f"127.0.0.1:{listener.port}"
+
+
 def test_an_ipv6_listen_address_is_served() -> None:
     """`metrics_listen: "[::1]:PORT"` passes config validation, so it must serve."""
     if not socket.has_ipv6:
@@ -81,7 +86,8 @@ def test_an_ipv6_listen_address_is_served() -> None:
     server = HealthServer(Metrics(), "[::1]:0", stale_after=60)
     server.start()
     try:
-        answer = httpx2.get(f"http://[::1]:{server.port}/healthz", timeout=5)
+        assert server.address == f"[::1]:{server.port}"
+        answer = httpx2.get(f"http://{server.address}/healthz", timeout=5)
         assert answer.status_code == 200
     finally:
         server.stop()

@@ -122,8 +122,11 @@ class Daemon:
             # A run without its listener would be invisible to its orchestrator: refuse.
             raise ConfigError(listen_error(listen, exc)) from None
         health.start()
+        # The bound address, not `listen`: with port 0 it is the only place the port shows.
         logger.info(
-            "daemon started", interval=self.config.interval, metrics=f"http://{listen}/metrics"
+            "daemon started",
+            interval=self.config.interval,
+            metrics=f"http://{health.address}/metrics",
         )
         try:
             with Store.open(self.config.state, self.config.channel) as store:

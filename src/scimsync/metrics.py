@@ -156,6 +156,12 @@ class HealthServer:
     def port(self) -> int:
         return int(self.server.server_port)
 
+    @property
+    def address(self) -> str:
+        """host:port as bound (IPv6 in brackets): port 0 in `listen` shows the one picked."""
+        host = str(self.server.server_address[0])
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
     def health(self) -> tuple[bool, str]:
         last = self.metrics.last_cycle
         age = time.time() - (last.finished_at or self.started)

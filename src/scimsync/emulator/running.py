@@ -20,7 +20,8 @@ from scimsync.emulator.store import Directory
 from scimsync.sandbox.lifecycle import Lifecycle
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (0: a free port), not yet listening."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
     # listener's proto says TCP; without it every keep-alive response waits ~40 ms.
@@ -88,12 +89,14 @@ def _server(app: Starlette) -> uvicorn.Server:
 def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> None:
     """Runs the emulator until SIGINT/SIGTERM; prints the URL to put in `target.url`.
 
-    A bad option or data file ends the process with one line on stderr and exit code 2;
-    a host other machines can reach gets one warning line there.
+    The URL's line comes first on stdout, with the bound port (`port` 0 picks a free
+    one), once connections are accepted. A bad option or data file ends the process with
+    one line on stderr and exit code 2; a host other machines can reach gets one warning
+    line there.
     """
     try:
         app = create_app(token, **options)
-        sock = _bind(host, port)
+        sock = bound_socket(host, port)
     except (ValueError, OSError) as exc:
         print(f"scimsync emulate: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -104,12 +107,16 @@ def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> Non
             file=sys.stderr,
             flush=True,
         )
+    server = _server(app)
+    # Listening before the line is printed, so a script that reads it can connect at once
+    # (queued until uvicorn accepts) rather than retry until uvicorn has started.
+    sock.listen(server.config.backlog)
     data_file = options.get("data_file")
     print(f"Atlassian SCIM emulator listening; target.url: {_url(host, sock.getsockname()[1])}")
     if data_file:
         print(f"data kept in {data_file} (each write appended, compacted when it stops)")
     sys.stdout.flush()
-    _server(app).run(sockets=[sock])  # until SIGINT/SIGTERM
+    server.run(sockets=[sock])  # until SIGINT/SIGTERM
 
 
 class RunningEmulator(Lifecycle):
@@ -123,7 +130,7 @@ class RunningEmulator(Lifecycle):
         self.token = secrets.token_urlsafe(24) if token is None else token
         self.app = create_app(self.token, **options)
         self._state: Emulator = self.app.state.emulator
-        self._sock = _bind("127.0.0.1", 0)
+        self._sock = bound_socket("127.0.0.1", 0)
         self.port: int = self._sock.getsockname()[1]
         self.url = _url("127.0.0.1", self.port)
         self._server = _server(self.app)
