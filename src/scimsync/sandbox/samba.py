@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ DOMAIN = "SYNCTEST"
 ADMIN_PASSWORD = "Passw0rd!Test"
 
 
+def _runtime_files(folder: str, names: list[str]) -> set[str]:
+    """What a stopped DC leaves that the next start makes anew: sockets, messaging, logs."""
+    runtime = {"msg.sock", "msg.lock", "samba.out", "log.%m"}
+    return {n for n in names if n in runtime or stat.S_ISSOCK(os.lstat(f"{folder}/{n}").st_mode)}
+
+
 class SambaUnavailableError(RuntimeError):
     """This machine cannot run a Samba AD DC (not root, packages missing, port taken)."""
 
@@ -37,8 +44,10 @@ class SambaDC(Lifecycle):
     bind_dn = "Administrator@sync.test"
     password = ADMIN_PASSWORD
 
-    def __init__(self, ready_timeout: float = 60.0) -> None:
+    def __init__(self, ready_timeout: float = 60.0, cache: Path = CACHE_DIR) -> None:
+        """`cache`: the directory to start from, a copy of CACHE_DIR made by snapshot()."""
         self.dir = WORK_DIR
+        self._cache = cache
         self._ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -48,10 +57,12 @@ class SambaDC(Lifecycle):
 
     def start(self) -> Self:
         self._check_machine()
-        if not (CACHE_DIR / "etc" / "smb.conf").is_file():
+        if not (self._cache / "etc" / "smb.conf").is_file():
+            if self._cache != CACHE_DIR:
+                raise SambaUnavailableError(f"no Samba DC snapshot in {self._cache}")
             self._provision()
         shutil.rmtree(self.dir, ignore_errors=True)
-        shutil.copytree(CACHE_DIR, self.dir, symlinks=True)
+        shutil.copytree(self._cache, self.dir, symlinks=True)
         self._process = subprocess.Popen(
             [
                 "samba", "-s", str(self.smb_conf), "--foreground", "--no-process-group",
@@ -66,6 +77,18 @@ class SambaDC(Lifecycle):
     def stop(self, timeout: float = 30.0) -> None:
         process, self._process = self._process, None
         terminate(process, timeout)
+
+    def snapshot(self, cache: Path) -> None:
+        """Keep the directory as it is now in `cache` (stopping the DC for a consistent
+        copy), and go on from there: a later SambaDC(cache=cache) starts with this data."""
+        self.stop()
+        partial = cache.with_name(cache.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(self.dir, partial, symlinks=True, ignore=_runtime_files)
+        shutil.rmtree(cache, ignore_errors=True)
+        partial.rename(cache)
+        self._cache = cache
+        self.start()
 
     def admin(self) -> ldap.ldapobject.LDAPObject:
         conn = ldap.initialize(self.url)
