@@ -18,7 +18,7 @@ class ExitCode(IntEnum):
     HELD = 3  # `sync`: deprovisioning held by the safety threshold
     UNREACHABLE = 4  # the source or the target unreachable, or the API key refused
     STATE = 5  # the state store cannot be opened or written, or the channel is held
-    INTERRUPTED = 130  # a second SIGINT: 128 + the signal, as the shell reports it
+    INTERRUPTED = 130  # stopped at once by SIGINT: 128 + the signal, as shells report it
 
 
 class ScimsyncError(Exception):
