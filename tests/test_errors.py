@@ -67,7 +67,7 @@ def branch(cls: type[ScimsyncError]) -> type[ScimsyncError]:
 
 
 @pytest.mark.parametrize(
-    ("cls", "expected"), TREE.items(), ids=lambda v: getattr(v, "__name__", "")
+    ("cls", "expected"), [pytest.param(c, e, id=c.__name__) for c, e in TREE.items()]
 )
 def test_each_error_has_its_branch_and_exit_code(
     cls: type[ScimsyncError], expected: tuple[type[ScimsyncError], ExitCode]
@@ -104,7 +104,9 @@ ERRORS: list[tuple[ScimsyncError, ExitCode, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("error", "code", "line"), ERRORS, ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(
+    ("error", "code", "line"), [pytest.param(*e, id=type(e[0]).__name__) for e in ERRORS]
+)
 def test_the_cli_exits_with_the_code_the_error_carries(
     error: ScimsyncError, code: ExitCode, line: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
