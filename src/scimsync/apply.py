@@ -16,12 +16,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from scimsync import log
+from scimsync.errors import CycleError, RecordError
 from scimsync.fingerprint import of_desired
 from scimsync.model import Action, Kind, LinkedGroup, LinkedUser, Operation, Plan
 from scimsync.plan import phase
 from scimsync.state import AuditRecord
 from scimsync.target import RemoteGroup, Target
-from scimsync.target.errors import ScimError, Unauthorized
+from scimsync.target.errors import Mutability
 
 if TYPE_CHECKING:
     from scimsync.config import Config
@@ -169,9 +170,9 @@ class Executor:
                 target_id = await _HANDLERS[(first.kind, first.action)](self, first)
             else:
                 target_id = await self._change_members(unit[0], unit[1])
-        except Unauthorized:
-            raise  # the key is wrong for every record: end the cycle
-        except ScimError as exc:
+        except CycleError:
+            raise  # e.g. the key is wrong for every record (a 401 is a RecordError too)
+        except RecordError as exc:
             self._failed(unit, str(exc))
             return
         if (first.kind, first.source_id) in self.failing:
@@ -362,8 +363,8 @@ class Executor:
         try:
             await self.target.rename_group(link.target_id, op.name)
             target_id = link.target_id
-        except ScimError as exc:
-            if self.config.options.group_rename != "recreate" or exc.scim_type != "mutability":
+        except Mutability:
+            if self.config.options.group_rename != "recreate":
                 raise
             old = await self.target.get_group(link.target_id)
             new: RemoteGroup = await self.target.recreate_group(old, op.name)

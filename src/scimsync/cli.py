@@ -24,10 +24,9 @@ from rich.markup import escape
 from scimsync import config as config_module
 from scimsync import engine, log, report
 from scimsync.config import Config, ConfigError
-from scimsync.directory import DirectoryError
-from scimsync.mapping import MappingConfigError
+from scimsync.errors import ExitCode, ScimsyncError
 from scimsync.state import ChannelLocked, StateError, Store
-from scimsync.target.errors import NotScim, ScimError, TargetUnreachable
+from scimsync.target.errors import NotScim
 
 app = typer.Typer(
     add_completion=False,
@@ -40,9 +39,6 @@ app.add_typer(emulate_app, name="emulate")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_HELD, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-EXIT_STATE = 5  # the state store cannot be opened or written
 
 # The global options that may also follow the command name (`scimsync sync --log-format json`).
 GLOBAL_VALUE_OPTIONS = ("--config", "-c", "--log-format")
@@ -61,7 +57,7 @@ settings = Settings()
 def print_version(requested: bool) -> None:
     if requested:
         out.print(f"scimsync {importlib.metadata.version('scimsync')}", markup=False)
-        raise typer.Exit(EXIT_OK)
+        raise typer.Exit(ExitCode.OK)
 
 
 @app.callback()
@@ -84,32 +80,33 @@ def main_options(
     ] = False,
 ) -> None:
     if log_format not in ("text", "json"):
-        fail(EXIT_CONFIG, f"--log-format: expected text or json, got {log_format!r}")
+        fail(ExitCode.CONFIG, f"--log-format: expected text or json, got {log_format!r}")
     settings.config_path = config
     settings.log_format = "json" if log_format == "json" else "text"
     log.configure(settings.log_format)
 
 
-def fail(code: int, message: str) -> NoReturn:
+def fail(code: ExitCode, message: str) -> NoReturn:
     err.print(f"scimsync: {message}", markup=False)
     raise typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn every error a user can cause into one line and the exit code design.md gives it."""
+    """Turn every error of scimsync's into one line and the exit code it carries."""
     try:
         yield
-    except (ConfigError, MappingConfigError) as exc:
-        fail(EXIT_CONFIG, str(exc))
-    except NotScim as exc:  # target.url names something that is not a SCIM service
-        fail(EXIT_CONFIG, f"{config_module.locate(settings.config_path)}: {exc}")
-    except StateError as exc:
-        fail(EXIT_STATE, f"state: {exc}")
-    except (DirectoryError, TargetUnreachable) as exc:
-        fail(EXIT_UNREACHABLE, str(exc))
-    except ScimError as exc:  # 401 and other cycle-ending answers
-        fail(EXIT_UNREACHABLE, str(exc))
+    except ScimsyncError as exc:
+        fail(exc.exit_code, one_line(exc))
+
+
+def one_line(exc: ScimsyncError) -> str:
+    """What the user reads: the error's message, and for two kinds where it points."""
+    if isinstance(exc, NotScim):  # target.url names something that is not a SCIM service
+        return f"{config_module.locate(settings.config_path)}: {exc}"
+    if isinstance(exc, StateError):
+        return f"state: {exc}"
+    return str(exc)
 
 
 def load_config() -> Config:
@@ -168,7 +165,7 @@ def plan(
     else:
         report.print_plan(out, prepared)
     if prepared.view.unknown:
-        raise typer.Exit(EXIT_CONFIG)  # `--user NAME` names nothing
+        raise typer.Exit(ExitCode.CONFIG)  # `--user NAME` names nothing
 
 
 @app.command()
@@ -199,7 +196,7 @@ def sync(
                     raise
                 # `run` holds the channel: it applies the approval at its next cycle.
                 report.print_approval(out, store.approve_held())
-                raise typer.Exit(EXIT_OK) from None
+                raise typer.Exit(ExitCode.OK) from None
             progress = report.progress_for(err, enabled=settings.log_format == "text")
             with stop_on_signals() as stopping:
                 cycle = asyncio.run(
@@ -355,19 +352,19 @@ def emulate_atlassian(
     from_environment = token_source is not None and token_source.name == "ENVIRONMENT"
     if token_file is not None:
         if token is not None and not from_environment:
-            fail(EXIT_CONFIG, "--token and --token-file: give one of them, not both")
+            fail(ExitCode.CONFIG, "--token and --token-file: give one of them, not both")
         try:
             token = token_from_file(token_file)
         except ValueError as exc:
-            fail(EXIT_CONFIG, f"--token-file {exc}")
+            fail(ExitCode.CONFIG, f"--token-file {exc}")
     elif token is None:
-        fail(EXIT_CONFIG, "no token: give --token, --token-file or SCIMSYNC_EMULATOR_TOKEN")
+        fail(ExitCode.CONFIG, "no token: give --token, --token-file or SCIMSYNC_EMULATOR_TOKEN")
     elif not token.strip():
         source = "SCIMSYNC_EMULATOR_TOKEN" if from_environment else "--token"
-        fail(EXIT_CONFIG, f"{source}: the bearer token is empty")
+        fail(ExitCode.CONFIG, f"{source}: the bearer token is empty")
 
     if rename not in ("allowed", "immutable"):
-        fail(EXIT_CONFIG, f"--rename: expected allowed or immutable, got {rename!r}")
+        fail(ExitCode.CONFIG, f"--rename: expected allowed or immutable, got {rename!r}")
     mode: Literal["allowed", "immutable"] = "immutable" if rename == "immutable" else "allowed"
     emulator.serve(
         port,
@@ -391,7 +388,10 @@ def parse_since(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        fail(EXIT_CONFIG, f"--since: expected an ISO time or a duration such as 2h, got {value!r}")
+        fail(
+            ExitCode.CONFIG,
+            f"--since: expected an ISO time or a duration such as 2h, got {value!r}",
+        )
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -432,4 +432,4 @@ def main() -> None:
         app(args=hoist_global_options(sys.argv[1:]))
     except KeyboardInterrupt:
         err.print("scimsync: interrupted")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)

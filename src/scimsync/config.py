@@ -26,11 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from scimsync.errors import ConfigurationError
+
 DEFAULT_CONFIG_NAME = "scimsync.yaml"
 CONFIG_ENV = "SCIMSYNC_CONFIG"
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigurationError):
     """A configuration mistake, already phrased as one line for the user."""
 
 

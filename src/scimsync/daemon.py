@@ -13,11 +13,9 @@ from types import FrameType
 
 from scimsync import engine, log, memory
 from scimsync.config import Config, ConfigError
-from scimsync.directory import DirectoryError
-from scimsync.mapping import MappingConfigError
+from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
-from scimsync.target.errors import ScimError, TargetUnreachable
 
 logger = log.get(__name__)
 
@@ -26,9 +24,10 @@ logger = log.get(__name__)
 MAX_RETRY_DELAY = 60.0
 
 # What a cycle is expected to meet now and then; their messages say what is at fault.
-EXPECTED = (DirectoryError, TargetUnreachable, ScimError, StateError)
+# A RecordError gets here only from outside the executor (a listing): it ends the cycle.
+EXPECTED = (CycleError, RecordError)
 # A configuration error ends `run` (exit 2): no later cycle can do better.
-FATAL = (ConfigError, MappingConfigError)
+FATAL = ConfigurationError
 
 
 def retry_delay(interval: float, failures_in_a_row: int) -> float:
@@ -112,7 +111,7 @@ class Daemon:
         logger.info("stopping after the operation in flight", signal=signal.Signals(signum).name)
         self.stopping.set()
 
-    def run(self) -> int:
+    def run(self) -> ExitCode:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         listen = self.config.metrics_listen
@@ -134,7 +133,7 @@ class Daemon:
         finally:
             health.stop()
         logger.info("daemon stopped")
-        return 0
+        return ExitCode.OK
 
     def loop(self, store: Store) -> None:
         """Hold the channel while active; a standby tries to take it every interval."""
@@ -180,7 +179,9 @@ class Daemon:
     def cycle(self, store: Store) -> bool:
         """One cycle under the held channel; False when it failed as a whole."""
         started = time.monotonic()
-        exit_code = 4
+        # A cycle that fails as a whole counts as 4, whatever failed it (a store error too):
+        # the health endpoint's "failed cycle" (design.md, Running).
+        exit_code = ExitCode.UNREACHABLE
         failure: Exception | None = None
         try:
             report = asyncio.run(engine.sync(self.config, store, should_stop=self.stopping.is_set))
@@ -190,7 +191,7 @@ class Daemon:
             for failed in report.outcome.failed:
                 self.metrics.operations.labels(failed.op.action.value, "failed").inc()
             self.metrics.held.set(len(report.prepared.verdict.held))
-            if exit_code in (0, 1):
+            if exit_code in (ExitCode.OK, ExitCode.FAILED):
                 self.metrics.last_success.set(time.time())
         except EXPECTED as exc:
             failure = exc
@@ -234,5 +235,5 @@ def release(holding: contextlib.ExitStack) -> None:
         logger.debug("channel lock already gone", detail=str(exc))
 
 
-def run(config: Config) -> int:
+def run(config: Config) -> ExitCode:
     return Daemon(config).run()

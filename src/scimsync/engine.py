@@ -19,6 +19,7 @@ from scimsync import log, rekey
 from scimsync.apply import Executor, Outcome, Progress
 from scimsync.config import Config, ConfigError, redact_url
 from scimsync.directory import ChangeSet, LdapDirectory, NoSuchEntry, WatermarkLost
+from scimsync.errors import ExitCode
 from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import Finding, Mapper, compile_rules
@@ -129,16 +130,16 @@ class CycleReport:
     interrupted: bool = False  # stopped on request with operations left unapplied
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.prepared.view.unknown:
-            return 2  # `--user NAME` names nothing: a usage error
+            return ExitCode.CONFIG  # `--user NAME` names nothing: a usage error
         if self.prepared.verdict.blocked:
-            return 3
+            return ExitCode.HELD
         if self.interrupted:
-            return 1
+            return ExitCode.FAILED
         if self.outcome.failed or self.prepared.desired.failures or self.prepared.plan.conflicts:
-            return 1
-        return 0
+            return ExitCode.FAILED
+        return ExitCode.OK
 
 
 # --- map -----------------------------------------------------------------------------------
@@ -779,7 +780,7 @@ async def sync(
         elif verdict.blocked:
             result = "stopped"
         else:
-            result = "partial" if report.exit_code == 1 else "ok"
+            result = "partial" if report.exit_code is ExitCode.FAILED else "ok"
         cause = verdict.reason  # a stopped run says why
         if report.interrupted:
             cause = (

@@ -53,6 +53,7 @@ from jinja2.utils import missing
 from jinja2.visitor import NodeTransformer
 
 from scimsync.config import MappingRule
+from scimsync.errors import ConfigurationError, RecordError
 from scimsync.model import DesiredGroup, DesiredUser, MappingFailure, SourceGroup, SourceUser
 
 MAX_VALUE_LENGTH = 1024
@@ -66,7 +67,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 NOTHING: frozenset[str] = frozenset()
 
 
-class MappingConfigError(Exception):
+class MappingConfigError(ConfigurationError):
     """A mapping rule that cannot work, phrased as one line naming `mapping.<attribute>`."""
 
 
@@ -222,8 +223,8 @@ DEFAULT_LIMITS = TemplateLimits()
 DROPPED_GLOBALS = ("lipsum", "cycler", "joiner", "namespace")
 
 
-class TemplateLimitError(TemplateRuntimeError):
-    """A render went over one of its TemplateLimits."""
+class TemplateLimitError(TemplateRuntimeError, RecordError):
+    """A render went over one of its TemplateLimits: that user fails to map."""
 
     def __init__(self, message: str, *, time_out: bool = False) -> None:
         super().__init__(message)

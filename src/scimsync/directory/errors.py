@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from scimsync.errors import CycleError
 
-class DirectoryError(Exception):
+
+class DirectoryError(CycleError):
     """Reading the directory failed; the message is one line naming what and where."""
 
 

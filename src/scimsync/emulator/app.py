@@ -28,7 +28,7 @@ from scimsync.emulator.behaviour import (
     UserNameMode,
     authorized,
 )
-from scimsync.emulator.errors import ScimError, invalid_value
+from scimsync.emulator.errors import EmulatorError, invalid_value
 from scimsync.emulator.patch import GroupState, patched_group, patched_user
 from scimsync.emulator.query import list_response, page, parse_filter, project, returns
 from scimsync.emulator.responses import scim_response
@@ -79,7 +79,7 @@ async def _json(request: Request) -> Any:
     try:
         return json.loads(await request.body())
     except ValueError:
-        raise ScimError(400, "the request body is not valid JSON", "invalidSyntax") from None
+        raise EmulatorError(400, "the request body is not valid JSON", "invalidSyntax") from None
 
 
 def _emulator(request: Request) -> Emulator:
@@ -183,7 +183,7 @@ async def get_user(request: Request) -> Response:
 def _check_user_name(emulator: Emulator, before: dict[str, Any], after: dict[str, Any]) -> None:
     changed = str(after.get("userName", "")).lower() != str(before["userName"]).lower()
     if changed and emulator.settings.user_name == "immutable":
-        raise ScimError(400, "userName is immutable", "mutability")
+        raise EmulatorError(400, "userName is immutable", "mutability")
 
 
 async def put_user(request: Request) -> Response:
@@ -315,7 +315,7 @@ async def get_resource_type(request: Request) -> Response:
     for resource_type in discovery.resource_types(_base(request)):
         if resource_type["id"] == request.path_params["id"]:
             return scim_response(resource_type)
-    raise ScimError(404, f"no resource type {request.path_params['id']}")
+    raise EmulatorError(404, f"no resource type {request.path_params['id']}")
 
 
 async def list_schemas(request: Request) -> Response:
@@ -327,7 +327,7 @@ async def get_schema(request: Request) -> Response:
     for body in discovery.schemas(_base(request)):
         if body["id"] == request.path_params["id"]:
             return scim_response(body)
-    raise ScimError(404, f"no schema {request.path_params['id']}")
+    raise EmulatorError(404, f"no schema {request.path_params['id']}")
 
 
 # --- control -------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ async def get_schema(request: Request) -> Response:
 def _control(request: Request) -> Emulator:
     emulator = _emulator(request)
     if not authorized(request.scope, emulator.token):
-        raise ScimError(401, "missing or invalid bearer token")
+        raise EmulatorError(401, "missing or invalid bearer token")
     return emulator
 
 
@@ -392,13 +392,13 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
 
 
 async def _scim_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ScimError)
+    assert isinstance(exc, EmulatorError)
     return scim_response(exc.body(), exc.status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return scim_response(ScimError(exc.status_code, str(exc.detail)).body(), exc.status_code)
+    return scim_response(EmulatorError(exc.status_code, str(exc.detail)).body(), exc.status_code)
 
 
 ROUTES = [
@@ -463,7 +463,7 @@ def create_app(
     emulator = Emulator(directory, settings, Stats(), token)
     app = EmulatorApp(
         routes=ROUTES,
-        exception_handlers={ScimError: _scim_error, HTTPException: _http_error},
+        exception_handlers={EmulatorError: _scim_error, HTTPException: _http_error},
     )
     app.state.emulator = emulator
     emulator.misbehaviour = Misbehaviour(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scimsync.emulator.errors import ScimError
+from scimsync.emulator.errors import EmulatorError
 from scimsync.emulator.responses import scim_response
 
 RenameMode = Literal["allowed", "immutable"]
@@ -208,7 +208,7 @@ class Misbehaviour:
         if settings.latency_ms > 0:
             await asyncio.sleep(settings.latency_ms / 1000)
         if not authorized(scope, self.token):
-            error = ScimError(401, "missing or invalid bearer token")
+            error = EmulatorError(401, "missing or invalid bearer token")
             await scim_response(error.body(), 401)(scope, receive, counted_send)
             return
         if settings.rate is not None:
@@ -216,7 +216,7 @@ class Misbehaviour:
             if wait is not None:
                 # Atlassian publishes no SCIM rate numbers; its admin APIs answer 429 and
                 # clients honour Retry-After (atlassian-scim-api.md section 6).
-                error = ScimError(429, "rate limit exceeded", "tooMany")
+                error = EmulatorError(429, "rate limit exceeded", "tooMany")
                 response = scim_response(error.body(), 429)
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 await response(scope, receive, counted_send)
@@ -239,7 +239,7 @@ class Misbehaviour:
             self.stats.lost()
             return
         status = kind or 500
-        error = ScimError(status, "injected fault")
+        error = EmulatorError(status, "injected fault")
         await scim_response(error.body(), status)(scope, receive, counted)
 
     async def _lose_response(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -248,7 +248,7 @@ class Misbehaviour:
 
         await self.app(scope, receive, swallow)
         if not await _drop_connection(send):
-            error = ScimError(500, "injected fault after the write")
+            error = EmulatorError(500, "injected fault after the write")
             await scim_response(error.body(), 500)(scope, receive, send)
             return
         self.stats.lost()

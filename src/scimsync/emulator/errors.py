@@ -7,8 +7,9 @@ from typing import Any
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
-class ScimError(Exception):
-    """A request the emulator refuses; becomes a SCIM error body."""
+class EmulatorError(Exception):
+    """A request the emulator refuses; becomes a SCIM error body (the server side of what
+    the client raises as scimsync.target.errors.ScimError)."""
 
     def __init__(self, status: int, detail: str, scim_type: str | None = None) -> None:
         super().__init__(detail)
@@ -25,9 +26,9 @@ class ScimError(Exception):
         return body
 
 
-def invalid_value(detail: str) -> ScimError:
-    return ScimError(400, detail, "invalidValue")
+def invalid_value(detail: str) -> EmulatorError:
+    return EmulatorError(400, detail, "invalidValue")
 
 
-def not_found(kind: str, resource_id: str) -> ScimError:
-    return ScimError(404, f"Resource [{kind}]: with id[{resource_id}] not found.")
+def not_found(kind: str, resource_id: str) -> EmulatorError:
+    return EmulatorError(404, f"Resource [{kind}]: with id[{resource_id}] not found.")

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from scimsync.emulator.errors import ScimError, invalid_value
+from scimsync.emulator.errors import EmulatorError, invalid_value
 from scimsync.emulator.schema import (
     CORE_GROUP,
     CORE_USER,
@@ -31,8 +31,8 @@ _PATH = re.compile(
 )
 
 
-def invalid_path(path: str) -> ScimError:
-    return ScimError(400, f"unsupported path: {path}", "invalidPath")
+def invalid_path(path: str) -> EmulatorError:
+    return EmulatorError(400, f"unsupported path: {path}", "invalidPath")
 
 
 def operations(body: Any) -> list[tuple[str, str | None, Any]]:
@@ -119,7 +119,7 @@ def _apply_multi(container: dict[str, Any], op: str, target: _Target, value: Any
         return
     if not chosen:
         if op == "replace" and target.sub is None:
-            raise ScimError(400, f"no {target.attribute} value matches the filter", "noTarget")
+            raise EmulatorError(400, f"no {target.attribute} value matches the filter", "noTarget")
         chosen = [{target.filter_attribute: target.filter_value}]
         items.append(chosen[0])
     for item in chosen:
@@ -149,7 +149,7 @@ def _apply_user_path(user: dict[str, Any], op: str, path: str, value: Any) -> No
                 container = user.setdefault(ENTERPRISE, {})
     target = _target(path, known)
     if target.attribute in READ_ONLY:
-        raise ScimError(400, f"{target.attribute} is read-only", "mutability")
+        raise EmulatorError(400, f"{target.attribute} is read-only", "mutability")
     if target.attribute in MULTI_VALUED:
         _apply_multi(container, op, target, value)
         return
@@ -196,7 +196,7 @@ def patched_user(stored: dict[str, Any], body: Any) -> dict[str, Any]:
     for op, path, value in operations(body):
         if path is None:
             if op == "remove":
-                raise ScimError(400, "remove needs a path", "noTarget")
+                raise EmulatorError(400, "remove needs a path", "noTarget")
             _apply_user_value(user, op, value)
         else:
             _apply_user_path(user, op, path, value)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scimsync.emulator.errors import ScimError, invalid_value
+from scimsync.emulator.errors import EmulatorError, invalid_value
 from scimsync.emulator.schema import LIST_RESPONSE
 
 # Atlassian pages hold at most 100 resources (atlassian-scim-api.md section 5).
@@ -25,7 +25,7 @@ def parse_filter(text: str | None, allowed: Sequence[str]) -> tuple[str | None, 
     match = _EQ.match(text)
     canonical = {name.lower(): name for name in allowed}
     if not match or match.group(1).lower() not in canonical:
-        raise ScimError(
+        raise EmulatorError(
             400,
             f"unsupported filter: {text}; only {' or '.join(allowed)} eq is supported",
             "invalidFilter",

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 
 from scimsync.emulator.app import PREFIX, Emulator, create_app, render_group, render_user
 from scimsync.emulator.store import Directory
+from scimsync.errors import ExitCode
 from scimsync.sandbox.lifecycle import Lifecycle
 
 
@@ -99,7 +100,7 @@ def serve(port: int, token: str, host: str = "127.0.0.1", **options: Any) -> Non
         sock = bound_socket(host, port)
     except (ValueError, OSError) as exc:
         print(f"scimsync emulate: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitCode.CONFIG) from None
     if not is_loopback(host):
         print(
             f"scimsync emulate: warning: serving plain HTTP with test data on {host}: "

@@ -14,15 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from scimsync.emulator.errors import ScimError, invalid_value, not_found
+from scimsync.emulator.errors import EmulatorError, invalid_value, not_found
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _uniqueness(detail: str) -> ScimError:
-    return ScimError(409, detail, "uniqueness")
+def _uniqueness(detail: str) -> EmulatorError:
+    return EmulatorError(409, detail, "uniqueness")
 
 
 # The journal is folded into the snapshot when it outgrows both: compaction then costs
@@ -194,7 +194,7 @@ class Directory:
             group = self.group(group_id)
             if name != group.display_name:
                 if not allow_rename:
-                    raise ScimError(400, "displayName is immutable", "mutability")
+                    raise EmulatorError(400, "displayName is immutable", "mutability")
                 self._check_group_name(name, group_id)
             self._check_members(
                 members if touched is None else [m for m in touched if m in members]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from scimsync.errors import CycleError, ExitCode
 
-class StateError(Exception):
+
+class StateError(CycleError):
     """The state store cannot be opened or used; the message is one line for the user."""
+
+    exit_code = ExitCode.STATE
 
 
 class ChannelLocked(StateError):  # noqa: N818 (the engine's interface names it)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
+
 UNAUTHORIZED_MESSAGE = (
     "target rejected the API key (401): the directory API key is invalid or expired "
     "and must be rotated"
 )
 
 
-class ScimError(Exception):
-    """The target answered a request with a SCIM error."""
+class ScimError(RecordError):
+    """The target answered a request with a SCIM error: the executor fails that record.
+
+    One met before the first write (a listing, a lookup) ends the cycle: exit 4.
+    """
+
+    exit_code = ExitCode.UNREACHABLE
 
     def __init__(
         self,
@@ -72,8 +79,9 @@ class NotFound(ScimError):  # noqa: N818 - the names the executor uses
     """404: the object is gone."""
 
 
-class Unauthorized(ScimError):  # noqa: N818 - the names the executor uses
-    """401: the API key is wrong or expired; no request can succeed until it is rotated."""
+class Unauthorized(ScimError, CycleError):  # noqa: N818 - the names the executor uses
+    """401: the API key is wrong or expired; no request can succeed until it is rotated,
+    so it ends the cycle wherever it is met."""
 
     def __str__(self) -> str:
         return UNAUTHORIZED_MESSAGE
@@ -100,11 +108,11 @@ class ResponseTooLarge(InvalidResponse):
     """A body over `target.max_response_bytes`, raw or decoded: refused, not read further."""
 
 
-class BrokenListing(InvalidResponse):
+class BrokenListing(InvalidResponse, CycleError):  # noqa: N818 - beside the executor's names
     """A listing that does not page as RFC 7644 3.4.2.4 says: it ends the cycle."""
 
 
-class TargetUnreachable(Exception):  # noqa: N818
+class TargetUnreachable(CycleError):  # noqa: N818
     """Connections refused, dropped or timed out on every retry."""
 
     def __init__(self, url: str, cause: str) -> None:
@@ -116,8 +124,9 @@ class TargetUnreachable(Exception):  # noqa: N818
         return f"target {self.url} unreachable: {self.cause}"
 
 
-class NotScim(Exception):  # noqa: N818
-    """The server at target.url answers, but not as a SCIM 2.0 service provider."""
+class NotScim(ConfigurationError):  # noqa: N818
+    """The server at target.url answers, but not as a SCIM 2.0 service provider: the URL in
+    the config is at fault."""
 
     def __init__(self, url: str, cause: str) -> None:
         self.url = url
