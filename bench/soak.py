@@ -47,13 +47,7 @@ class RestartableSlapd(Slapd):
         terminate(self._process, 10.0)
 
     def up(self) -> None:
-        conf = self.dir / "slapd.conf"
-        self._process = subprocess.Popen(
-            ["slapd", "-d", "0", "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "slapd.log").open("ab"),
-        )
-        self._wait_ready()
+        self._launch()  # on the ports of the first start
 
 
 class Emulator:
