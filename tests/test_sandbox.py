@@ -15,7 +15,12 @@ from pathlib import Path
 import ldap
 import pytest
 
-from scimsync.sandbox.ports import listening_port, listening_ports, wait_listening
+from scimsync.sandbox.ports import (
+    NotListeningError,
+    listening_port,
+    listening_ports,
+    wait_listening,
+)
 from scimsync.sandbox.slapd import Slapd, SlapdError
 from tests.fixtures.slapd import RestartableSlapd
 
@@ -66,6 +71,13 @@ def test_an_http_server_on_port_0_is_found_on_the_port_it_says() -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_server_that_does_not_listen_is_reported_and_killed() -> None:
+    process = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    with pytest.raises(NotListeningError, match="did not listen"):
+        listening_port(process, timeout=0.1)
+    assert process.returncode is not None  # not left running by whoever gave up on it
 
 
 def _marker(server: Slapd, name: str) -> None:

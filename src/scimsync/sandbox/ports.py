@@ -71,11 +71,16 @@ def wait_listening(
 def listening_port(process: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     """The one port a server started with port 0 listens on, once it does.
 
-    For servers that do not say which port they bound.
+    For servers that do not say which port they bound. One that fails is killed.
     """
-    ports = wait_listening(process, timeout=timeout)
-    if len(ports) != 1:
-        raise NotListeningError(f"{process.args!r} listens on {sorted(ports)}, not on one port")
+    try:
+        ports = wait_listening(process, timeout=timeout)
+        if len(ports) != 1:
+            raise NotListeningError(f"{process.args!r} listens on {sorted(ports)}, not one port")
+    except NotListeningError:
+        process.kill()
+        process.wait()
+        raise
     return next(iter(ports))
 
 

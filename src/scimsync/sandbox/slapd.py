@@ -9,7 +9,6 @@ is subject to the size limit (500 per search; paged searches unlimited) so tests
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -107,12 +106,6 @@ _BASE_ENTRIES: list[tuple[str, dict[str, list[bytes]]]] = [
 
 class SlapdError(RuntimeError):
     """slapd could not be configured or started."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Slapd(Lifecycle):
