@@ -20,26 +20,19 @@ from pathlib import Path
 import httpx2
 
 from scimsync.emulator import PREFIX
-from scimsync.sandbox.slapd import free_port
+from scimsync.sandbox.ports import listening_port
 
 TOKEN = "bench-token"
 
 
-def start(port: int, data: Path | None) -> subprocess.Popen[bytes]:
+def start(data: Path | None) -> tuple[subprocess.Popen[bytes], int]:
+    """The emulator on a free port it binds itself, and that port, once it listens."""
     argv = [sys.executable, "-m", "scimsync", "emulate", "atlassian"]
-    argv += ["--port", str(port), "--token", TOKEN]
+    argv += ["--port", "0", "--token", TOKEN]
     if data is not None:
         argv += ["--data", str(data)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx2.get(f"http://127.0.0.1:{port}{PREFIX}/ServiceProviderConfig", timeout=1)
-            return process
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the emulator did not start")
+    return process, listening_port(process, timeout=30)  # it has loaded --data by then
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -60,8 +53,7 @@ def user(index: int) -> dict[str, object]:
 
 def measure(users: int, window: int, data: Path | None) -> tuple[float, float, int | None]:
     """(creates/s overall, creates/s over the last `window`, users kept after a restart)."""
-    port = free_port()
-    process = start(port, data)
+    process, port = start(data)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:
         with httpx2.Client(base_url=f"http://127.0.0.1:{port}{PREFIX}", headers=headers) as http:
@@ -76,7 +68,7 @@ def measure(users: int, window: int, data: Path | None) -> tuple[float, float, i
         stop(process)
     kept = None
     if data is not None:
-        process = start(port, data)
+        process, port = start(data)  # the data file is what is kept, not the port
         try:
             listed = httpx2.get(
                 f"http://127.0.0.1:{port}{PREFIX}/Users", headers=headers, params={"count": 1}

@@ -37,46 +37,41 @@ from bench.read_directory import populate
 from bench.sync_scale import AUTH, TOKEN, write_config
 from scimsync.emulator import PREFIX
 from scimsync.sandbox.lifecycle import terminate
-from scimsync.sandbox.slapd import Slapd, free_port
+from scimsync.sandbox.ports import listening_port
+from scimsync.sandbox.slapd import Slapd
 
 
 class RestartableSlapd(Slapd):
-    """The sandbox's slapd, which can be stopped and started again on its data and port."""
+    """The sandbox's slapd, which can be stopped and started again on its data and ports."""
 
     def down(self) -> None:
         terminate(self._process, 10.0)
 
     def up(self) -> None:
-        conf = self.dir / "slapd.conf"
-        self._process = subprocess.Popen(
-            ["slapd", "-d", "0", "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "slapd.log").open("ab"),
-        )
-        self._wait_ready()
+        self._launch()  # on the ports of the first start
 
 
 class Emulator:
-    """`scimsync emulate atlassian --data FILE` on a fixed port, stopped and started at will."""
+    """`scimsync emulate atlassian --data FILE`, stopped and started at will on one port.
+
+    The first `up()` lets it bind a free port itself; every later one asks for that port
+    again, since the daemon's config names it.
+    """
 
     def __init__(self, data: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
         self.data = data
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def up(self) -> None:
         argv = [sys.executable, "-m", "scimsync.emulator", "--port", str(self.port)]
         argv += ["--token", TOKEN, "--data", str(self.data)]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx2.get(f"{self.url}/_emulator/stats", headers=AUTH, timeout=1)
-                return
-            except httpx2.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("the emulator did not start")
+        self.port = listening_port(self.process, timeout=60)  # --data loaded by then
 
     def down(self) -> None:
         process, self.process = self.process, None

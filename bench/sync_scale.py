@@ -33,7 +33,8 @@ import yaml
 
 from bench.read_directory import populate
 from scimsync.emulator import PREFIX
-from scimsync.sandbox.slapd import Slapd, free_port
+from scimsync.sandbox.ports import listening_port
+from scimsync.sandbox.slapd import Slapd
 
 TOKEN = "bench-token"
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -68,20 +69,11 @@ HEADER = (
 
 @contextmanager
 def emulator(latency_ms: float) -> Iterator[str]:
-    port = free_port()
-    command = [sys.executable, "-m", "scimsync.emulator", "--port", str(port), "--token", TOKEN]
+    command = [sys.executable, "-m", "scimsync.emulator", "--port", "0", "--token", TOKEN]
     command += ["--latency-ms", str(latency_ms)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx2.get(f"{url}/_emulator/stats", headers=AUTH, timeout=1)
-                break
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        yield url
+        yield f"http://127.0.0.1:{listening_port(process, timeout=20)}"  # it bound port 0
     finally:
         process.terminate()
         process.wait(10)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import httpx2
 
 from scimsync.config import TargetConfig
 from scimsync.emulator import PREFIX
-from scimsync.sandbox.slapd import free_port
+from scimsync.sandbox.ports import NotListeningError, listening_port
 from scimsync.target import open_target
 
 TOKEN = "bench-token"
@@ -50,30 +49,23 @@ class Latency(httpx2.AsyncBaseTransport):
 @contextmanager
 def server(kind: str) -> Iterator[tuple[str, str]]:
     """(base URL, profile) of a server running until the block ends."""
-    port = free_port()
     bindir = Path(sys.executable).parent
     if kind == "emulator":
-        command = [str(bindir / "scimsync"), "emulate", "atlassian", "--port", str(port)]
+        command = [str(bindir / "scimsync"), "emulate", "atlassian", "--port", "0"]
         command += ["--token", TOKEN]
-        url, profile = f"http://127.0.0.1:{port}{PREFIX}", "atlassian"
+        path, profile = PREFIX, "atlassian"
     else:
         binary = shutil.which("scim2-server", path=str(bindir)) or "scim2-server"
-        command = [binary, "--port", str(port), "--bearer-token", TOKEN, "--dynamic-tenants"]
-        url, profile = f"http://127.0.0.1:{port}/bench{uuid.uuid4().hex[:8]}", "scim"
+        command = [binary, "--port", "0", "--bearer-token", TOKEN, "--dynamic-tenants"]
+        path, profile = f"/bench{uuid.uuid4().hex[:8]}", "scim"
+    # Port 0: each binds a free port itself, and /proc says which.
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"{kind} server exited with {process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{kind} server did not listen on {port}") from None
-                time.sleep(0.05)
-        yield url, profile
+        try:
+            port = listening_port(process, timeout=20)
+        except NotListeningError as exc:
+            raise SystemExit(f"{kind} server: {exc}") from None
+        yield f"http://127.0.0.1:{port}{path}", profile
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -198,13 +198,8 @@ class SlapdWithLdapi(Slapd):
     """The sandbox slapd, also listening on a Unix socket of its own (ldapi://)."""
 
     def __init__(self, socket_dir: Path) -> None:
-        super().__init__()
         self.ldapi_url = "ldapi://" + quote(str(socket_dir / "slapd.sock"), safe="")
-
-    @property
-    def ldaps_url(self) -> str:
-        # start() serves "{url}/ {ldaps_url}/": one more listener rides along here.
-        return f"{super().ldaps_url}/ {self.ldapi_url}"
+        super().__init__(extra_urls=[self.ldapi_url])
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,8 @@ from scimsync import daemon as daemon_module
 from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
 from scimsync.state.store import APPROVAL
-from tests.fixtures.slapd import Tree
+from tests.fixtures.slapd import RestartableSlapd, Tree
 from tests.harness import Channel, source_settings
-from tests.test_faults import RestartableSlapd
 
 T = TypeVar("T")
 
@@ -289,13 +288,6 @@ def test_a_refused_api_key_turns_health_503_and_is_one_failed_run_and_one_audit_
     assert len(refusals) == 1 and refusals[0].kind == "cycle" and not refusals[0].success
     status = scimsync("status")
     assert "failed" in status.stdout and "must be rotated" in status.stdout, status.stdout
-
-
-@pytest.fixture
-def own_slapd(tmp_path: Path) -> Iterator[RestartableSlapd]:
-    server = RestartableSlapd(workdir=tmp_path / "slapd")
-    with server:
-        yield server
 
 
 def test_a_directory_outage_shows_as_503_logs_once_backs_off_and_logs_its_end(

@@ -22,10 +22,9 @@ from scimsync.directory import DirectoryUnreachable
 from scimsync.directory.connection import Connection, Entry
 from scimsync.emulator import RunningEmulator
 from scimsync.model import Action
-from scimsync.sandbox.slapd import Slapd
 from scimsync.state import Store
 from scimsync.target.errors import ScimError, TargetUnreachable
-from tests.fixtures.slapd import Tree
+from tests.fixtures.slapd import RestartableSlapd, Tree
 from tests.harness import Channel
 from tests.test_isolation import Clock, cli
 
@@ -47,34 +46,9 @@ class FastChannel(Channel):
         return base.model_copy(update={"target": target})
 
 
-class RestartableSlapd(Slapd):
-    """A slapd of our own: stopped and started again on the same port with its data kept."""
-
-    restarting = False
-
-    def add_entries(self, entries: Any) -> int:
-        if self.restarting:
-            return 0  # the base entries start() adds are in the kept database already
-        return super().add_entries(entries)
-
-    def restart(self) -> None:
-        self.restarting = True
-        try:
-            self.start()
-        finally:
-            self.restarting = False
-
-
 @pytest.fixture
 def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> FastChannel:
     return FastChannel(ldap_tree, emulator, tmp_path)
-
-
-@pytest.fixture
-def own_slapd(tmp_path: Path) -> Iterator[RestartableSlapd]:
-    server = RestartableSlapd(workdir=tmp_path / "slapd")
-    with server:
-        yield server
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A throwaway OpenLDAP slapd on a free loopback port, in a temporary directory.
+"""A throwaway OpenLDAP slapd on free loopback ports, in a temporary directory.
 
 The configuration follows /work/shared/reference/test-servers/start-slapd.sh: mdb with
 memberof, syncprov and accesslog (for change detection), a self-signed certificate for
@@ -9,11 +9,10 @@ is subject to the size limit (500 per search; paged searches unlimited) so tests
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Self
 
@@ -22,6 +21,7 @@ import ldap.modlist
 from ldif import LDIFRecordList  # type: ignore[import-untyped]  # part of python-ldap
 
 from scimsync.sandbox.lifecycle import Lifecycle, terminate
+from scimsync.sandbox.ports import NotListeningError, hold_port, wait_listening
 
 SUFFIX = "dc=example,dc=com"
 ADMIN_DN = "cn=admin,dc=example,dc=com"
@@ -108,14 +108,13 @@ class SlapdError(RuntimeError):
     """slapd could not be configured or started."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Slapd(Lifecycle):
-    """Start with `start()` or `with Slapd() as server:`; `stop()` waits for the process to exit."""
+    """Start with `start()` or `with Slapd() as server:`; `stop()` waits for the process to exit.
+
+    Its ports (`port`, `tls_port`, and so `url`, `ldaps_url`) are known from the first
+    `start()` on; a later `start()`, on the data a `workdir` keeps, listens on them again.
+    `extra_urls` are more listeners, such as an ldapi:// socket.
+    """
 
     base_dn = SUFFIX
     admin_dn = ADMIN_DN
@@ -124,13 +123,26 @@ class Slapd(Lifecycle):
     password = READER_PASSWORD
     size_limit = SIZE_LIMIT
 
-    def __init__(self, workdir: Path | None = None, ready_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        ready_timeout: float = 15.0,
+        extra_urls: Sequence[str] = (),
+    ) -> None:
         self._own_dir = workdir is None
         self.dir = Path(tempfile.mkdtemp(prefix="scimsync-slapd-")) if workdir is None else workdir
-        self.port = free_port()
-        self.tls_port = free_port()
+        self._ports: tuple[int, int] | None = None  # (ldap://, ldaps://) from the first start
+        self._extra_urls = list(extra_urls)
         self._ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return self._known_ports()[0]
+
+    @property
+    def tls_port(self) -> int:
+        return self._known_ports()[1]
 
     @property
     def url(self) -> str:
@@ -159,13 +171,7 @@ class Slapd(Lifecycle):
             )
         )
         self._run(["slaptest", "-u", "-f", str(conf)], "slaptest")
-        # -d 0 keeps slapd in the foreground so we own the process and can wait for it.
-        self._process = subprocess.Popen(
-            ["slapd", "-d", "0", "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "slapd.log").open("wb"),
-        )
-        self._wait_ready()
+        self._launch()
         self.add_entries(_BASE_ENTRIES)
         return self
 
@@ -230,6 +236,36 @@ class Slapd(Lifecycle):
             "openssl",
         )  # fmt: skip
 
+    def _known_ports(self) -> tuple[int, int]:
+        if self._ports is None:
+            raise SlapdError("slapd has no ports before its first start()")
+        return self._ports
+
+    def _launch(self) -> None:
+        """slapd on its ports: held for it until it listens, so nobody else gets them.
+
+        slapd cannot bind port 0 itself (it takes `:0` for 389), hence the holding. The
+        first launch holds free ports; a later one the same ports again, or fails.
+        """
+        with ExitStack() as held:
+            socks = []
+            for port in self._ports or (0, 0):
+                try:
+                    socks.append(held.enter_context(hold_port(port)))
+                except OSError as exc:
+                    raise SlapdError(f"slapd's port {port} is taken: {exc}") from None
+            self._ports = (socks[0].getsockname()[1], socks[1].getsockname()[1])
+            listeners = [f"{self.url}/", f"{self.ldaps_url}/", *self._extra_urls]
+            conf = str(self.dir / "slapd.conf")
+            with (self.dir / "slapd.log").open("ab") as log:
+                # -d 0 keeps slapd in the foreground: we own the process and can wait for it.
+                self._process = subprocess.Popen(
+                    ["slapd", "-d", "0", "-f", conf, "-h", " ".join(listeners)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            self._wait_ready()
+
     def _run(self, argv: list[str], what: str) -> None:
         done = subprocess.run(argv, capture_output=True, check=False)
         if done.returncode != 0:
@@ -237,20 +273,17 @@ class Slapd(Lifecycle):
             raise SlapdError(f"{what} failed: {' '.join(tail) or done.returncode}")
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self._ready_timeout
-        while True:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                log = (self.dir / "slapd.log").read_text(errors="replace").strip()
-                raise SlapdError(f"slapd exited with {self._process.returncode}: {log[-300:]}")
-            try:
-                conn = ldap.initialize(self.url)
-                conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 1.0)
-                conn.simple_bind_s("", "")
-                conn.unbind_s()
-                return
-            except ldap.SERVER_DOWN:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise SlapdError(f"slapd not answering on {self.url}") from None
-                time.sleep(0.05)  # poll interval while waiting for the listener
+        """Until slapd's own sockets listen on both ports: another server there cannot pass."""
+        assert self._process is not None
+        try:
+            wait_listening(self._process, self._known_ports(), self._ready_timeout)
+            # Listening comes after the databases are open; this proves it speaks LDAP.
+            conn = ldap.initialize(self.url)
+            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, self._ready_timeout)
+            conn.set_option(ldap.OPT_TIMEOUT, self._ready_timeout)
+            conn.simple_bind_s("", "")
+            conn.unbind_s()
+        except (NotListeningError, ldap.LDAPError) as exc:
+            log = (self.dir / "slapd.log").read_text(errors="replace").strip()
+            self.stop()
+            raise SlapdError(f"slapd on {self.url}, {self.ldaps_url}: {exc} {log[-300:]}") from None
