@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-ad demo test lint pytest bench lock clean
+.PHONY: setup setup-ad demo test lint pytest bench mutate lock clean
 
 setup:
 	@scripts/bootstrap
@@ -27,10 +27,15 @@ test: lint pytest
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Mutation testing (slow; not in `make test`): MUTATE_ARGS go to `mutmut run`, e.g.
+# MUTATE_ARGS="scimsync.guard*"; MUTATE_AD=0 skips the pass against Samba AD.
+mutate: setup-ad
+	@scripts/mutate $(MUTATE_ARGS)
+
 # Regenerate requirements/*.txt (pinned, with hashes) after changing pyproject.toml's
 # dependencies or requirements/*.in; LOCK_ARGS=--upgrade moves every pin to the newest release.
 lock:
 	@scripts/lock $(LOCK_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache mutants build/mutate-ad

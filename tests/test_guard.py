@@ -119,6 +119,21 @@ def test_a_split_removal_keeps_the_removal_of_members_not_ours() -> None:
     assert verdict.held == (*disables(1), op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0",)))
 
 
+def test_over_the_limit_only_held_users_operations_wait() -> None:
+    """An update, an addition (even of a user being disabled) and the removal of users who
+    are not held are not held, nor split into an empty held operation."""
+    leaving = disables(2)
+    update = op(Action.UPDATE, sid="stays")
+    add = op(Action.ADD_MEMBERS, "group", "g1", members=("u0", "new"))
+    removal = op(Action.REMOVE_MEMBERS, "group", "g2", members=("stays",))
+    group_update = op(Action.UPDATE, "group", "g3")
+    the_plan = Plan((*leaving, update, add, removal, group_update))
+    verdict = guard(the_plan, 10, Options(max_deletions=1), 8)
+    assert verdict.blocked
+    assert verdict.allowed.operations == (update, add, removal, group_update)
+    assert verdict.held == tuple(leaving)
+
+
 # --- the default threshold: 2 % of linked users, at least 5 ---------------------------------
 
 
