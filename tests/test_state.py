@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -25,8 +26,9 @@ from scimsync.state import (
     backoff,
     fingerprint,
 )
+from scimsync.state.connect import create_engine
 from scimsync.state.locking import lock_file_path
-from scimsync.state.migrate import VERSION_TABLE, head_revision
+from scimsync.state.migrate import VERSION_TABLE, alembic_config, head_revision
 from scimsync.state.tables import metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -83,6 +85,29 @@ def test_migrates_an_empty_database_and_reopens_without_changes(store_url: str) 
         engine.dispose()
 
 
+def test_revision_0004_drops_links_fingerprint_and_keeps_the_links(store_url: str) -> None:
+    """A store written by revision 0003 (a fingerprint per user) opens with its links."""
+    row = {
+        "channel_id": 1, "kind": "user", "source_id": "u1", "target_id": "t-u1",
+        "name": "u1@example.com", "active": True,
+        "values_json": '{"userName":"u1@example.com"}', "fingerprint": "0" * 32,
+    }  # fmt: skip
+    links_0003 = sa.table("links", *(sa.column(name) for name in row))
+    engine = create_engine(sa.make_url(store_url))
+    try:
+        with engine.connect() as conn, conn.begin():
+            command.upgrade(alembic_config(conn), "0003")
+            conn.execute(sa.text("INSERT INTO channels (name) VALUES ('main')"))
+            conn.execute(sa.insert(links_0003).values(row))
+        with Store.open(store_url, "main") as store:  # migrates to the newest revision
+            assert store.linked_users() == {"u1": user("u1")}
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("links")}
+    finally:
+        engine.dispose()
+    assert "fingerprint" not in columns and "values_json" in columns
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     Store.open(f"sqlite:///{path}", "main").close()
@@ -115,7 +140,6 @@ def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
     )
     assert store.count_linked("user") == 2
     assert store.count_linked("group") == 0
-    assert store.user_fingerprints()["u1"] == fingerprint(users["u1"].values)
     assert store.linked_users_by_ids(["u2", "missing"]) == {"u2": users["u2"]}
     assert store.linked_ids("user") == {"u1", "u2"}
     bare = store.linked_users(with_values=False)["u1"]
@@ -317,10 +341,10 @@ def test_audit_from_several_threads_loses_nothing(store: Store) -> None:
 def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Clock) -> None:
     with Store.open(store_url, "main", clock=clock) as store:
         cycle = store.begin_run("full")
-        confirmed = store.intend(cycle, "create", "user", "u1", "alice")
-        store.done(confirmed)
-        store.intend(cycle, "delete", "group", "g9", "Old group")
-        # The process "dies" here: no done() for the second intent.
+        store.intend_many(cycle, [("create", "user", "u1", "alice")])
+        store.done_many(cycle, [("create", "user", "u1")])
+        store.intend_many(cycle, [("delete", "group", "g9", "Old group")])
+        # The process "dies" here: no done_many() for the second intent.
 
     with Store.open(store_url, "main") as reopened:
         [left] = reopened.open_intents()
@@ -332,7 +356,7 @@ def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Cl
             "Old group",
         )
         assert left.at == T0
-        reopened.done(left.intent_id)
+        reopened.forget_intents()
         assert reopened.open_intents() == []
 
 
@@ -442,7 +466,7 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
         prod.record_failure("user", "u9", "x", "create", "500", "fp", T0, 5)
         prod.stage_deletions("c", [{"source_id": "u5"}])
         prod.audit(prod.begin_run("full"), "create", "user", "u1", "t1", True)
-        prod.intend("c", "create", "user", "u2", "b")
+        prod.intend_many("c", [("create", "user", "u2", "b")])
 
         assert test.linked_users() == {} and test.linked_groups() == {}
         assert test.groups_holding({"u1"}) == set() and prod.groups_holding({"u1"}) == {"g1"}
@@ -545,21 +569,22 @@ def test_repr_hides_the_password(postgres_url: str) -> None:
 
 def test_atomic_keeps_all_or_nothing(store: Store) -> None:
     cycle = store.begin_run("full")
-    intent = store.intend(cycle, "create", "user", "u1", "alice")
+    store.intend_many(cycle, [("create", "user", "u1", "alice")])
+    [intent] = store.open_intents()
 
     with pytest.raises(RuntimeError), store.atomic():
         store.save_user(user("u1"))
         store.audit(cycle, "create", "user", "u1", "t-u1", True)
-        store.done(intent)
+        store.done_many(cycle, [("create", "user", "u1")])
         raise RuntimeError("crash before commit")
     assert store.linked_users() == {}
     assert store.audit_log() == []
-    assert [i.intent_id for i in store.open_intents()] == [intent]
+    assert store.open_intents() == [intent]
 
     with store.atomic():
         store.save_user(user("u1"))
         store.audit(cycle, "create", "user", "u1", "t-u1", True)
-        store.done(intent)
+        store.done_many(cycle, [("create", "user", "u1")])
         assert list(store.linked_users()) == ["u1"]  # reads see the block's own writes
     assert list(store.linked_users()) == ["u1"]
     assert len(store.audit_log()) == 1

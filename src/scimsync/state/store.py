@@ -23,7 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from scimsync.fingerprint import digest
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import tables as t
 from scimsync.state.connect import (
@@ -168,10 +167,6 @@ class Store:
         return f"Store({safe_url(self._url)!r}, channel={self._channel!r})"
 
     @property
-    def channel(self) -> str:
-        return self._channel
-
-    @property
     def where(self) -> str:
         """The store's URL without its password, for messages."""
         return safe_url(self._url)
@@ -226,14 +221,6 @@ class Store:
                     )
                     .values(in_scope=in_scope)
                 )
-
-    def user_fingerprints(self) -> dict[str, str]:
-        """source_id -> fingerprint of the values last pushed, without loading the values."""
-        query = self._links_query("user").with_only_columns(
-            t.links.c.source_id, t.links.c.fingerprint
-        )
-        with self._read() as conn:
-            return {row.source_id: row.fingerprint for row in conn.execute(query)}
 
     def linked_groups(self) -> dict[str, LinkedGroup]:
         with self._read() as conn:
@@ -597,24 +584,6 @@ class Store:
 
     # -- crash safety --------------------------------------------------------
 
-    def intend(self, cycle_id: str, action: str, kind: Kind, source_id: str, name: str) -> int:
-        """Record an operation about to be sent; committed before this returns."""
-        with self._write() as conn:
-            result = conn.execute(
-                sa.insert(t.intents).values(
-                    channel_id=self._channel_id,
-                    cycle_id=cycle_id,
-                    action=action,
-                    kind=kind,
-                    source_id=source_id,
-                    name=name,
-                    at=self._clock(),
-                )
-            )
-            inserted = result.inserted_primary_key
-            assert inserted is not None  # an INSERT of one row always has one
-            return int(inserted[0])
-
     def intend_many(self, cycle_id: str, entries: Iterable[tuple[str, Kind, str, str]]) -> None:
         """Record many operations (action, kind, source_id, name) about to be sent, at once."""
         at = self._clock()
@@ -648,14 +617,6 @@ class Store:
         for chunk in _chunks(rows, WRITE_CHUNK):
             with self._write() as conn:
                 conn.execute(statement, chunk)
-
-    def done(self, intent_id: int) -> None:
-        with self._write() as conn:
-            conn.execute(
-                sa.delete(t.intents).where(
-                    t.intents.c.channel_id == self._channel_id, t.intents.c.id == intent_id
-                )
-            )
 
     def forget_intents(self) -> None:
         """Drop every open intent once what they stood for has been recovered."""
@@ -914,7 +875,6 @@ class Store:
         return out
 
     def _user_row(self, user: LinkedUser) -> dict[str, Any]:
-        values = canonical_json(dict(user.values))
         return {
             "channel_id": self._channel_id,
             "kind": "user",
@@ -922,8 +882,7 @@ class Store:
             "target_id": user.target_id,
             "name": user.user_name,
             "active": user.active,
-            "values_json": values,
-            "fingerprint": digest(values),
+            "values_json": canonical_json(dict(user.values)),
             "in_scope": user.in_scope,
         }
 
@@ -936,7 +895,6 @@ class Store:
             "name": group.display_name,
             "active": True,
             "values_json": None,
-            "fingerprint": None,
             "in_scope": True,
         }
 
