@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 
 from scimsync.emulator import PREFIX, RunningEmulator
 from scimsync.sandbox.slapd import free_port
+from scimsync.state import Store
 from tests.fixtures.slapd import Tree
 from tests.harness import source_settings
 
@@ -170,6 +172,31 @@ def test_audit_status_and_reset(cli: Cli) -> None:
     reset = cli("reset", "--failed")
     assert reset.returncode == 0
     assert "full reconciliation" in reset.stdout
+
+
+def test_status_shows_an_interrupted_cycles_open_intents_until_the_next_cycle(cli: Cli) -> None:
+    """The intents are written as the executor writes a chunk's, and the process dies."""
+    when = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with Store.open(cli.settings["state"], "default", clock=lambda: when) as store:
+        cycle = store.begin_run("full")
+        store.intend_many(
+            cycle, [("create", "user", "u1", "ann@example.com"), ("delete", "group", "g1", "Old")]
+        )
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    at = lines.index(
+        f"interrupted cycle {cycle[:12]}: 2 operations without a recorded outcome "
+        "(the next cycle, a full reconciliation, settles them)"
+    )
+    assert lines[at + 1 : at + 3] == [
+        "  create user ann@example.com (since 2026-03-01T12:00:00Z)",
+        "  delete group Old (since 2026-03-01T12:00:00Z)",
+    ]
+
+    cli.tree.add_user("ann")
+    assert cli("sync").returncode == 0
+    assert "interrupted cycle" not in cli("status").stdout
 
 
 def test_json_logs(cli: Cli) -> None:
