@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from scimsync.sandbox.slapd import free_port
 from scimsync.state import Store
 from tests.fixtures.slapd import Tree
 from tests.harness import source_settings
+from tests.test_state import Clock
 
 BIND_PASSWORD_VAR = "TEST_LDAP_PASSWORD"
 TOKEN_VAR = "TEST_SCIM_TOKEN"
@@ -197,6 +198,34 @@ def test_status_shows_an_interrupted_cycles_open_intents_until_the_next_cycle(cl
     cli.tree.add_user("ann")
     assert cli("sync").returncode == 0
     assert "interrupted cycle" not in cli("status").stdout
+
+
+def test_audit_prune_deletes_what_is_older_than_the_retention_and_keeps_the_rest(
+    cli: Cli,
+) -> None:
+    now = datetime.now(UTC)
+    for days, name in ((401, "old"), (399, "kept"), (0, "new")):
+        with Store.open(
+            cli.settings["state"], "default", clock=Clock(now - timedelta(days=days))
+        ) as store:
+            cycle = store.begin_run("full")
+            store.audit(cycle, "create", "user", name, None, True)
+            store.finish_run(cycle, "ok", {"create": 1})
+    before = cli("audit", "--since", "400d").stdout
+
+    pruned = cli("audit", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("pruned 1 audit entry and 1 run older than "), pruned.stdout
+    assert cli("audit", "--since", "400d").stdout == before
+    listed = cli("audit").stdout
+    assert " kept -> " in listed and " new -> " in listed and " old -> " not in listed
+    runs = [line for line in cli("status").stdout.splitlines() if line.startswith("cycle ")]
+    assert len(runs) == 2
+
+    refused = cli("audit", "--prune", "--since", "30d")
+    assert refused.returncode == 2
+    expected = "scimsync: --prune: give it without --since, --user and --group"
+    assert one_line_error(refused) == expected
 
 
 def test_json_logs(cli: Cli) -> None:

@@ -26,6 +26,7 @@ from scimsync.state import (
     backoff,
     fingerprint,
 )
+from scimsync.state import store as store_module
 from scimsync.state.connect import create_engine
 from scimsync.state.locking import lock_file_path
 from scimsync.state.migrate import VERSION_TABLE, alembic_config, head_revision
@@ -308,8 +309,101 @@ def test_audit_log_since_and_limit(store: Store, clock: Clock) -> None:
     assert [a.source_id for a in store.audit_log(limit=2)] == ["u2", "g1"]
     assert store.audit_log(since=T0 + timedelta(hours=1)) == []
 
-    assert store.prune_audit(before=T0 + timedelta(minutes=10)) == 2
-    assert [a.source_id for a in store.audit_log()] == ["g1"]
+
+RETENTION = timedelta(days=400)
+
+
+def finished_run(store: Store, mode: str = "full") -> str:
+    cycle = store.begin_run(mode)
+    store.finish_run(cycle, "ok", {})
+    return cycle
+
+
+def test_prune_deletes_old_audit_and_runs_and_keeps_what_is_read(
+    store: Store, clock: Clock
+) -> None:
+    """Now is day 500; 400 days of retention put the cutoff at day 100."""
+
+    def on_day(day: float) -> None:
+        clock.now = T0 + timedelta(days=day)
+
+    old = finished_run(store)
+    store.audit(old, "create", "user", "u1", "t1", True, name="alice")
+    crashed = store.begin_run("full")  # its process died: never finished
+    held = finished_run(store)
+    store.stage_deletions(held, [{"action": "delete", "kind": "user", "source_id": "u5"}])
+    interrupted = finished_run(store)
+    store.intend_many(interrupted, [("create", "user", "u6", "fay")])
+    on_day(50)
+    spanning, _ = store.count_cycle("quiet", "ok")
+    on_day(150)
+    assert store.count_cycle("quiet", "ok") == (spanning, False)  # quiet from day 50 to 150
+    on_day(100 - 1 / 24)
+    last_old = finished_run(store)
+    store.audit(last_old, "update", "user", "u2", "t2", False, cause="HTTP 500")
+    on_day(100)  # at the cutoff, not older
+    boundary = finished_run(store)
+    store.audit(boundary, "update", "user", "u3", "t3", True)
+    on_day(500)
+    store.audit(finished_run(store), "create", "group", "g1", None, True)
+    cutoff = clock.now - RETENTION
+    assert cutoff == T0 + timedelta(days=100)
+    kept_window = store.audit_log(since=cutoff)
+
+    assert store.prune(cutoff) == (2, 2)
+
+    assert store.audit_log() == kept_window
+    assert store.audit_log(since=cutoff) == kept_window
+    assert [a.source_id for a in kept_window] == ["u3", "g1"]
+    kept = {r.cycle_id for r in store.runs(limit=100)}
+    assert {old, last_old} & kept == set()
+    assert {crashed, held, interrupted, spanning, boundary} <= kept
+    assert len(kept) == 6
+    assert store.prune(cutoff) == (0, 0)  # nothing left to do, and nothing else goes
+
+
+def test_prune_keeps_the_newest_run_however_old(store: Store, clock: Clock) -> None:
+    finished_run(store)
+    clock.advance(minutes=1)
+    newest = finished_run(store)
+    clock.advance(days=1000)
+    assert store.prune(clock.now - RETENTION) == (0, 1)
+    assert [r.cycle_id for r in store.runs()] == [newest]
+
+
+def test_prune_goes_by_chunks_and_stops_between_them(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PRUNE_CHUNK", 3)
+    cycle = finished_run(store)
+    store.audit_many(
+        AuditRecord(cycle, T0 + timedelta(minutes=i), "update", "user", f"u{i}", None, True)
+        for i in range(10)
+    )
+    clock.advance(days=500)
+    asked: list[int] = []
+
+    def stop_after_one_chunk() -> bool:
+        asked.append(len(store.audit_log()))
+        return len(asked) > 1
+
+    assert store.prune(clock.now - RETENTION, should_stop=stop_after_one_chunk) == (3, 0)
+    assert asked == [10, 7, 7]  # before each audit chunk, then before the runs
+    assert store.prune(clock.now - RETENTION) == (7, 0)  # 3 + 3 + 1: until a chunk falls short
+    assert store.audit_log() == []
+
+
+def test_prune_keeps_other_channels_rows(store_url: str, clock: Clock) -> None:
+    with (
+        Store.open(store_url, "prod", clock=clock) as prod,
+        Store.open(store_url, "test", clock=clock) as test,
+    ):
+        for store in (prod, test):
+            finished_run(store)
+            store.audit(finished_run(store), "create", "user", "u1", "t1", True)
+        clock.advance(days=500)
+        assert prod.prune(clock.now - RETENTION) == (1, 1)
+        assert len(test.audit_log()) == 1 and len(test.runs()) == 2
 
 
 def test_times_must_carry_a_zone(store: Store) -> None:
@@ -318,6 +412,8 @@ def test_times_must_carry_a_zone(store: Store) -> None:
         store.audit_log(since=naive)
     with pytest.raises(ValueError, match="timezone-aware"):
         store.record_failure("user", "u1", "a", "create", "500", "fp", naive, 5)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.prune(naive)
 
 
 def test_audit_from_several_threads_loses_nothing(store: Store) -> None:

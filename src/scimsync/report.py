@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -247,6 +248,14 @@ def print_audit(console: Console, rows: Sequence[AuditRecord]) -> None:
             f"{row.name or row.source_id} -> {row.target_id or '-'} {outcome}",
             markup=False,
         )
+
+
+def print_pruned(console: Console, entries: int, runs: int, before: datetime) -> None:
+    console.print(
+        f"pruned {entries} audit entr{'y' if entries == 1 else 'ies'} and {runs} "
+        f"run{'' if runs == 1 else 's'} older than {_time(before)}",
+        markup=False,
+    )
 
 
 def _time(value: object) -> str:
