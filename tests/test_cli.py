@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import pytest
 import yaml
 
 from scimsync.emulator import PREFIX, RunningEmulator
+from scimsync.state import Store
 from tests.fixtures.ports import emulator_url
 from tests.fixtures.slapd import Tree
 from tests.harness import source_settings
+from tests.test_state import Clock
 
 BIND_PASSWORD_VAR = "TEST_LDAP_PASSWORD"
 TOKEN_VAR = "TEST_SCIM_TOKEN"
@@ -169,6 +172,59 @@ def test_audit_status_and_reset(cli: Cli) -> None:
     reset = cli("reset", "--failed")
     assert reset.returncode == 0
     assert "full reconciliation" in reset.stdout
+
+
+def test_status_shows_an_interrupted_cycles_open_intents_until_the_next_cycle(cli: Cli) -> None:
+    """The intents are written as the executor writes a chunk's, and the process dies."""
+    when = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with Store.open(cli.settings["state"], "default", clock=lambda: when) as store:
+        cycle = store.begin_run("full")
+        store.intend_many(
+            cycle, [("create", "user", "u1", "ann@example.com"), ("delete", "group", "g1", "Old")]
+        )
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    at = lines.index(
+        f"interrupted cycle {cycle[:12]}: 2 operations without a recorded outcome "
+        "(the next cycle, a full reconciliation, settles them)"
+    )
+    assert lines[at + 1 : at + 3] == [
+        "  create user ann@example.com (since 2026-03-01T12:00:00Z)",
+        "  delete group Old (since 2026-03-01T12:00:00Z)",
+    ]
+
+    cli.tree.add_user("ann")
+    assert cli("sync").returncode == 0
+    assert "interrupted cycle" not in cli("status").stdout
+
+
+def test_audit_prune_deletes_what_is_older_than_the_retention_and_keeps_the_rest(
+    cli: Cli,
+) -> None:
+    now = datetime.now(UTC)
+    for days, name in ((401, "old"), (399, "kept"), (0, "new")):
+        with Store.open(
+            cli.settings["state"], "default", clock=Clock(now - timedelta(days=days))
+        ) as store:
+            cycle = store.begin_run("full")
+            store.audit(cycle, "create", "user", name, None, True)
+            store.finish_run(cycle, "ok", {"create": 1})
+    before = cli("audit", "--since", "400d").stdout
+
+    pruned = cli("audit", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("pruned 1 audit entry and 1 run older than "), pruned.stdout
+    assert cli("audit", "--since", "400d").stdout == before
+    listed = cli("audit").stdout
+    assert " kept -> " in listed and " new -> " in listed and " old -> " not in listed
+    runs = [line for line in cli("status").stdout.splitlines() if line.startswith("cycle ")]
+    assert len(runs) == 2
+
+    refused = cli("audit", "--prune", "--since", "30d")
+    assert refused.returncode == 2
+    expected = "scimsync: --prune: give it without --since, --user and --group"
+    assert one_line_error(refused) == expected
 
 
 def test_json_logs(cli: Cli) -> None:

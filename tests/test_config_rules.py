@@ -86,6 +86,16 @@ def secret_file(tmp_path: Path) -> Path:
             {"interval": -5}, "interval: expected greater than 0, got -5", id="interval-negative"
         ),
         pytest.param(
+            {"audit_retention_days": 0},
+            "audit_retention_days: expected greater than or equal to 1, got 0",
+            id="audit-retention-zero",
+        ),
+        pytest.param(
+            {"audit_retention_days": 1.5},
+            "audit_retention_days: expected a whole number, got 1.5",
+            id="audit-retention-fraction",
+        ),
+        pytest.param(
             {"source__connect_timeout": 0},
             "source.connect_timeout: expected greater than 0, got 0",
             id="connect-timeout-zero",
@@ -144,6 +154,8 @@ def test_a_refused_setting_is_the_exact_line_naming_its_key(
     ("changes", "attribute", "value"),
     [
         ({"interval": 0.5}, "interval", 0.5),
+        ({"audit_retention_days": 1}, "audit_retention_days", 1),
+        ({}, "audit_retention_days", 400),
         ({"target__max_concurrency": 64}, "target.max_concurrency", 64),
         ({"target__membership_chunk_size": 1}, "target.membership_chunk_size", 1),
         ({"options__max_deletions": 0}, "options.max_deletions", 0),

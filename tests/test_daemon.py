@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,11 +22,14 @@ import pytest
 import yaml
 
 from scimsync import daemon as daemon_module
+from scimsync.config import Config
+from scimsync.daemon import Daemon
 from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
-from scimsync.state.store import APPROVAL
+from scimsync.state.store import APPROVAL, PRUNED
 from tests.fixtures.slapd import RestartableSlapd, Tree
 from tests.harness import Channel, source_settings
+from tests.test_state import T0, Clock
 
 T = TypeVar("T")
 
@@ -597,3 +601,90 @@ def test_run_answers_healthz_beside_an_idle_connection_drops_it_and_stops_on_sig
         assert idle.recv(1) == b""  # dropped by the listener's read timeout, not by us
     with socket.create_connection(("127.0.0.1", port), timeout=30):
         assert daemon.stop() == 0  # an open idle connection does not hold up the stop
+
+
+# --- issue 14: audit and runs retention, once a day --------------------------------------
+
+
+def retention_config(store_url: str) -> Config:
+    """Enough for a Daemon that is never asked to run a cycle."""
+    return Config.model_validate(
+        {
+            "state": store_url,
+            "audit_retention_days": 30,
+            "source": {
+                "url": "ldap://127.0.0.1:1",
+                "base_dn": "dc=example,dc=com",
+                "users": {"filter": "(objectClass=inetOrgPerson)"},
+            },
+            "target": {"url": "http://127.0.0.1:1/scim", "token": "t0k"},
+        }
+    )
+
+
+def test_run_prunes_once_a_day_by_the_time_the_store_keeps(store_url: str) -> None:
+    """Driven by the daemon's clock, cycle by cycle; a new Daemon stands for a restart."""
+    clock = Clock(T0)
+    config = retention_config(store_url)
+
+    def on_day(day: float) -> None:
+        clock.now = T0 + timedelta(days=day)
+
+    def days_audited(store: Store) -> list[float]:
+        return [(a.at - T0) / timedelta(days=1) for a in store.audit_log()]
+
+    with Store.open(store_url, "default", clock=clock) as store:
+        cycle = store.begin_run("full")
+        for day in (0, 10.5, 40):
+            on_day(day)
+            store.audit(cycle, "update", "user", f"d{day}", None, True)
+
+        first = Daemon(config, clock=clock)
+        first.prune_when_due(store)  # none on record: at once, up to day 40 - 30
+        assert days_audited(store) == [10.5, 40]
+        assert store.watermark(PRUNED) == clock.now.isoformat()
+
+        on_day(40 + 23 / 24)
+        Daemon(config, clock=clock).prune_when_due(store)  # restarted: not due yet
+        assert days_audited(store) == [10.5, 40]
+
+        on_day(41)
+        stopping = Daemon(config, clock=clock)
+        stopping.stopping.set()  # SIGTERM before the first chunk: nothing, nothing recorded
+        stopping.prune_when_due(store)
+        assert days_audited(store) == [10.5, 40]
+        assert store.watermark(PRUNED) == (T0 + timedelta(days=40)).isoformat()
+
+        Daemon(config, clock=clock).prune_when_due(store)  # restarted a day on: due
+        assert days_audited(store) == [40]
+        assert store.watermark(PRUNED) == clock.now.isoformat()
+
+        on_day(35)  # the clock set back: the last prune is in the future, prune anyway
+        first.prune_when_due(store)
+        assert store.watermark(PRUNED) == clock.now.isoformat()
+
+        store.reset()  # a full reconciliation does not reset the schedule
+        assert store.watermark(PRUNED) == clock.now.isoformat()
+
+
+def test_run_prunes_old_audit_entries_and_runs_after_its_first_cycle(
+    scimsync: Scimsync, ldap_tree: Tree, emulator: RunningEmulator
+) -> None:
+    long_ago = Clock(datetime.now(UTC) - timedelta(days=500))
+    with Store.open(scimsync.settings["state"], "default", clock=long_ago) as store:
+        old = store.begin_run("full")
+        store.audit(old, "create", "user", "gone", None, True)
+        store.finish_run(old, "ok", {"create": 1})
+    ldap_tree.add_user("kay")
+    daemon = scimsync.start("run")
+    eventually(
+        lambda: any(e["event"] == "store pruned" for e in daemon.events()), "the first prune"
+    )
+    assert daemon.stop() == 0
+    [pruned] = [e for e in daemon.events() if e["event"] == "store pruned"]
+    assert (pruned["audit_entries"], pruned["runs"]) == (1, 1)
+    with scimsync.store() as store:
+        assert [a.source_id for a in store.audit_log() if a.kind == "user"] != []
+        assert all(a.source_id != "gone" for a in store.audit_log())
+        assert old not in {r.cycle_id for r in store.runs(limit=100)}
+        assert store.watermark(PRUNED) is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -25,8 +26,10 @@ from scimsync.state import (
     backoff,
     fingerprint,
 )
+from scimsync.state import store as store_module
+from scimsync.state.connect import create_engine
 from scimsync.state.locking import lock_file_path
-from scimsync.state.migrate import VERSION_TABLE, head_revision
+from scimsync.state.migrate import VERSION_TABLE, alembic_config, head_revision
 from scimsync.state.tables import metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -83,6 +86,29 @@ def test_migrates_an_empty_database_and_reopens_without_changes(store_url: str) 
         engine.dispose()
 
 
+def test_revision_0004_drops_links_fingerprint_and_keeps_the_links(store_url: str) -> None:
+    """A store written by revision 0003 (a fingerprint per user) opens with its links."""
+    row = {
+        "channel_id": 1, "kind": "user", "source_id": "u1", "target_id": "t-u1",
+        "name": "u1@example.com", "active": True,
+        "values_json": '{"userName":"u1@example.com"}', "fingerprint": "0" * 32,
+    }  # fmt: skip
+    links_0003 = sa.table("links", *(sa.column(name) for name in row))
+    engine = create_engine(sa.make_url(store_url))
+    try:
+        with engine.connect() as conn, conn.begin():
+            command.upgrade(alembic_config(conn), "0003")
+            conn.execute(sa.text("INSERT INTO channels (name) VALUES ('main')"))
+            conn.execute(sa.insert(links_0003).values(row))
+        with Store.open(store_url, "main") as store:  # migrates to the newest revision
+            assert store.linked_users() == {"u1": user("u1")}
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("links")}
+    finally:
+        engine.dispose()
+    assert "fingerprint" not in columns and "values_json" in columns
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     Store.open(f"sqlite:///{path}", "main").close()
@@ -115,7 +141,6 @@ def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
     )
     assert store.count_linked("user") == 2
     assert store.count_linked("group") == 0
-    assert store.user_fingerprints()["u1"] == fingerprint(users["u1"].values)
     assert store.linked_users_by_ids(["u2", "missing"]) == {"u2": users["u2"]}
     assert store.linked_ids("user") == {"u1", "u2"}
     bare = store.linked_users(with_values=False)["u1"]
@@ -284,8 +309,101 @@ def test_audit_log_since_and_limit(store: Store, clock: Clock) -> None:
     assert [a.source_id for a in store.audit_log(limit=2)] == ["u2", "g1"]
     assert store.audit_log(since=T0 + timedelta(hours=1)) == []
 
-    assert store.prune_audit(before=T0 + timedelta(minutes=10)) == 2
-    assert [a.source_id for a in store.audit_log()] == ["g1"]
+
+RETENTION = timedelta(days=400)
+
+
+def finished_run(store: Store, mode: str = "full") -> str:
+    cycle = store.begin_run(mode)
+    store.finish_run(cycle, "ok", {})
+    return cycle
+
+
+def test_prune_deletes_old_audit_and_runs_and_keeps_what_is_read(
+    store: Store, clock: Clock
+) -> None:
+    """Now is day 500; 400 days of retention put the cutoff at day 100."""
+
+    def on_day(day: float) -> None:
+        clock.now = T0 + timedelta(days=day)
+
+    old = finished_run(store)
+    store.audit(old, "create", "user", "u1", "t1", True, name="alice")
+    crashed = store.begin_run("full")  # its process died: never finished
+    held = finished_run(store)
+    store.stage_deletions(held, [{"action": "delete", "kind": "user", "source_id": "u5"}])
+    interrupted = finished_run(store)
+    store.intend_many(interrupted, [("create", "user", "u6", "fay")])
+    on_day(50)
+    spanning, _ = store.count_cycle("quiet", "ok")
+    on_day(150)
+    assert store.count_cycle("quiet", "ok") == (spanning, False)  # quiet from day 50 to 150
+    on_day(100 - 1 / 24)
+    last_old = finished_run(store)
+    store.audit(last_old, "update", "user", "u2", "t2", False, cause="HTTP 500")
+    on_day(100)  # at the cutoff, not older
+    boundary = finished_run(store)
+    store.audit(boundary, "update", "user", "u3", "t3", True)
+    on_day(500)
+    store.audit(finished_run(store), "create", "group", "g1", None, True)
+    cutoff = clock.now - RETENTION
+    assert cutoff == T0 + timedelta(days=100)
+    kept_window = store.audit_log(since=cutoff)
+
+    assert store.prune(cutoff) == (2, 2)
+
+    assert store.audit_log() == kept_window
+    assert store.audit_log(since=cutoff) == kept_window
+    assert [a.source_id for a in kept_window] == ["u3", "g1"]
+    kept = {r.cycle_id for r in store.runs(limit=100)}
+    assert {old, last_old} & kept == set()
+    assert {crashed, held, interrupted, spanning, boundary} <= kept
+    assert len(kept) == 6
+    assert store.prune(cutoff) == (0, 0)  # nothing left to do, and nothing else goes
+
+
+def test_prune_keeps_the_newest_run_however_old(store: Store, clock: Clock) -> None:
+    finished_run(store)
+    clock.advance(minutes=1)
+    newest = finished_run(store)
+    clock.advance(days=1000)
+    assert store.prune(clock.now - RETENTION) == (0, 1)
+    assert [r.cycle_id for r in store.runs()] == [newest]
+
+
+def test_prune_goes_by_chunks_and_stops_between_them(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PRUNE_CHUNK", 3)
+    cycle = finished_run(store)
+    store.audit_many(
+        AuditRecord(cycle, T0 + timedelta(minutes=i), "update", "user", f"u{i}", None, True)
+        for i in range(10)
+    )
+    clock.advance(days=500)
+    asked: list[int] = []
+
+    def stop_after_one_chunk() -> bool:
+        asked.append(len(store.audit_log()))
+        return len(asked) > 1
+
+    assert store.prune(clock.now - RETENTION, should_stop=stop_after_one_chunk) == (3, 0)
+    assert asked == [10, 7, 7]  # before each audit chunk, then before the runs
+    assert store.prune(clock.now - RETENTION) == (7, 0)  # 3 + 3 + 1: until a chunk falls short
+    assert store.audit_log() == []
+
+
+def test_prune_keeps_other_channels_rows(store_url: str, clock: Clock) -> None:
+    with (
+        Store.open(store_url, "prod", clock=clock) as prod,
+        Store.open(store_url, "test", clock=clock) as test,
+    ):
+        for store in (prod, test):
+            finished_run(store)
+            store.audit(finished_run(store), "create", "user", "u1", "t1", True)
+        clock.advance(days=500)
+        assert prod.prune(clock.now - RETENTION) == (1, 1)
+        assert len(test.audit_log()) == 1 and len(test.runs()) == 2
 
 
 def test_times_must_carry_a_zone(store: Store) -> None:
@@ -294,6 +412,8 @@ def test_times_must_carry_a_zone(store: Store) -> None:
         store.audit_log(since=naive)
     with pytest.raises(ValueError, match="timezone-aware"):
         store.record_failure("user", "u1", "a", "create", "500", "fp", naive, 5)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.prune(naive)
 
 
 def test_audit_from_several_threads_loses_nothing(store: Store) -> None:
@@ -317,10 +437,10 @@ def test_audit_from_several_threads_loses_nothing(store: Store) -> None:
 def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Clock) -> None:
     with Store.open(store_url, "main", clock=clock) as store:
         cycle = store.begin_run("full")
-        confirmed = store.intend(cycle, "create", "user", "u1", "alice")
-        store.done(confirmed)
-        store.intend(cycle, "delete", "group", "g9", "Old group")
-        # The process "dies" here: no done() for the second intent.
+        store.intend_many(cycle, [("create", "user", "u1", "alice")])
+        store.done_many(cycle, [("create", "user", "u1")])
+        store.intend_many(cycle, [("delete", "group", "g9", "Old group")])
+        # The process "dies" here: no done_many() for the second intent.
 
     with Store.open(store_url, "main") as reopened:
         [left] = reopened.open_intents()
@@ -332,7 +452,7 @@ def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Cl
             "Old group",
         )
         assert left.at == T0
-        reopened.done(left.intent_id)
+        reopened.forget_intents()
         assert reopened.open_intents() == []
 
 
@@ -442,7 +562,7 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
         prod.record_failure("user", "u9", "x", "create", "500", "fp", T0, 5)
         prod.stage_deletions("c", [{"source_id": "u5"}])
         prod.audit(prod.begin_run("full"), "create", "user", "u1", "t1", True)
-        prod.intend("c", "create", "user", "u2", "b")
+        prod.intend_many("c", [("create", "user", "u2", "b")])
 
         assert test.linked_users() == {} and test.linked_groups() == {}
         assert test.groups_holding({"u1"}) == set() and prod.groups_holding({"u1"}) == {"g1"}
@@ -545,21 +665,22 @@ def test_repr_hides_the_password(postgres_url: str) -> None:
 
 def test_atomic_keeps_all_or_nothing(store: Store) -> None:
     cycle = store.begin_run("full")
-    intent = store.intend(cycle, "create", "user", "u1", "alice")
+    store.intend_many(cycle, [("create", "user", "u1", "alice")])
+    [intent] = store.open_intents()
 
     with pytest.raises(RuntimeError), store.atomic():
         store.save_user(user("u1"))
         store.audit(cycle, "create", "user", "u1", "t-u1", True)
-        store.done(intent)
+        store.done_many(cycle, [("create", "user", "u1")])
         raise RuntimeError("crash before commit")
     assert store.linked_users() == {}
     assert store.audit_log() == []
-    assert [i.intent_id for i in store.open_intents()] == [intent]
+    assert store.open_intents() == [intent]
 
     with store.atomic():
         store.save_user(user("u1"))
         store.audit(cycle, "create", "user", "u1", "t-u1", True)
-        store.done(intent)
+        store.done_many(cycle, [("create", "user", "u1")])
         assert list(store.linked_users()) == ["u1"]  # reads see the block's own writes
     assert list(store.linked_users()) == ["u1"]
     assert len(store.audit_log()) == 1

@@ -269,17 +269,34 @@ def audit(
     group: Annotated[
         str | None, typer.Option("--group", help="Only this group: its name or source id")
     ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Instead: delete entries and runs older than audit_retention_days, as `run` "
+            "does daily",
+        ),
+    ] = False,
 ) -> None:
     """The audit log: every operation with its cycle, result and cause.
 
     Example: scimsync --config scimsync.yaml audit --since 2h --limit 50
 
-    Exit codes: 0 shown, 2 config or usage error, 5 the state store cannot be opened or written.
+    Exit codes: 0 shown (or pruned), 2 config or usage error, 5 the state store cannot be
+    opened or written.
     """
+    if prune and (since or user or group):
+        # `--prune --since 30d` would read as "prune what is older than 30 days".
+        fail(ExitCode.CONFIG, "--prune: give it without --since, --user and --group")
     with user_errors():
         start = parse_since(since) if since else None
         cfg = load_config()
         with Store.open(cfg.state, cfg.channel) as store:
+            if prune:
+                before = datetime.now(UTC) - timedelta(days=cfg.audit_retention_days)
+                entries, runs = store.prune(before)
+                report.print_pruned(out, entries, runs, before)
+                return
             rows = store.audit_log(since=start, limit=limit, user=user, group=group)
             report.print_audit(out, rows)
 

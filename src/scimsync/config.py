@@ -564,6 +564,8 @@ class Config(Strict):
     interval: Annotated[float, Field(gt=0)] = 60.0
     full_sync_interval: Annotated[float, Field(gt=0)] = 86_400.0
     metrics_listen: str = "127.0.0.1:9464"
+    # Audit entries and runs older than this go; `run` prunes once a day.
+    audit_retention_days: Annotated[int, Field(ge=1)] = 400
     source: SourceConfig
     target: TargetConfig
     options: Options = Options()

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import traceback
+from datetime import datetime, timedelta
 from types import FrameType
 
 from scimsync import engine, log, memory
@@ -16,12 +17,16 @@ from scimsync.config import Config, ConfigError
 from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
+from scimsync.state.store import PRUNED, Clock, utc_now
 
 logger = log.get(__name__)
 
 # Failed cycles are retried after interval, 2 x interval, 4 x ..., up to this (or interval,
 # if longer): an outage at `interval: 1` costs about 60 attempts an hour, not 3,600.
 MAX_RETRY_DELAY = 60.0
+
+# Audit and runs retention is applied this often; the last time is kept in the store.
+PRUNE_EVERY = timedelta(days=1)
 
 # What a cycle is expected to meet now and then; their messages say what is at fault.
 # A RecordError gets here only from outside the executor (a listing): it ends the cycle.
@@ -99,8 +104,9 @@ class Outage:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock = utc_now) -> None:
         self.config = config
+        self.clock = clock  # for the prune schedule
         self.stopping = threading.Event()
         self.metrics = Metrics()
         self.outage = Outage()
@@ -143,7 +149,9 @@ class Daemon:
                 started = time.monotonic()
                 try:
                     active = active or self.take_channel(store, holding)
-                    if active and not self.cycle(store) and self.store_failed:
+                    if active and self.cycle(store):
+                        self.prune_when_due(store)
+                    elif active and self.store_failed:
                         release(holding)  # the lock may have died with the store's connection
                         active = False
                 except FATAL:
@@ -217,6 +225,22 @@ class Daemon:
             self.metrics.pending.set(sum(1 for f in failures if not f.quarantined))
         return True
 
+    def prune_when_due(self, store: Store) -> None:
+        """Audit and runs retention, a day after the last prune (or at once, if none is on
+        record). The time is kept in the store, so a restart neither prunes again nor
+        skips a day, and a standby that takes over goes on from the holder's schedule."""
+        now = self.clock()
+        last = _parsed(store.watermark(PRUNED))
+        # A last prune in the future: the clock was set back; prune rather than wait for it.
+        if last is not None and last <= now < last + PRUNE_EVERY:
+            return
+        before = now - timedelta(days=self.config.audit_retention_days)
+        entries, runs = store.prune(before, should_stop=self.stopping.is_set)
+        if self.stopping.is_set():
+            return  # cut short between chunks: the next start prunes the rest
+        store.set_watermark(PRUNED, now.isoformat())
+        logger.info("store pruned", audit_entries=entries, runs=runs, older_than=before.isoformat())
+
     def failed(self, exc: Exception) -> None:
         """A cycle's turn failed as a whole: 503 with its cause, counted, logged, backed off."""
         self.metrics.last_cycle.record(describe(exc))
@@ -225,6 +249,15 @@ class Daemon:
             # Once at error level (Outage), with its traceback only at debug level.
             logger.debug("unexpected error", traceback="".join(traceback.format_exception(exc)))
         self.outage.failed(exc, retry_delay(self.config.interval, self.outage.cycles + 1))
+
+
+def _parsed(text: str | None) -> datetime | None:
+    """An ISO time from the store; one without a zone, or unparsable, counts as none."""
+    try:
+        moment = None if text is None else datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
 
 
 def release(holding: contextlib.ExitStack) -> None:

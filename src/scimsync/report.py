@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -15,7 +16,7 @@ from scimsync.model import Action, Operation
 if TYPE_CHECKING:
     from scimsync.apply import Progress
     from scimsync.engine import CycleReport, DirectoryCheck, Prepared, TargetCheck
-    from scimsync.state import Approval, AuditRecord, Store
+    from scimsync.state import Approval, AuditRecord, IntentRecord, Store
 
 PLAN_ORDER = (
     "create",
@@ -190,6 +191,7 @@ def print_status(console: Console, store: Store) -> None:
             f"{_time(run.started_at)}  {applied}{cause}",
             markup=False,
         )
+    _print_intents(console, store.open_intents())
     failures = store.failures()
     pending = [f for f in failures.values() if not f.quarantined]
     quarantined = [f for f in failures.values() if f.quarantined]
@@ -219,6 +221,25 @@ def print_status(console: Console, store: Store) -> None:
             console.print(f"  {op['action']} {op['kind']} {op['name']}{count}", markup=False)
 
 
+def _print_intents(console: Console, intents: Sequence[IntentRecord]) -> None:
+    """An interrupted cycle's operations sent (or about to be) whose outcome is unrecorded."""
+    by_cycle: dict[str, list[IntentRecord]] = {}
+    for intent in intents:
+        by_cycle.setdefault(intent.cycle_id, []).append(intent)
+    for cycle_id, unfinished in by_cycle.items():
+        count = f"{len(unfinished)} operation{'s' if len(unfinished) != 1 else ''}"
+        console.print(
+            f"interrupted cycle {cycle_id[:12]}: {count} without a recorded outcome "
+            "(the next cycle, a full reconciliation, settles them)",
+            markup=False,
+        )
+        for intent in unfinished:
+            console.print(
+                f"  {intent.action} {intent.kind} {intent.name} (since {_time(intent.at)})",
+                markup=False,
+            )
+
+
 def print_audit(console: Console, rows: Sequence[AuditRecord]) -> None:
     for row in rows:
         outcome = "ok" if row.success else f"FAILED: {row.cause}"
@@ -227,6 +248,14 @@ def print_audit(console: Console, rows: Sequence[AuditRecord]) -> None:
             f"{row.name or row.source_id} -> {row.target_id or '-'} {outcome}",
             markup=False,
         )
+
+
+def print_pruned(console: Console, entries: int, runs: int, before: datetime) -> None:
+    console.print(
+        f"pruned {entries} audit entr{'y' if entries == 1 else 'ies'} and {runs} "
+        f"run{'' if runs == 1 else 's'} older than {_time(before)}",
+        markup=False,
+    )
 
 
 def _time(value: object) -> str:

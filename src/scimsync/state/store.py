@@ -23,7 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from scimsync.fingerprint import digest
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import tables as t
 from scimsync.state.connect import (
@@ -56,11 +55,17 @@ APPROVAL = "approval"  # the watermark row holding an Approval
 # (source.guid_attribute when they were made). Not a watermark of the directory: `reset`
 # keeps it, so that a change of the attribute is always seen as a re-key.
 IDENTITY = "identity"
+# The watermark row holding when `run` last pruned audit and runs (an ISO time). Not a
+# watermark of the directory either: `reset` keeps it, so that a reset does not prune again.
+PRUNED = "pruned"
 REKEYING = "\u00a7"  # a temporary source id's prefix; source ids are ASCII (guid_text)
 
 WRITE_CHUNK = 1000  # rows per executemany transaction
 READ_CHUNK = 500  # ids per IN (...) query; well below SQLite's bound-parameter limit
 MAX_CAUSE = 2000  # characters of a failure cause kept; the rest is noise in a log
+# Rows per pruning transaction: a year's first prune (millions of rows) never holds the
+# store for long, and a stop request is heard between chunks.
+PRUNE_CHUNK = 10_000
 
 
 def utc_now() -> datetime:
@@ -168,10 +173,6 @@ class Store:
         return f"Store({safe_url(self._url)!r}, channel={self._channel!r})"
 
     @property
-    def channel(self) -> str:
-        return self._channel
-
-    @property
     def where(self) -> str:
         """The store's URL without its password, for messages."""
         return safe_url(self._url)
@@ -226,14 +227,6 @@ class Store:
                     )
                     .values(in_scope=in_scope)
                 )
-
-    def user_fingerprints(self) -> dict[str, str]:
-        """source_id -> fingerprint of the values last pushed, without loading the values."""
-        query = self._links_query("user").with_only_columns(
-            t.links.c.source_id, t.links.c.fingerprint
-        )
-        with self._read() as conn:
-            return {row.source_id: row.fingerprint for row in conn.execute(query)}
 
     def linked_groups(self) -> dict[str, LinkedGroup]:
         with self._read() as conn:
@@ -560,14 +553,73 @@ class Store:
             for row in reversed(rows)
         ]
 
-    def prune_audit(self, before: datetime) -> int:
-        """Delete audit entries older than `before`; returns how many went."""
-        c = t.audit.c
-        with self._write() as conn:
-            result = conn.execute(
-                sa.delete(t.audit).where(c.channel_id == self._channel_id, c.at < _aware(before))
-            )
-            return result.rowcount
+    def prune(
+        self, before: datetime, should_stop: Callable[[], bool] = lambda: False
+    ) -> tuple[int, int]:
+        """Delete the audit entries and runs older than `before`: (entries, runs) deleted.
+
+        A run goes once it finished before `before`, unless something still reads it: the
+        newest run (status shows it, quiet cycles are counted into it), a run never finished
+        (in progress, or its process died), the cycle of an open intent or of the held
+        operations. Nothing refers to an audit entry. About PRUNE_CHUNK rows a transaction,
+        oldest first; `should_stop` is asked between them.
+        """
+        _aware(before)
+        a, r = t.audit.c, t.runs.c
+        newest = (
+            sa.select(r.cycle_id)
+            .where(r.channel_id == self._channel_id)
+            .order_by(r.started_at.desc(), r.cycle_id)
+            .limit(1)
+        )
+        in_use = [
+            sa.select(table.c.cycle_id).where(table.c.channel_id == self._channel_id)
+            for table in (t.intents, t.staged_deletions)
+        ]
+        old_runs = [
+            r.finished_at < before,  # NULL, never finished, is never older
+            r.cycle_id != newest.scalar_subquery(),
+            *(r.cycle_id.not_in(query) for query in in_use),
+        ]
+        return (
+            self._delete_in_chunks(a.at, before, [], should_stop),
+            self._delete_in_chunks(r.started_at, before, old_runs, should_stop),
+        )
+
+    def _delete_in_chunks(
+        self,
+        at: sa.Column[datetime],
+        before: datetime,
+        conditions: list[sa.ColumnElement[bool]],
+        should_stop: Callable[[], bool],
+    ) -> int:
+        """Delete this channel's rows with `at` before `before` that meet `conditions`.
+
+        Each chunk is a range of the (channel_id, at) index, up to the time of the
+        PRUNE_CHUNK-th row: PostgreSQL plans `id IN (SELECT ... LIMIT n)` as a scan of the
+        whole table, a range as a walk of the index.
+        """
+        table = at.table
+        channel = table.c.channel_id == self._channel_id
+        chunk_end = (
+            sa.select(at)
+            .where(channel, at < before, *conditions)
+            .order_by(at)
+            .offset(PRUNE_CHUNK - 1)
+            .limit(1)
+        )
+        deleted = 0
+        while not should_stop():
+            with self._write() as conn:
+                last = conn.execute(chunk_end).scalar_one_or_none()
+                # One upper bound only: SQLite bounds its index walk by one of two.
+                up_to = at < before if last is None else at <= last  # None: the rest
+                deleted += conn.execute(
+                    sa.delete(table).where(channel, up_to, *conditions)
+                ).rowcount
+            if last is None:
+                break
+        return deleted
 
     # -- approvals of held operations ----------------------------------------
 
@@ -596,24 +648,6 @@ class Store:
             )
 
     # -- crash safety --------------------------------------------------------
-
-    def intend(self, cycle_id: str, action: str, kind: Kind, source_id: str, name: str) -> int:
-        """Record an operation about to be sent; committed before this returns."""
-        with self._write() as conn:
-            result = conn.execute(
-                sa.insert(t.intents).values(
-                    channel_id=self._channel_id,
-                    cycle_id=cycle_id,
-                    action=action,
-                    kind=kind,
-                    source_id=source_id,
-                    name=name,
-                    at=self._clock(),
-                )
-            )
-            inserted = result.inserted_primary_key
-            assert inserted is not None  # an INSERT of one row always has one
-            return int(inserted[0])
 
     def intend_many(self, cycle_id: str, entries: Iterable[tuple[str, Kind, str, str]]) -> None:
         """Record many operations (action, kind, source_id, name) about to be sent, at once."""
@@ -648,14 +682,6 @@ class Store:
         for chunk in _chunks(rows, WRITE_CHUNK):
             with self._write() as conn:
                 conn.execute(statement, chunk)
-
-    def done(self, intent_id: int) -> None:
-        with self._write() as conn:
-            conn.execute(
-                sa.delete(t.intents).where(
-                    t.intents.c.channel_id == self._channel_id, t.intents.c.id == intent_id
-                )
-            )
 
     def forget_intents(self) -> None:
         """Drop every open intent once what they stood for has been recovered."""
@@ -824,8 +850,9 @@ class Store:
 
     def reset(self) -> None:
         """Forget the watermarks, so the next cycle is a full reconciliation. Which attribute
-        the links are keyed by is kept: it is a fact about the links, not the directory."""
-        self.clear_watermarks(keep=[IDENTITY])
+        the links are keyed by is kept: it is a fact about the links, not the directory; so
+        is the time of the last prune."""
+        self.clear_watermarks(keep=[IDENTITY, PRUNED])
 
     # -- plumbing ------------------------------------------------------------
 
@@ -914,7 +941,6 @@ class Store:
         return out
 
     def _user_row(self, user: LinkedUser) -> dict[str, Any]:
-        values = canonical_json(dict(user.values))
         return {
             "channel_id": self._channel_id,
             "kind": "user",
@@ -922,8 +948,7 @@ class Store:
             "target_id": user.target_id,
             "name": user.user_name,
             "active": user.active,
-            "values_json": values,
-            "fingerprint": digest(values),
+            "values_json": canonical_json(dict(user.values)),
             "in_scope": user.in_scope,
         }
 
@@ -936,7 +961,6 @@ class Store:
             "name": group.display_name,
             "active": True,
             "values_json": None,
-            "fingerprint": None,
             "in_scope": True,
         }
 

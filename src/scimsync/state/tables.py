@@ -49,8 +49,8 @@ channels = sa.Table(
     sa.Column("name", sa.String(64), nullable=False, unique=True),
 )
 
-# One row per linked object. user_name/display_name go in `name`; values and
-# fingerprint are for users only (groups keep their members in `members`).
+# One row per linked object. user_name/display_name go in `name`; values are for users
+# only (groups keep their members in `members`).
 links = sa.Table(
     "links",
     metadata,
@@ -61,7 +61,6 @@ links = sa.Table(
     sa.Column("name", sa.String(512), nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("values_json", sa.Text, nullable=True),
-    sa.Column("fingerprint", sa.String(32), nullable=True),
     # Users only: in the directory's scope when last seen (a user who left it keeps its link).
     sa.Column("in_scope", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Index("ix_links_target", "channel_id", "kind", "target_id"),
