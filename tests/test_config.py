@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from scimsync import config
 from scimsync.config import ConfigError, Flavour
+from scimsync.guard import allowed_deletions
 
 MINIMAL: dict[str, Any] = {
     "source": {
@@ -133,8 +134,8 @@ def test_secret_files(tmp_path: Path) -> None:
 
 def test_percentage_deletion_limit() -> None:
     options = config.Options(max_deletions="5%")
-    assert options.deletion_limit(1000) == 50
-    assert config.Options(max_deletions=7).deletion_limit(1000) == 7
+    assert allowed_deletions(options.deletion_limit, 1000) == 50
+    assert allowed_deletions(config.Options(max_deletions=7).deletion_limit, 1000) == 7
 
 
 def test_warns_when_inline_secret_is_world_readable(tmp_path: Path) -> None:
@@ -275,7 +276,7 @@ def test_max_deletions_as_a_string_is_a_count(tmp_path: Path, written: str, coun
     path = write(tmp_path, with_(options__max_deletions=written))
     loaded = config.load(path, env={"TOKEN": "t", "LIMIT": "50"})
     assert loaded.options.max_deletions == count
-    assert loaded.options.deletion_limit(1000) == count
+    assert allowed_deletions(loaded.options.deletion_limit, 1000) == count
 
 
 @pytest.mark.parametrize("written", ["-1", -1, True, 2.5, "fifty", [5]])

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from scimsync.config import Options
 from scimsync.emulator import RunningEmulator
-from scimsync.guard import GuardVerdict, guard
-from scimsync.model import Action, Conflict, Operation, Plan
+from scimsync.guard import GuardVerdict, allowed_deletions, guard
+from scimsync.model import Action, Conflict, DeletionLimit, Operation, Plan
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli
 
@@ -19,15 +19,18 @@ def op(action: Action, kind: str = "user", sid: str = "u1", **kw: object) -> Ope
     return Operation(action, kind, sid, sid, **kw)  # type: ignore[arg-type]
 
 
+def limit(setting: int | str | None = None) -> DeletionLimit:
+    """options.max_deletions as the guard receives it (the default when None)."""
+    return (Options() if setting is None else Options(max_deletions=setting)).deletion_limit
+
+
 def disables(n: int) -> list[Operation]:
     return [op(Action.DISABLE, sid=f"u{i}") for i in range(n)]
 
 
 def test_within_the_limit_everything_is_allowed() -> None:
     the_plan = Plan((op(Action.CREATE, sid="new"), *disables(3)))
-    verdict = guard(
-        the_plan, linked_user_count=100, options=Options(max_deletions=3), source_user_count=97
-    )
+    verdict = guard(the_plan, limit(3), linked_users=100, source_users=97)
     assert not verdict.blocked
     assert verdict.reason is None
     assert verdict.held == ()
@@ -38,7 +41,7 @@ def test_over_the_limit_deprovisioning_is_held_and_the_rest_goes_ahead() -> None
     create = op(Action.CREATE, sid="new")
     group_delete = op(Action.DELETE, "group", "g1")
     the_plan = Plan((create, *disables(3), group_delete), (Conflict("user", "x", "x", "dup"),))
-    verdict = guard(the_plan, 100, Options(max_deletions=3), 96)
+    verdict = guard(the_plan, limit(3), linked_users=100, source_users=96)
     assert verdict.blocked
     assert verdict.reason is not None
     assert "4 disables and deletes exceed max_deletions" in verdict.reason
@@ -48,8 +51,10 @@ def test_over_the_limit_deprovisioning_is_held_and_the_rest_goes_ahead() -> None
 
 
 def test_percentage_limit_counts_linked_users() -> None:
-    assert not guard(Plan(tuple(disables(5))), 100, Options(max_deletions="5%"), 95).blocked
-    assert guard(Plan(tuple(disables(6))), 100, Options(max_deletions="5%"), 94).blocked
+    assert not guard(
+        Plan(tuple(disables(5))), limit("5%"), linked_users=100, source_users=95
+    ).blocked
+    assert guard(Plan(tuple(disables(6))), limit("5%"), linked_users=100, source_users=94).blocked
 
 
 def test_member_removals_of_users_being_deleted_are_held_with_the_deletion() -> None:
@@ -58,7 +63,9 @@ def test_member_removals_of_users_being_deleted_are_held_with_the_deletion() -> 
         Action.REMOVE_MEMBERS, "group", "g1", members=("u1", "u2"), target_members=("HAND",)
     )
     only_deleted = op(Action.REMOVE_MEMBERS, "group", "g2", members=("u1",))
-    verdict = guard(Plan((delete, removal, only_deleted)), 10, Options(max_deletions=0), 9)
+    verdict = guard(
+        Plan((delete, removal, only_deleted)), limit(0), linked_users=10, source_users=9
+    )
     assert verdict.blocked
     assert verdict.allowed.operations == (
         op(Action.REMOVE_MEMBERS, "group", "g1", members=("u2",), target_members=("HAND",)),
@@ -74,7 +81,7 @@ def test_an_empty_directory_read_while_users_are_linked_is_held_whatever_the_lim
     removal = op(Action.REMOVE_MEMBERS, "group", "g1", members=("u1",))
     rename = op(Action.RENAME, "group", "g2")
     the_plan = Plan((rename, removal, *disables(2)))
-    verdict = guard(the_plan, 2, Options(max_deletions=1000), source_user_count=0)
+    verdict = guard(the_plan, limit(1000), linked_users=2, source_users=0)
     assert verdict.blocked
     assert verdict.reason == "directory returned no users while 2 are linked"
     assert verdict.allowed.operations == (rename,)
@@ -82,7 +89,7 @@ def test_an_empty_directory_read_while_users_are_linked_is_held_whatever_the_lim
 
 
 def test_an_empty_directory_on_a_first_run_is_fine() -> None:
-    assert not guard(Plan(()), 0, Options(), 0).blocked
+    assert not guard(Plan(()), limit(), linked_users=0, source_users=0).blocked
 
 
 def test_allow_lets_everything_through() -> None:
@@ -97,7 +104,7 @@ def test_member_removals_of_users_held_as_disables_are_held_with_them() -> None:
     leaving = disables(3)
     removal = op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0", "u1", "u2", "other"))
     add = op(Action.ADD_MEMBERS, "group", "g1", members=("new",))
-    verdict = guard(Plan((*leaving, add, removal)), 10, Options(max_deletions=2), 7)
+    verdict = guard(Plan((*leaving, add, removal)), limit(2), linked_users=10, source_users=7)
     assert verdict.blocked
     assert verdict.allowed.operations == (
         add,
@@ -112,7 +119,7 @@ def test_member_removals_of_users_held_as_disables_are_held_with_them() -> None:
 def test_a_split_removal_keeps_the_removal_of_members_not_ours() -> None:
     """Only held users' removals wait: members added by hand at the target still go."""
     removal = op(Action.REMOVE_MEMBERS, "group", "g1", members=("u0",), target_members=("HAND",))
-    verdict = guard(Plan((*disables(1), removal)), 10, Options(max_deletions=0), 9)
+    verdict = guard(Plan((*disables(1), removal)), limit(0), linked_users=10, source_users=9)
     assert verdict.allowed.operations == (
         op(Action.REMOVE_MEMBERS, "group", "g1", members=(), target_members=("HAND",)),
     )
@@ -128,7 +135,7 @@ def test_over_the_limit_only_held_users_operations_wait() -> None:
     removal = op(Action.REMOVE_MEMBERS, "group", "g2", members=("stays",))
     group_update = op(Action.UPDATE, "group", "g3")
     the_plan = Plan((*leaving, update, add, removal, group_update))
-    verdict = guard(the_plan, 10, Options(max_deletions=1), 8)
+    verdict = guard(the_plan, limit(1), linked_users=10, source_users=8)
     assert verdict.blocked
     assert verdict.allowed.operations == (update, add, removal, group_update)
     assert verdict.held == tuple(leaving)
@@ -137,13 +144,15 @@ def test_over_the_limit_only_held_users_operations_wait() -> None:
 # --- the default threshold: 2 % of linked users, at least 5 ---------------------------------
 
 
-def held(linked: int, removals: int, options: Options | None = None) -> bool:
+def held(linked: int, removals: int, setting: int | str | None = None) -> bool:
     the_plan = Plan(tuple(disables(removals)))
-    return guard(the_plan, linked, options or Options(), linked - removals).blocked
+    return guard(
+        the_plan, limit(setting), linked_users=linked, source_users=linked - removals
+    ).blocked
 
 
 def test_the_default_never_lets_a_small_directory_lose_everyone_in_one_cycle() -> None:
-    verdict = guard(Plan(tuple(disables(41))), 41, Options(), source_user_count=1)
+    verdict = guard(Plan(tuple(disables(41))), limit(), linked_users=41, source_users=1)
     assert verdict.blocked
     assert verdict.reason == (
         "41 disables and deletes exceed max_deletions "
@@ -160,23 +169,23 @@ def test_the_default_lets_a_large_directory_s_ordinary_day_pass() -> None:
     assert held(100_000, 2_001)  # a lost OU or a broken filter is far more than 2 %
 
 
-@pytest.mark.parametrize(("linked", "limit"), [(0, 5), (10, 5), (250, 5), (300, 6), (1_000, 20)])
+@pytest.mark.parametrize(("linked", "expected"), [(0, 5), (10, 5), (250, 5), (300, 6), (1_000, 20)])
 def test_the_default_is_two_percent_of_linked_users_with_a_floor_of_five(
-    linked: int, limit: int
+    linked: int, expected: int
 ) -> None:
-    assert Options().deletion_limit(linked) == limit
+    assert allowed_deletions(Options().deletion_limit, linked) == expected
 
 
 def test_explicit_limits_keep_their_meaning() -> None:
-    assert Options(max_deletions=50).deletion_limit(100_000) == 50
-    assert Options(max_deletions="5%").deletion_limit(10) == 0  # a bare percentage has no floor
-    assert Options(max_deletions="5% min 3").deletion_limit(10) == 3
-    assert Options(max_deletions="5% min 3").deletion_limit(1_000) == 50
-    verdict = guard(Plan(tuple(disables(4))), 10, Options(max_deletions="5% min 3"), 6)
+    assert allowed_deletions(limit(50), 100_000) == 50
+    assert allowed_deletions(limit("5%"), 10) == 0  # a bare percentage has no floor
+    assert allowed_deletions(limit("5% min 3"), 10) == 3
+    assert allowed_deletions(limit("5% min 3"), 1_000) == 50
+    verdict = guard(Plan(tuple(disables(4))), limit("5% min 3"), linked_users=10, source_users=6)
     assert verdict.reason == (
         "4 disables and deletes exceed max_deletions (5% min 3: 3 for 10 linked users)"
     )
-    verdict = guard(Plan(tuple(disables(4))), 10, Options(max_deletions=3), 6)
+    verdict = guard(Plan(tuple(disables(4))), limit(3), linked_users=10, source_users=6)
     assert verdict.reason == "4 disables and deletes exceed max_deletions (3)"
 
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scimsync.config import Options
 from scimsync.model import (
     Action,
     DesiredGroup,
@@ -21,6 +20,7 @@ from scimsync.model import (
     LinkedUser,
     Operation,
     Plan,
+    PlanOptions,
     TargetRef,
 )
 from scimsync.plan import PlanInput, plan
@@ -73,7 +73,7 @@ def make(
 
 
 def run(inp: PlanInput, **options: Any) -> Plan:
-    return plan(inp, Options(**options))
+    return plan(inp, PlanOptions(**options))
 
 
 def only(p: Plan) -> Operation:
@@ -577,7 +577,7 @@ _VALUES = st.dictionaries(
     st.sampled_from(["title", "department", "nickName"]), st.sampled_from(["a", "b"]), max_size=3
 )
 _OPTIONS = st.builds(
-    Options,
+    PlanOptions,
     create_users=_MOSTLY,
     update_users=_MOSTLY,
     deprovision_users=_MOSTLY,
@@ -663,7 +663,9 @@ def worlds(draw: st.DrawFn) -> World:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world=worlds(), options=_OPTIONS)
-def test_applying_a_plan_then_planning_again_gives_nothing(world: World, options: Options) -> None:
+def test_applying_a_plan_then_planning_again_gives_nothing(
+    world: World, options: PlanOptions
+) -> None:
     first = plan(world.observe(), options)
     world.apply(first)
     later = plan(world.observe(), options)
@@ -680,7 +682,7 @@ def test_applying_a_plan_then_planning_again_gives_nothing(world: World, options
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world=worlds(), options=_OPTIONS)
 def test_no_plan_touches_a_target_object_neither_linked_nor_matched(
-    world: World, options: Options
+    world: World, options: PlanOptions
 ) -> None:
     inp = world.observe()
     the_plan = plan(inp, options)

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from scimsync.errors import ConfigurationError
+from scimsync.model import DeletionLimit, PlanOptions
 
 DEFAULT_CONFIG_NAME = "scimsync.yaml"
 CONFIG_ENV = "SCIMSYNC_CONFIG"
@@ -418,22 +419,33 @@ class Options(Strict):
             return value.strip()
         raise ValueError(f"{expected}, got {value!r}")
 
-    def deletion_limit(self, linked_users: int) -> int:
-        """The most deprovisioning operations one cycle may apply unasked."""
+    @property
+    def deletion_limit(self) -> DeletionLimit:
+        """max_deletions, parsed for the guard."""
         if isinstance(self.max_deletions, int):
-            return self.max_deletions
+            return DeletionLimit(count=self.max_deletions, spelled=str(self.max_deletions))
         match = _PERCENT.match(self.max_deletions)
-        assert match is not None
-        share = int(linked_users * float(match.group(1)) / 100)
-        return max(share, int(match.group(2) or 0))
+        assert match is not None  # guaranteed by _count_or_percent
+        return DeletionLimit(
+            percent=float(match.group(1)),
+            floor=int(match.group(2) or 0),
+            spelled=self.max_deletions,
+            default="max_deletions" not in self.model_fields_set,
+        )
 
-    def describe_deletion_limit(self, linked_users: int) -> str:
-        """Which limit applied and what it came to, for the guard's message."""
-        limit = self.deletion_limit(linked_users)
-        if isinstance(self.max_deletions, int):
-            return str(limit)
-        default = "" if "max_deletions" in self.model_fields_set else "the default, "
-        return f"{default}{self.max_deletions}: {limit} for {linked_users} linked users"
+    @property
+    def for_planner(self) -> PlanOptions:
+        return PlanOptions(
+            create_users=self.create_users,
+            update_users=self.update_users,
+            deprovision_users=self.deprovision_users,
+            provision_disabled_users=self.provision_disabled_users,
+            remove_user_action=self.remove_user_action,
+            groups=self.groups,
+            group_rename=self.group_rename,
+            match_users_by=self.match_users_by,
+            user_name_changes=self.user_name_changes,
+        )
 
 
 class MappingRule(Strict):

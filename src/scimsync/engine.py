@@ -619,17 +619,15 @@ async def prepare(
         inputs = await observe_unlinked(target, view, config, store)
     skip = skipped(failures, view, now())
     inputs = replace(inputs, skip=skip)
-    the_plan = plan(inputs, config.options)
+    the_plan = plan(inputs, config.options.for_planner)
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
     else:
-        linked_count = store.count_linked("user")
-        source_count = view.desired.source_user_count
         verdict = guard(
             the_plan,
-            linked_count,
-            config.options,
-            linked_count if source_count is None else source_count,
+            config.options.deletion_limit,
+            linked_users=store.count_linked("user"),
+            source_users=view.desired.source_user_count,
         )
     return Prepared(view, the_plan, verdict, failures, inputs.linked_users, skip)
 

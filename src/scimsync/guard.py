@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from scimsync.config import Options
-from scimsync.model import DEPROVISIONING, Action, Operation, Plan
+from scimsync.model import DEPROVISIONING, Action, DeletionLimit, Operation, Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,24 +27,41 @@ class GuardVerdict:
         return cls(allowed=plan)
 
 
+def allowed_deletions(limit: DeletionLimit, linked_users: int) -> int:
+    """The most deprovisioning operations one cycle may apply unasked."""
+    if limit.count is not None:
+        return limit.count
+    return max(int(linked_users * limit.percent / 100), limit.floor)
+
+
+def describe(limit: DeletionLimit, linked_users: int) -> str:
+    """Which limit applied and what it came to, for the guard's message."""
+    allowed = allowed_deletions(limit, linked_users)
+    if limit.count is not None:
+        return str(allowed)
+    default = "the default, " if limit.default else ""
+    return f"{default}{limit.spelled}: {allowed} for {linked_users} linked users"
+
+
 def guard(
-    plan: Plan, linked_user_count: int, options: Options, source_user_count: int
+    plan: Plan, limit: DeletionLimit, *, linked_users: int, source_users: int | None
 ) -> GuardVerdict:
     """Hold every disable and delete (users and groups) when there are too many of them.
 
-    An empty directory read while users are linked is held whatever the count: it is far
-    more often a broken filter or bind than a company with no staff. Then every
-    remove_members is held too, since every group would be emptied.
+    `source_users` is how many users the directory read returned, None when the cycle did
+    not read them all (incremental). An empty directory read while users are linked is
+    held whatever the count: it is far more often a broken filter or bind than a company
+    with no staff. Then every remove_members is held too, since every group would be
+    emptied.
     """
     removals = plan.deprovisioning
-    if source_user_count == 0 and linked_user_count > 0:
-        reason = f"directory returned no users while {linked_user_count} are linked"
+    if source_users == 0 and linked_users > 0:
+        reason = f"directory returned no users while {linked_users} are linked"
         return _hold(plan, reason, hold_all_member_removals=True)
-    limit = options.deletion_limit(linked_user_count)
-    if len(removals) > limit:
+    if len(removals) > allowed_deletions(limit, linked_users):
         reason = (
             f"{len(removals)} disables and deletes exceed max_deletions "
-            f"({options.describe_deletion_limit(linked_user_count)})"
+            f"({describe(limit, linked_users)})"
         )
         return _hold(plan, reason, hold_all_member_removals=False)
     return GuardVerdict.allow(plan)

@@ -173,3 +173,30 @@ class Plan:
     @property
     def deprovisioning(self) -> tuple[Operation, ...]:
         return tuple(op for op in self.operations if op.action in DEPROVISIONING)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """What the planner may do: the `options` it reads, frozen and free of the config."""
+
+    create_users: bool = True
+    update_users: bool = True
+    deprovision_users: bool = True
+    provision_disabled_users: bool = False
+    remove_user_action: Literal["disable", "delete"] = "disable"
+    groups: bool = True
+    group_rename: Literal["in_place", "recreate"] = "in_place"
+    match_users_by: Literal["userName", "externalId"] = "userName"
+    user_name_changes: Literal["conflict", "update"] = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionLimit:
+    """`options.max_deletions`: a fixed count, or a share of the linked users with a floor.
+    The guard does the arithmetic; `spelled` is the setting as written, for its message."""
+
+    count: int | None = None
+    percent: float = 0.0
+    floor: int = 0
+    spelled: str = ""
+    default: bool = False

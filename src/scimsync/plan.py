@@ -35,7 +35,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scimsync.config import Options
 from scimsync.model import (
     Action,
     Conflict,
@@ -46,6 +45,7 @@ from scimsync.model import (
     LinkedUser,
     Operation,
     Plan,
+    PlanOptions,
     TargetRef,
 )
 
@@ -87,7 +87,7 @@ def sort_key(op: Operation) -> tuple[int, str, str, int, str]:
     return (phase(op), op.kind, op.name, _ACTION_ORDER[op.action], op.source_id)
 
 
-def user_key(user: DesiredUser, options: Options) -> str:
+def user_key(user: DesiredUser, options: PlanOptions) -> str:
     if options.match_users_by == "externalId":
         return str(user.values.get("externalId", "")).lower()
     return user.user_name.lower()
@@ -97,7 +97,7 @@ def group_key(group: DesiredGroup) -> str:
     return group.display_name.lower()
 
 
-def plan(inp: PlanInput, options: Options) -> Plan:
+def plan(inp: PlanInput, options: PlanOptions) -> Plan:
     users = _UserPlanner(inp, options)
     users.run()
     ops = list(users.ops)
@@ -127,7 +127,7 @@ def _duplicates(names: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 class _UserPlanner:
-    def __init__(self, inp: PlanInput, options: Options) -> None:
+    def __init__(self, inp: PlanInput, options: PlanOptions) -> None:
         self.inp = inp
         self.options = options
         self.ops: list[Operation] = []
@@ -312,7 +312,7 @@ class _UserPlanner:
 
 
 class _GroupPlanner:
-    def __init__(self, inp: PlanInput, options: Options, users: _UserPlanner) -> None:
+    def __init__(self, inp: PlanInput, options: PlanOptions, users: _UserPlanner) -> None:
         self.inp = inp
         self.options = options
         self.provisioned = (users.provisioned | inp.other_members) - users.deleted
