@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -19,17 +20,19 @@ from alembic.runtime.migration import MigrationContext
 
 from scimsync.model import LinkedGroup, LinkedUser
 from scimsync.state import (
+    Approval,
     AuditRecord,
     ChannelLocked,
     StateError,
     Store,
     backoff,
     fingerprint,
+    held_digest,
 )
 from scimsync.state import store as store_module
-from scimsync.state.connect import create_engine
+from scimsync.state.connect import create_engine, safe_url
 from scimsync.state.locking import lock_file_path
-from scimsync.state.migrate import VERSION_TABLE, alembic_config, head_revision
+from scimsync.state.migrate import VERSION_TABLE, alembic_config, current_revision, head_revision
 from scimsync.state.tables import metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -259,8 +262,99 @@ def test_forget_drops_a_group_members_and_a_user_memberships(store: Store) -> No
     assert groups["g2"].member_source_ids == frozenset()
 
     store.forget("group", "g1")
+    assert store.groups_holding(["u1"]) == set()  # the group's member rows went with it
     store.save_group(LinkedGroup("g1", "tg1-new", "A", frozenset()))
     assert store.linked_groups()["g1"].member_source_ids == frozenset()
+
+
+def test_forget_keeps_the_other_kind_and_other_channels(store_url: str) -> None:
+    """Source ids are unique per kind and channel only: with guid_attribute cn, user "admin"
+    may be in group "admin", and every channel of one directory has the same ids."""
+    admins = LinkedGroup("admin", "tg-admin", "admin", frozenset({"admin"}))
+    with Store.open(store_url, "prod") as prod, Store.open(store_url, "test") as test:
+        for store in (prod, test):
+            store.save_user(user("admin"))
+            store.save_group(admins)
+
+        prod.forget("user", "admin")
+        assert prod.linked_users() == {}
+        assert prod.linked_groups() == {
+            "admin": LinkedGroup("admin", "tg-admin", "admin", frozenset())
+        }
+        prod.forget("group", "admin")
+        assert prod.linked_groups() == {}
+        assert test.linked_users() == {"admin": user("admin")}
+        assert test.linked_groups() == {"admin": admins}
+
+
+def test_linked_user_named_ignores_case(store: Store) -> None:
+    store.save_users([user("u1", "Alice@Example.com", title="Engineer"), user("u2")])
+    # The pushed values are left out: the caller wants the target account only.
+    assert store.linked_user_named("alice@EXAMPLE.com") == LinkedUser(
+        "u1", "t-u1", "Alice@Example.com", True, {}
+    )
+    found = store.linked_user_named("u2@example.com")
+    assert found is not None and found.target_id == "t-u2"
+    assert store.linked_user_named("carol@example.com") is None
+
+
+def test_rekey_repoints_every_record_and_drops_what_names_old_ids(
+    store_url: str, clock: Clock
+) -> None:
+    """u1 and u2 swap ids (each old id is the other's new one), g1 gets a new one, g2 and
+    u3 keep theirs; another channel with the same ids is left alone."""
+
+    def everything(store: Store) -> tuple[object, ...]:
+        return (
+            store.linked_users(),
+            store.linked_groups(),
+            store.failures(),
+            store.open_intents(),
+            store.staged_deletions(),
+            store.approval(),
+            store.watermark("users"),
+        )
+
+    with (
+        Store.open(store_url, "prod", clock=clock) as prod,
+        Store.open(store_url, "test", clock=clock) as test,
+    ):
+        for store in (prod, test):
+            store.save_users([user("u1"), user("u2"), user("u3")])
+            store.save_group(LinkedGroup("g1", "tg1", "A", frozenset({"u1", "u3"})))
+            store.save_group(LinkedGroup("g2", "tg2", "B", frozenset({"u2", "g1"})))
+            store.record_failure("user", "u1", "u1@example.com", "update", "500", "fp", T0, 5)
+            store.record_failure("group", "g1", "A", "update", "500", "fp", T0, 5)
+            cycle = store.begin_run("full")
+            store.intend_many(
+                cycle, [("update", "user", "u2", "b"), ("update", "group", "g1", "A")]
+            )
+            store.stage_deletions(cycle, [{"action": "delete", "kind": "user", "source_id": "u3"}])
+            store.approve_held()
+            store.set_watermark("users", "w1")
+        untouched = everything(test)
+
+        prod.rekey({"u1": "u2", "u2": "u1", "g1": "G1", "u3": "u3"})
+
+        users = {sid: (u.target_id, u.user_name) for sid, u in prod.linked_users().items()}
+        assert users == {
+            "u2": ("t-u1", "u1@example.com"),
+            "u1": ("t-u2", "u2@example.com"),
+            "u3": ("t-u3", "u3@example.com"),
+        }
+        assert prod.linked_groups() == {
+            "G1": LinkedGroup("G1", "tg1", "A", frozenset({"u2", "u3"})),
+            "g2": LinkedGroup("g2", "tg2", "B", frozenset({"u1", "G1"})),
+        }
+        failures = prod.failures()
+        assert set(failures) == {("user", "u2"), ("group", "G1")}
+        assert failures[("user", "u2")].name == "u1@example.com"
+        intents = [(i.kind, i.source_id, i.name) for i in prod.open_intents()]
+        assert intents == [("user", "u1", "b"), ("group", "G1", "A")]
+        # The held operations and their approval named old ids: the next cycle decides again.
+        assert prod.staged_deletions() == [] and prod.approval() is None
+        assert prod.watermark("users") == "w1"
+        assert everything(test) == untouched
 
 
 # -- runs and audit ----------------------------------------------------------
@@ -551,6 +645,50 @@ def test_watermarks_set_overwrite_and_reset(store: Store) -> None:
     assert (store.watermark("users"), store.watermark("dirsync")) == (None, None)
 
 
+HELD: list[dict[str, object]] = [
+    {"action": "delete", "kind": "user", "source_id": f"u{i}", "name": f"user {i}"}
+    for i in range(3)
+]
+
+
+def test_approve_held_covers_exactly_what_is_staged(store_url: str, clock: Clock) -> None:
+    with Store.open(store_url, "main", clock=clock) as store:
+        assert store.approve_held() is None  # nothing held, nothing to approve
+        assert store.approval() is None
+        store.stage_deletions("c1", HELD)
+        clock.advance(minutes=5)
+        approval = store.approve_held()
+    assert approval == Approval(T0 + timedelta(minutes=5), held_digest(HELD), 3)
+    with Store.open(store_url, "main") as running:  # the instance that applies it
+        assert running.approval() == approval
+
+
+def test_clearing_one_watermark_or_the_approval_keeps_the_rest(
+    store_url: str, clock: Clock
+) -> None:
+    with (
+        Store.open(store_url, "prod", clock=clock) as prod,
+        Store.open(store_url, "test", clock=clock) as test,
+    ):
+        for store in (prod, test):
+            store.set_watermark("users", "w1")
+            store.set_watermark("groups", "w2")
+            store.stage_deletions("c1", HELD)
+            store.approve_held()
+        approval = test.approval()
+
+        prod.clear_watermark("users")
+        assert (prod.watermark("users"), prod.watermark("groups")) == (None, "w2")
+        assert prod.approval() == approval
+        prod.clear_approval()
+        assert prod.approval() is None
+        assert prod.watermark("groups") == "w2"
+        assert prod.staged_deletions() == HELD  # still held, no longer approved
+
+        assert (test.watermark("users"), test.watermark("groups")) == ("w1", "w2")
+        assert test.approval() == approval
+
+
 # -- channels and locking ----------------------------------------------------
 
 
@@ -573,8 +711,10 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
 
         test.save_group(LinkedGroup("g1", "other", "G", frozenset()))
         test.reset()
+        test.forget_intents()
         assert prod.linked_groups()["g1"].member_source_ids == {"u1"}
         assert prod.watermark("users") == "w1"
+        assert len(prod.open_intents()) == 1
 
         with prod.lock(), test.lock():
             pass  # different channels never block each other
@@ -586,6 +726,18 @@ def test_a_second_store_cannot_lock_the_same_channel(store_url: str) -> None:
             pass
         with second.lock():  # released when the holder is done
             pass
+
+
+def test_in_memory_stores_lock_each_their_own_database() -> None:
+    with (
+        Store.open("sqlite://", "main") as first,
+        Store.open("sqlite://", "main") as second,
+        first.lock(),
+        second.lock(),  # two private databases: neither waits for the other
+        pytest.raises(ChannelLocked, match="already locked in this process"),
+        first.lock(),
+    ):
+        pass
 
 
 LOCK_PROBE = """
@@ -647,8 +799,25 @@ def test_bad_urls_are_named_without_the_password(url: str, expected: str) -> Non
 
 
 def test_an_unopenable_sqlite_path_is_a_state_error(tmp_path: Path) -> None:
-    with pytest.raises(StateError, match=r"cannot open the store at sqlite:///.*unable to open"):
-        Store.open(f"sqlite:///{tmp_path}/missing-dir/state.db", "main")
+    path = tmp_path / "missing-dir" / "state.db"
+    with pytest.raises(StateError) as caught:
+        Store.open(f"sqlite:///{path}", "main")
+    # The driver's own words, not SQLAlchemy's wrapping of them.
+    assert (
+        str(caught.value)
+        == f"cannot open the store at sqlite:///{path}: unable to open database file"
+    )
+
+
+def test_a_driver_complaint_is_its_first_line_without_the_password() -> None:
+    url = sa.make_url("postgresql+psycopg://scimsync:s3cret-pw@db.example.com/scimsync")
+    echoed = psycopg.OperationalError('FATAL:  password "s3cret-pw" rejected\nDETAIL:  why')
+    assert store_module.describe(sa.exc.OperationalError(None, None, echoed), url) == (
+        'FATAL:  password "***" rejected'
+    )
+    # A driver error without a message is named by its class.
+    silent = sa.exc.OperationalError(None, None, psycopg.OperationalError())
+    assert store_module.describe(silent, url) == "OperationalError"
 
 
 @pytest.mark.postgres
@@ -738,6 +907,23 @@ def test_readonly_on_an_empty_database_reads_empty_and_creates_nothing(store_url
             assert sa.inspect(conn).get_table_names() == []
     finally:
         engine.dispose()
+
+
+def test_readonly_on_an_older_schema_asks_for_an_upgrade_and_does_none(store_url: str) -> None:
+    engine = create_engine(sa.make_url(store_url))
+    try:
+        with engine.connect() as conn, conn.begin():
+            command.upgrade(alembic_config(conn), "0003")
+        with pytest.raises(StateError) as caught:
+            Store.open(store_url, "main", readonly=True)
+        with engine.connect() as conn:
+            assert current_revision(conn) == "0003"
+    finally:
+        engine.dispose()
+    assert str(caught.value) == (
+        f"the store at {safe_url(sa.make_url(store_url))} has schema revision 0003, this "
+        f"scimsync expects {head_revision()}: run `scimsync sync` once to upgrade it"
+    )
 
 
 def test_readonly_reads_what_a_writer_recorded_and_writes_nothing(store_url: str) -> None:
