@@ -270,9 +270,8 @@ class Executor:
         self.pending_audit.clear()
 
     def _forget(self, kind: Kind, source_id: str) -> None:
-        self._by_target = None
-        (self.users if kind == "user" else self.groups).pop(source_id, None)
-        (self.pending_users if kind == "user" else self.pending_groups).pop(source_id, None)
+        # The store alone: deletions are the last phases (plan.phase), so nothing reads the
+        # links in memory after them, and the object's own save was recorded phases before.
         self.pending.append(partial(self.store.forget, kind, source_id))
 
     def _pushed(self, op: Operation, before: dict[str, str | bool]) -> dict[str, str | bool]:
