@@ -66,6 +66,25 @@ def test_a_user_matching_the_filter_again_is_reactivated_incrementally(channel: 
     assert active(channel, "anna@example.com")
 
 
+def test_a_user_deleted_for_leaving_scope_is_created_again_when_it_comes_back(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    tree.add_user("ben", title="staff")
+    anna = tree.add_user("anna", title="staff")
+    channel.source["users"] = {"filter": "(&(objectClass=inetOrgPerson)(title=staff))"}
+    channel.options["groups"] = False
+    channel.options["remove_user_action"] = "delete"
+    channel.sync()
+    tree.modify(anna, title="contractor")
+    assert channel.sync().prepared.plan.summary() == {"delete": 1}
+    assert set(channel.users()) == {"ben@example.com"}
+    tree.modify(anna, title="staff")
+    back = channel.sync()
+    assert (mode(back), back.prepared.plan.summary()) == ("incremental", {"create": 1})
+    assert active(channel, "anna@example.com")
+
+
 def test_a_user_disabled_and_re_enabled_between_cycles_is_active(channel: Channel) -> None:
     tree = channel.tree
     anna = tree.add_user("anna")
@@ -253,6 +272,61 @@ def test_adopting_a_user_writes_only_the_values_that_differ(channel: Channel, fu
     assert channel.sync().prepared.plan.operations == ()
     channel.store().reset()
     assert channel.sync().prepared.plan.operations == ()
+
+
+@pytest.mark.parametrize("was_active", [True, False])
+def test_an_adopted_account_is_recorded_as_the_target_then_holds_it(
+    channel: Channel, was_active: bool
+) -> None:
+    tree = channel.tree
+    tree.add_user("warm")  # so that the later cycles are incremental
+    channel.options["groups"] = False
+    channel.sync()
+    channel.create_target_user(
+        "anna@example.com",
+        displayName="anna",
+        name={"familyName": "anna"},
+        title="Engineer",
+        active=was_active,
+    )
+    anna = tree.add_user("anna", title="Engineer")
+    channel.emulator.reset_stats()
+    [link] = channel.sync().prepared.plan.operations
+    assert (link.action.value, dict(link.values)) == (
+        "link",
+        {} if was_active else {"active": True},
+    )
+    assert active(channel, "anna@example.com")
+    assert channel.writes() == (0 if was_active else 1)  # re-activating it is one request
+
+    # The link holds the values and the state the account now has: an edit sends itself alone.
+    tree.modify(anna, title="Manager")
+    edited = channel.sync()
+    assert mode(edited) == "incremental"
+    [update] = edited.prepared.plan.operations
+    assert (update.action.value, dict(update.values), update.removed) == (
+        "update",
+        {"title": "Manager"},
+        (),
+    )
+    assert channel.users()["anna@example.com"]["title"] == "Manager"
+
+
+def test_values_an_adoption_did_not_send_are_sent_once_update_users_is_on(
+    channel: Channel,
+) -> None:
+    channel.options["groups"] = False
+    channel.options["update_users"] = False
+    channel.create_target_user("anna@example.com", title="Old")
+    channel.tree.add_user("anna", title="Engineer")
+    [link] = channel.sync().prepared.plan.operations
+    assert (link.action.value, dict(link.values)) == ("link", {})
+    assert channel.users()["anna@example.com"]["title"] == "Old"
+    # The link records that nothing was sent, so syncing the user alone later sends it all.
+    channel.options["update_users"] = True
+    [update] = channel.sync(only_user="anna@example.com").prepared.plan.operations
+    assert update.action.value == "update"
+    assert channel.users()["anna@example.com"]["title"] == "Engineer"
 
 
 def test_a_new_group_named_like_a_linked_group_is_a_conflict_not_a_second_link(

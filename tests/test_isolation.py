@@ -284,6 +284,59 @@ def test_a_group_whose_member_change_fails_is_one_failure_not_two(
     assert report.outcome.applied["add_members"] == 0 == report.outcome.applied["remove_members"]
 
 
+def test_a_failed_group_backs_off_until_it_changes_like_a_user(
+    channel: Channel, clock: Clock
+) -> None:
+    channel.emulator.configure(rename="immutable")  # with group_rename: in_place, it fails
+    member = channel.tree.add_user("lou")
+    dn = channel.tree.add_group("old-name", [member])
+    sync_at(channel, clock)
+    channel.tree.rename(dn, "cn=new-name")
+    assert sync_at(channel, clock).exit_code == 1
+    key: tuple[Kind, str] = ("group", channel.tree.guid(channel.tree.group_dn("new-name")))
+    assert (failures(channel)[key].action, failures(channel)[key].attempts) == ("rename", 1)
+
+    # Before its back-off has passed, even a full reconciliation leaves it alone.
+    with channel.store() as store:
+        store.reset()
+    waiting = sync_at(channel, clock)
+    assert waiting.prepared.view.mode == "full"
+    assert waiting.prepared.plan.operations == ()
+    assert failures(channel)[key].attempts == 1
+
+    # Edited in the directory: tried at once, its count started again; the member change
+    # that lands beside it leaves the rename's failure on record, to be retried.
+    channel.tree.add_members(channel.tree.group_dn("new-name"), [channel.tree.add_user("mia")])
+    edited = sync_at(channel, clock)
+    assert [f.op.action.value for f in edited.outcome.failed] == ["rename"]
+    assert channel.member_names("old-name") == {"lou@example.com", "mia@example.com"}
+    assert (failures(channel)[key].action, failures(channel)[key].attempts) == ("rename", 1)
+
+
+def test_a_failed_deprovisioning_of_a_user_who_left_is_recorded(
+    channel: Channel, clock: Clock
+) -> None:
+    stays, leaves = channel.tree.add_user("stays"), channel.tree.add_user("leaves")
+    scope = channel.tree.add_group("atlassian-users", [stays, leaves])
+    channel.source["users"] = {"group_dn": scope}
+    channel.options["groups"] = False
+    sync_at(channel, clock)
+    channel.tree.remove_members(scope, [leaves])
+    account = channel.users()["leaves@example.com"]["id"]
+
+    def delete_the_account() -> None:
+        with channel.http() as client:
+            client.delete(f"/Users/{account}").raise_for_status()
+
+    report = sync_with(channel, clock, Meanwhile(delete_the_account))
+    assert report.exit_code == 1
+    [failed] = report.outcome.failed
+    assert (failed.op.action.value, failed.op.name) == ("disable", "leaves@example.com")
+    assert "404" in failed.cause
+    recorded = failures(channel)[("user", channel.tree.guid(leaves))]
+    assert (recorded.action, recorded.attempts) == ("disable", 1)
+
+
 # --- the mapping refuses a record ----------------------------------------------------------
 
 

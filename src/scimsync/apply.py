@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Protocol
 from scimsync import log
 from scimsync.errors import CycleError, RecordError
 from scimsync.fingerprint import of_desired
-from scimsync.model import Action, Kind, LinkedGroup, LinkedUser, Operation, Plan
+from scimsync.model import (
+    Action,
+    DesiredGroup,
+    DesiredUser,
+    Kind,
+    LinkedGroup,
+    LinkedUser,
+    Operation,
+    Plan,
+)
 from scimsync.plan import phase
 from scimsync.state import AuditRecord
 from scimsync.target import RemoteGroup, Target
@@ -185,9 +194,15 @@ class Executor:
 
     def _failed(self, unit: Unit, cause: str) -> None:
         first = unit[0]
-        record = self.desired.users.get(first.source_id) if first.kind == "user" else None
-        group = self.desired.groups.get(first.source_id) if first.kind == "group" else None
-        subject = record or group
+        # None for a record gone from the source (a deprovisioning): nothing to fingerprint.
+        subject: DesiredUser | DesiredGroup | None = (
+            self.desired.users.get(first.source_id)
+            if first.kind == "user"
+            else self.desired.groups.get(first.source_id)
+        )
+        # A later operation of the record that succeeds (a failed rename's member change)
+        # must not clear the failure just recorded: the rename is still to be retried.
+        self.failing.discard((first.kind, first.source_id))
         self.pending.append(
             partial(
                 self.store.record_failure, first.kind, first.source_id, first.name,
@@ -255,9 +270,8 @@ class Executor:
         self.pending_audit.clear()
 
     def _forget(self, kind: Kind, source_id: str) -> None:
-        self._by_target = None
-        (self.users if kind == "user" else self.groups).pop(source_id, None)
-        (self.pending_users if kind == "user" else self.pending_groups).pop(source_id, None)
+        # The store alone: deletions are the last phases (plan.phase), so nothing reads the
+        # links in memory after them, and the object's own save was recorded phases before.
         self.pending.append(partial(self.store.forget, kind, source_id))
 
     def _pushed(self, op: Operation, before: dict[str, str | bool]) -> dict[str, str | bool]:
