@@ -12,7 +12,7 @@ import pytest
 
 from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
-from tests.fixtures.samba import NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _user
+from tests.fixtures.samba import GROUPS, NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _group, _user
 from tests.fixtures.slapd import Tree
 
 ATTRS = ("uid", "mail", "cn")
@@ -355,6 +355,48 @@ def test_ad_watermark_from_another_dc_is_lost(ad: tuple[Watcher, AdSeed]) -> Non
     other = f"{name}:{tag}:{uuid.uuid4()}:{usn}"
     with pytest.raises(WatermarkLost, match="another domain controller"):
         watcher.directory.changes(other, set)
+
+
+@pytest.mark.ad
+def test_ad_tombstones_name_what_was_deleted_in_the_base_and_nothing_outside(
+    ad: tuple[Watcher, AdSeed],
+) -> None:
+    """A deleted group is reported as a group, by its GUID; entries deleted outside the
+    configured base (lastKnownParent elsewhere) are not reported, and do not stop the scan
+    from reaching the ones inside."""
+    watcher, seed = ad
+    tag = uuid.uuid4().hex[:6]
+    outside = f"OU=elsewhere-{tag},{seed.dc.base_dn}"
+    outsiders = [f"CN=Out {tag} {i},{outside}" for i in range(3)]
+    inside = f"CN=In {tag},{PEOPLE}"
+    group = f"CN=gone-{tag},{GROUPS}"
+    conn = seed.dc.admin()
+    try:
+        conn.add_s(outside, [("objectClass", [b"organizationalUnit"])])
+        for i, dn in enumerate(outsiders):
+            conn.add_s(dn, list(_user(f"o{tag}{i}", "Out", f"{i}", NORMAL_NO_PASSWORD).items()))
+        conn.add_s(inside, list(_user(f"i{tag}", "In", tag, NORMAL_NO_PASSWORD).items()))
+        conn.add_s(group, list(_group(f"gone-{tag}", [inside]).items()))
+        watcher.next()
+        guids = {dn: _ad_guid(seed, dn) for dn in (*outsiders, inside, group)}
+        for dn in (*outsiders, group, inside):
+            conn.delete_s(dn)
+        conn.delete_s(outside)
+    finally:
+        conn.unbind_s()
+    change = watcher.next()
+    assert change.gone_groups == {guids[group]}
+    assert change.gone_users == {guids[inside]}
+
+
+@pytest.mark.ad
+def test_ad_an_unreadable_watermark_is_lost_naming_it(ad: tuple[Watcher, AdSeed]) -> None:
+    watcher, _ = ad
+    name, tag, _, _ = watcher.mark.split(":")
+    inner = "dc:" + "x" * 80  # an invocationId, then no uSN
+    with pytest.raises(WatermarkLost) as lost:
+        watcher.directory.changes(f"{name}:{tag}:{inner}", set)
+    assert str(lost.value) == f"uSN watermark {inner[:60]!r} is unreadable"
 
 
 def test_a_change_to_a_big_group_resolves_all_its_members(w: Watcher, org: Tree) -> None:
