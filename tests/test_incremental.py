@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scimsync import engine
+from scimsync.cycle.mode import WATERMARK
 from scimsync.emulator import RunningEmulator
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
@@ -115,7 +116,7 @@ def test_a_lost_watermark_means_a_full_reconciliation(channel: Channel) -> None:
     channel.tree.add_user("lw")
     channel.sync()
     with channel.store() as store:
-        store.set_watermark(engine.WATERMARK, "syncrepl:not-this-scope:garbage")
+        store.set_watermark(WATERMARK, "syncrepl:not-this-scope:garbage")
     report = channel.sync()
     assert mode(report) == "full"
     assert report.exit_code == 0

@@ -9,20 +9,27 @@ universe of objects, complete within itself, so the same rules apply to both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from functools import cache, partial
-from typing import Literal
+from datetime import UTC, datetime
 
 from scimsync import log, rekey
 from scimsync.apply import Executor, Outcome, Progress
 from scimsync.config import Config, ConfigError, redact_url
-from scimsync.directory import ChangeSet, LdapDirectory, NoSuchEntry, WatermarkLost
+from scimsync.cycle.desired import Desired, map_users, unmapped_but_linked
+from scimsync.cycle.mode import (
+    LAST_FULL,
+    SETTINGS,
+    WATERMARK,
+    choose_mode,
+    settings_fingerprint,
+)
+from scimsync.cycle.views import REFUSALS, Failures, View, read_view
+from scimsync.directory import LdapDirectory, NoSuchEntry
 from scimsync.errors import ExitCode
 from scimsync.fingerprint import fingerprint, of_desired
 from scimsync.guard import GuardVerdict, guard
-from scimsync.mapping import Finding, Mapper, compile_rules
+from scimsync.mapping import Finding, compile_rules
 from scimsync.model import (
     Conflict,
     DesiredGroup,
@@ -33,72 +40,22 @@ from scimsync.model import (
     MappingFailure,
     Operation,
     Plan,
-    SourceGroup,
-    SourceUser,
+    Record,
     TargetRef,
 )
 from scimsync.plan import PlanInput, plan
-from scimsync.state import Approval, FailureRecord, Store, held_digest
+from scimsync.state import Approval, Store, held_digest
 from scimsync.state.store import IDENTITY, MAX_CAUSE
 from scimsync.target import RemoteGroup, Target, open_target
 from scimsync.target.errors import Unauthorized
 
 logger = log.get(__name__)
 
-Mode = Literal["full", "incremental", "user"]
-WATERMARK = "directory"
-LAST_FULL = "last_full_reconciliation"
-SETTINGS = "settings"
 Clock = Callable[[], datetime]
-Failures = Mapping[tuple[Kind, str], FailureRecord]
-Record = tuple[Kind, str]
-# Failure rows of records the planner or the mapping refused, rather than the target.
-REFUSALS = frozenset({"map", "conflict"})
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Desired:
-    users: dict[str, DesiredUser]
-    groups: dict[str, DesiredGroup]
-    failures: tuple[MappingFailure, ...]
-    source_user_count: int | None  # None: not a full read, so no empty-directory check
-
-    def __repr__(self) -> str:  # short, like Plan's
-        return (
-            f"Desired({len(self.users)} users, {len(self.groups)} groups, "
-            f"{len(self.failures)} failures)"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    """One universe of objects: what the directory wants and what the store recorded."""
-
-    mode: Mode
-    desired: Desired
-    linked_users: dict[str, LinkedUser]
-    linked_groups: dict[str, LinkedGroup]
-    watermark: str | None = None  # where the directory was; stored once the cycle is applied
-    other_members: frozenset[str] = frozenset()  # linked users outside the universe
-    # The records this view looked at; None: every record (a full reconciliation).
-    universe: frozenset[Record] | None = frozenset()
-    # Linked users that came back into the user scope, and those that left it.
-    scope_entered: frozenset[str] = frozenset()
-    scope_left: frozenset[str] = frozenset()
-    # `--user NAME` that names no user in scope: why, in one line; and whether anything
-    # has that name at all (`sync --user` exits 2 when nothing does).
-    absent: str | None = None
-    unknown: bool = False
-
-    def __repr__(self) -> str:  # short, like Plan's
-        return (
-            f"View({self.mode}, {self.desired!r}, {len(self.linked_users)} linked users, "
-            f"{len(self.linked_groups)} linked groups)"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,305 +97,6 @@ class CycleReport:
         if self.outcome.failed or self.prepared.desired.failures or self.prepared.plan.conflicts:
             return ExitCode.FAILED
         return ExitCode.OK
-
-
-# --- map -----------------------------------------------------------------------------------
-
-
-def map_users(
-    sources: Iterable[SourceUser], mapper: Mapper, *, log_warnings: bool = True
-) -> tuple[dict[str, DesiredUser], tuple[MappingFailure, ...]]:
-    users: dict[str, DesiredUser] = {}
-    failures: list[MappingFailure] = []
-    for source in sources:
-        mapped = mapper.map_user(source)
-        if isinstance(mapped, MappingFailure):
-            failures.append(mapped)
-        else:
-            users[mapped.source_id] = mapped
-    if log_warnings:  # a cycle maps once with its own Mapper: one line per rule per cycle
-        for line in mapper.warnings():
-            logger.warning(line)
-    return users, tuple(failures)
-
-
-def map_groups(
-    sources: Iterable[SourceGroup], mapper: Mapper, member: Callable[[str], bool]
-) -> dict[str, DesiredGroup]:
-    """Groups with their members limited to the users scimsync provisions."""
-    groups: dict[str, DesiredGroup] = {}
-    for source in sources:
-        desired = mapper.map_group(source)
-        members = frozenset(m for m in desired.member_source_ids if member(m))
-        groups[desired.source_id] = replace(desired, member_source_ids=members)
-    return groups
-
-
-def unmapped_but_linked(
-    failures: Iterable[MappingFailure], linked: Collection[str]
-) -> frozenset[str]:
-    """Linked users whose record can't be mapped now: kept as they are, never deprovisioned."""
-    return frozenset(f.source_id for f in failures if f.source_id in linked)
-
-
-def scope_moves(
-    linked: Mapping[str, LinkedUser], in_scope: Collection[str]
-) -> tuple[frozenset[str], frozenset[str]]:
-    """(entered, left): linked users whose place in the user scope differs from the store's."""
-    entered = frozenset(s for s, link in linked.items() if not link.in_scope and s in in_scope)
-    left = frozenset(s for s, link in linked.items() if link.in_scope and s not in in_scope)
-    return entered, left
-
-
-# --- views ---------------------------------------------------------------------------------
-
-
-def full_view(
-    directory: LdapDirectory,
-    mapper: Mapper,
-    config: Config,
-    store: Store,
-    rekeyed: Mapping[str, str] | None = None,
-) -> View:
-    """`rekeyed`: a dry run's pending re-key (old source id -> new), applied to the links."""
-    position = directory.position()  # before the read, so changes made during it come next
-    # The target's own copy of each linked user replaces what was pushed (observe_everything).
-    linked_users = store.linked_users(with_values=False)
-    linked_groups = store.linked_groups()
-    if rekeyed:
-        linked_users = rekey.users_rekeyed(linked_users, rekeyed)
-        linked_groups = rekey.groups_rekeyed(linked_groups, rekeyed)
-    sources: list[SourceGroup] = []
-
-    def users_only() -> Iterator[SourceUser]:
-        for entry in directory.stream():
-            if isinstance(entry, SourceGroup):
-                sources.append(entry)
-            else:
-                yield entry
-
-    # Mapped as they arrive: 100,000 directory entries are never held next to their mapping.
-    users, failures = map_users(users_only(), mapper)
-    kept = unmapped_but_linked(failures, linked_users)
-    groups = (
-        map_groups(sources, mapper, lambda m: m in users or m in kept)
-        if config.options.groups
-        else {}
-    )
-    desired = Desired(users, groups, failures, len(users) + len(failures))
-    entered, left = scope_moves(linked_users, users.keys() | kept)
-    return View(
-        "full",
-        desired,
-        linked_users,
-        linked_groups,
-        position,
-        universe=None,
-        scope_entered=entered,
-        scope_left=left,
-    )
-
-
-def incremental_view(
-    changes: ChangeSet,
-    mapper: Mapper,
-    config: Config,
-    store: Store,
-    linked_user_ids: Callable[[], set[str]],
-) -> View:
-    """The changed objects, their links, and the linked groups their changes touch.
-
-    `linked_user_ids()`: the linked users in scope, as the store recorded them.
-    """
-    if changes.empty:
-        return View("incremental", Desired({}, {}, (), None), {}, {}, changes.watermark)
-    users, failures = map_users(changes.users.values(), mapper)
-    touched = set(changes.users) | changes.gone_users
-    linked_users = store.linked_users_by_ids(touched)
-    kept = unmapped_but_linked(failures, linked_users)
-    groups: dict[str, DesiredGroup] = {}
-    linked_groups: dict[str, LinkedGroup] = {}
-    in_scope: set[str] = set()
-    if config.options.groups:
-        in_scope = linked_user_ids() - changes.gone_users
-        in_scope |= users.keys() | kept
-        for failure in failures:  # unmappable and never linked: not at the target
-            if failure.source_id not in kept:
-                in_scope.discard(failure.source_id)
-        groups = map_groups(changes.groups.values(), mapper, in_scope.__contains__)
-        # Only the groups this change concerns are loaded: O(changes), not O(groups).
-        concerned = groups.keys() | changes.gone_groups | store.groups_holding(touched)
-        for source_id, link in store.linked_groups_by_ids(concerned).items():
-            linked_groups[source_id] = link
-            if source_id not in groups and source_id not in changes.gone_groups:
-                # Unchanged in the directory, but a member left scope or changed.
-                members = frozenset(m for m in link.member_source_ids if m in in_scope)
-                groups[source_id] = DesiredGroup(source_id, link.display_name, members)
-    desired = Desired(users, groups, failures, None)
-    others = frozenset(in_scope - linked_users.keys() - users.keys()) if groups else frozenset()
-    universe: set[Record] = {("user", sid) for sid in touched} | {
-        ("group", sid) for sid in groups.keys() | changes.gone_groups
-    }
-    entered, left = scope_moves(linked_users, users.keys() | kept)
-    return View(
-        "incremental",
-        desired,
-        linked_users,
-        linked_groups,
-        changes.watermark,
-        others,
-        universe=frozenset(universe),
-        scope_entered=entered,
-        scope_left=left,
-    )
-
-
-def user_view(
-    directory: LdapDirectory,
-    mapper: Mapper,
-    config: Config,
-    store: Store,
-    user_name: str,
-    rekeyed: Mapping[str, str] | None = None,
-) -> View:
-    """`sync --user NAME`: that user, its memberships, and nothing else.
-
-    `rekeyed`: a dry run's pending re-key (old source id -> new), applied to the links."""
-    snapshot = directory.read()
-    users, failures = map_users(snapshot.users.values(), mapper)
-    wanted = {sid: u for sid, u in users.items() if u.user_name.lower() == user_name.lower()}
-    linked_groups_all = store.linked_groups()
-    if rekeyed:
-        linked_groups_all = rekey.groups_rekeyed(linked_groups_all, rekeyed)
-    groups: dict[str, DesiredGroup] = {}
-    linked_groups: dict[str, LinkedGroup] = {}
-    if config.options.groups:
-        for sid, group in map_groups(snapshot.groups.values(), mapper, wanted.__contains__).items():
-            link = linked_groups_all.get(sid)
-            before = link.member_source_ids if link else frozenset()
-            members = (before - wanted.keys()) | group.member_source_ids
-            if link is None and not group.member_source_ids:
-                continue
-            if link is not None:
-                linked_groups[sid] = link
-            groups[sid] = replace(group, member_source_ids=members)
-    mine = tuple(f for f in failures if f.name.lower() == user_name.lower())
-    desired = Desired(wanted, groups, mine, None)
-    if rekeyed:
-        old_ids = {new: old for old, new in rekeyed.items()}
-        linked_users = store.linked_users_by_ids([old_ids.get(sid, sid) for sid in wanted])
-        linked_users = rekey.users_rekeyed(linked_users, rekeyed)
-    else:
-        linked_users = store.linked_users_by_ids(wanted)
-    universe: set[Record] = {("user", sid) for sid in wanted}
-    universe |= {("group", sid) for sid in groups}
-    entered, _ = scope_moves(linked_users, wanted.keys())
-    absent, unknown = None, False
-    if not wanted and not mine:
-        absent, unknown = why_absent(directory, config, store, user_name)
-    return View(
-        "user",
-        desired,
-        linked_users,
-        linked_groups,
-        universe=frozenset(universe),
-        scope_entered=entered,
-        absent=absent,
-        unknown=unknown,
-    )
-
-
-def why_absent(
-    directory: LdapDirectory, config: Config, store: Store, user_name: str
-) -> tuple[str, bool]:
-    """(why no user in scope has this userName, whether nothing has it at all)."""
-    linked = store.linked_user_named(user_name)
-    link = f"; linked to target account {linked.target_id}" if linked else ""
-    rule = config.rules["userName"]
-    if rule.source is None:  # a template: the entry can't be searched for by its value
-        return f"no user in scope maps to userName {user_name!r}{link}", linked is None
-    found = directory.locate_user(rule.source, user_name)
-    if found is None:
-        where = f"no entry under source.base_dn has {rule.source}={user_name}"
-        return f"{where}{link}", linked is None
-    dn, reason = found
-    return f"{dn} is out of scope: {reason}{link}", False
-
-
-def settings_fingerprint(config: Config) -> str:
-    """What decides the desired state: scope, mapping and options (secrets masked)."""
-    return fingerprint(
-        {
-            "source": config.source.model_dump(mode="json"),
-            "mapping": {k: r.model_dump(mode="json") for k, r in config.rules.items()},
-            "options": config.options.model_dump(mode="json"),
-            "target": config.target.url,
-        }
-    )
-
-
-def choose_mode(store: Store, config: Config, failures: Failures, now: datetime) -> Mode:
-    """Incremental when a watermark is kept and the last full reconciliation is recent."""
-    if store.watermark(WATERMARK) is None:
-        return "full"
-    # A changed scope, mapping or option changes what every record should be.
-    if store.watermark(SETTINGS) != settings_fingerprint(config):
-        return "full"
-    last_full = store.watermark(LAST_FULL)
-    if last_full is None:
-        return "full"
-    age = now - datetime.fromisoformat(last_full)
-    if age >= timedelta(seconds=config.full_sync_interval):
-        return "full"
-    # Records waiting for a retry are read again by the incremental cycle (revisit).
-    return "incremental"
-
-
-def revisit_failing(
-    directory: LdapDirectory, changes: ChangeSet, failures: Failures, now: datetime
-) -> ChangeSet:
-    """Add the records an earlier cycle could not apply, which change detection would not
-    report again until they are edited: every refused one (a conflict can end by a change
-    to another record), and failed ones whose retry is due."""
-    users: set[str] = set()
-    groups: set[str] = set()
-    for (kind, source_id), row in failures.items():
-        if row.action in REFUSALS or row.retry_due(now):
-            (users if kind == "user" else groups).add(source_id)
-    users -= changes.users.keys() | changes.gone_users
-    groups -= changes.groups.keys() | changes.gone_groups
-    if not users and not groups:
-        return changes
-    return changes.merged(directory.revisit(users, groups, changes.watermark))
-
-
-def read_view(
-    config: Config,
-    store: Store,
-    mapper: Mapper,
-    only_user: str | None,
-    failures: Failures,
-    now: datetime,
-    rekeyed: Mapping[str, str] | None = None,
-) -> View:
-    with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
-        if only_user is not None:
-            return user_view(directory, mapper, config, store, only_user, rekeyed)
-        mode = choose_mode(store, config, failures, now)
-        if mode == "incremental":
-            watermark = store.watermark(WATERMARK)
-            assert watermark is not None
-            # Read at most once a cycle, by change detection or by the view, whichever asks.
-            # Only users in scope: one who left it and comes back must be seen entering.
-            user_ids = cache(partial(store.linked_ids, "user", in_scope=True))
-            try:
-                changes = directory.changes(watermark, user_ids, partial(store.linked_ids, "group"))
-            except WatermarkLost as exc:
-                logger.info("watermark lost: full reconciliation", reason=str(exc))
-            else:
-                changes = revisit_failing(directory, changes, failures, now)
-                return incremental_view(changes, mapper, config, store, user_ids)
-        return full_view(directory, mapper, config, store, rekeyed)
 
 
 # --- observe the target -------------------------------------------------------------------
@@ -713,7 +371,7 @@ async def sync(
                 config, store, target, only_user=only_user, allow_deletions=allow_deletions, now=now
             )
         except Unauthorized as exc:
-            mode = "user" if only_user else choose_mode(store, config, store.failures(), now())
+            mode = "user" if only_user else choose_mode(store, config, now())
             cycle_id, new = store.count_cycle(mode, "failed", str(exc))
             if new:  # the same refusal cycle after cycle is one event, not one per cycle
                 record_key_refusal(store, cycle_id, config, exc)
