@@ -8,4 +8,6 @@ universe of objects, complete within itself, so the same rules apply to both.
 - `mode`: full or incremental, and the store's rows that decide it
 - `desired`: directory records mapped to what the target should hold
 - `views`: the universe of one cycle: full, incremental or one user
+- `observe`: what the target holds of a view: the planner's input
+- `recovery`: after a cycle killed mid-write, the creates that landed are linked
 """
