@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scimsync import engine
 from scimsync.cycle.mode import WATERMARK
+from scimsync.cycle.run import CycleReport
 from scimsync.emulator import RunningEmulator
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
@@ -19,7 +19,7 @@ def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Chann
     return Channel(ldap_tree, emulator, tmp_path)
 
 
-def mode(report: engine.CycleReport) -> str:
+def mode(report: CycleReport) -> str:
     return report.prepared.view.mode
 
 

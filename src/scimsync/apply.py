@@ -26,7 +26,7 @@ from scimsync.target.errors import Mutability
 
 if TYPE_CHECKING:
     from scimsync.config import Config
-    from scimsync.engine import Prepared
+    from scimsync.cycle.prepare import Prepared
     from scimsync.state import Store
 
 logger = log.get(__name__)

@@ -1,13 +1,22 @@
-"""Full or incremental: the store's rows that decide which cycle comes next."""
+"""Where the next cycle starts: full or incremental, from which watermark and scope.
+
+The rows that decide are read before a cycle (choose_mode) and written after one that was
+applied and not held (record_position), so a crash or a hold sees the same changes again.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from scimsync import rekey
 from scimsync.config import Config
 from scimsync.fingerprint import fingerprint
 from scimsync.state import Store
+from scimsync.state.store import IDENTITY, Clock
+
+if TYPE_CHECKING:
+    from scimsync.cycle.views import View
 
 Mode = Literal["full", "incremental", "user"]
 WATERMARK = "directory"  # where the directory was when the last applied cycle read it
@@ -42,3 +51,20 @@ def choose_mode(store: Store, config: Config, now: datetime) -> Mode:
         return "full"
     # Records waiting for a retry are read again by the incremental cycle (views.revisit).
     return "incremental"
+
+
+def record_position(store: Store, view: View, config: Config, now: Clock) -> None:
+    """Where the directory was when this cycle read it, and which linked users are in the
+    user scope: the next change detection starts from both. A full reconciliation also
+    records when it ran, with what settings and identity attribute."""
+    if view.scope_entered:
+        store.set_in_scope(view.scope_entered, True)
+    if view.scope_left:
+        store.set_in_scope(view.scope_left, False)
+    if view.watermark is None:
+        return
+    store.set_watermark(WATERMARK, view.watermark)
+    if view.mode == "full":
+        store.set_watermark(LAST_FULL, now().isoformat())
+        store.set_watermark(SETTINGS, settings_fingerprint(config))
+        store.set_watermark(IDENTITY, rekey.configured(config))
