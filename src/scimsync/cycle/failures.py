@@ -9,7 +9,7 @@ from scimsync.config import Config
 from scimsync.cycle.prepare import Prepared
 from scimsync.cycle.views import REFUSALS
 from scimsync.fingerprint import fingerprint
-from scimsync.model import Conflict, MappingFailure
+from scimsync.model import Conflict, MappingFailure, Record
 from scimsync.state import Store
 from scimsync.state.store import MAX_CAUSE
 
@@ -19,6 +19,18 @@ Refusal = tuple[str, Conflict | MappingFailure]
 def every_refusal(prepared: Prepared) -> list[Refusal]:
     refusals: list[Refusal] = [("conflict", c) for c in prepared.plan.conflicts]
     return refusals + [("map", f) for f in prepared.desired.failures]
+
+
+def refused(prepared: Prepared) -> set[Record]:
+    """The records this cycle's planner or mapping refused."""
+    return {(r.kind, r.source_id) for _, r in every_refusal(prepared)}
+
+
+def cleared_by_success(prepared: Prepared) -> frozenset[Record]:
+    """Records whose failure row goes when an operation of theirs succeeds: every one with a
+    row but those refused again now (a conflict's deprovisioning succeeds, and the conflict
+    stays on record)."""
+    return frozenset(set(prepared.failures) - refused(prepared))
 
 
 def refusals_to_record(prepared: Prepared) -> list[Refusal]:
@@ -65,11 +77,11 @@ def clear_settled_failures(store: Store, prepared: Prepared) -> None:
     the directory and the links, no longer refused, or planned again with nothing to do
     (the change that failed was undone). Records in back-off or quarantine are not looked at."""
     view = prepared.view
-    refused = {(r.kind, r.source_id) for _, r in every_refusal(prepared)}
+    refusing = refused(prepared)
     planned = {(op.kind, op.source_id) for op in prepared.plan.operations}
     for key, row in prepared.failures.items():
         kind, source_id = key
-        if key in refused or (view.universe is not None and key not in view.universe):
+        if key in refusing or (view.universe is not None and key not in view.universe):
             continue
         desired = view.desired.users if kind == "user" else view.desired.groups
         linked = view.linked_users if kind == "user" else view.linked_groups

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from scimsync import log, rekey
 from scimsync.apply import Executor, Outcome, Progress
 from scimsync.config import Config, redact_url
-from scimsync.cycle.failures import clear_settled_failures, record_refusals, refusals_to_record
+from scimsync.cycle.failures import (
+    clear_settled_failures,
+    cleared_by_success,
+    record_refusals,
+    refusals_to_record,
+)
 from scimsync.cycle.held import apply_approval, audit_approval, audit_held, stage_held, warn_held
 from scimsync.cycle.mode import SETTINGS, choose_mode, record_position, settings_fingerprint
 from scimsync.cycle.prepare import Prepared, prepare
@@ -111,8 +116,13 @@ async def sync(
             target,
             store,
             cycle_id,
-            config,
-            prepared,
+            desired_users=prepared.desired.users,
+            desired_groups=prepared.desired.groups,
+            linked_users=prepared.linked_users,
+            linked_groups=prepared.view.linked_groups,
+            failing=cleared_by_success(prepared),
+            options=config.options,
+            max_concurrency=config.target.max_concurrency,
             progress=progress,
             should_stop=should_stop,
             now=now,
