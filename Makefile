@@ -18,6 +18,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 pytest: setup-ad
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx2
 
-from scimsync import engine
 from scimsync.config import Config
+from scimsync.cycle.prepare import Prepared, dry_run
+from scimsync.cycle.run import CycleReport, sync
 from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
 from tests.fixtures.samba import AdTree
@@ -58,15 +59,15 @@ class Channel:
             }
         )
 
-    def sync(self, **kwargs: Any) -> engine.CycleReport:
+    def sync(self, **kwargs: Any) -> CycleReport:
         config = self.config()
         with Store.open(config.state, config.channel) as store:
-            return asyncio.run(engine.sync(config, store, **kwargs))
+            return asyncio.run(sync(config, store, **kwargs))
 
-    def plan(self, **kwargs: Any) -> engine.Prepared:
+    def plan(self, **kwargs: Any) -> Prepared:
         config = self.config()
         with Store.open(config.state, config.channel) as store:
-            return asyncio.run(engine.dry_run(config, store, **kwargs))
+            return asyncio.run(dry_run(config, store, **kwargs))
 
     def store(self) -> Store:
         config = self.config()

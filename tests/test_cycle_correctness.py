@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scimsync import engine
+from scimsync.cycle.run import CycleReport
 from tests.harness import Channel
 
 
-def mode(report: engine.CycleReport) -> str:
+def mode(report: CycleReport) -> str:
     return report.prepared.view.mode
 
 
@@ -351,7 +351,7 @@ def test_a_new_group_named_like_a_linked_group_is_a_conflict_not_a_second_link(
 # --- the safety threshold and what follows from a held deprovisioning ------------------------
 
 
-def held_names(report: engine.CycleReport) -> list[tuple[str, str, tuple[str, ...]]]:
+def held_names(report: CycleReport) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(op.action.value, op.name, op.members) for op in report.prepared.verdict.held]
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scimsync import engine
+from scimsync.cycle.check import check_directory
+from scimsync.cycle.run import CycleReport
 from scimsync.emulator import RunningEmulator
 from tests.fixtures.samba import AdTree, rid_of
 from tests.harness import AdChannel
@@ -20,7 +21,7 @@ def channel(ad_tree: AdTree, emulator: RunningEmulator, tmp_path: Path) -> AdCha
     return AdChannel(ad_tree, emulator, tmp_path)
 
 
-def mode(report: engine.CycleReport) -> str:
+def mode(report: CycleReport) -> str:
     return report.prepared.view.mode
 
 
@@ -140,7 +141,7 @@ def test_deletions_are_seen_whether_or_not_the_bind_account_reads_tombstones(
     ad.add_user("ivy")
     channel.source["groups"] = None
     channel.options["groups"] = False
-    check = engine.check_directory(channel.config())
+    check = check_directory(channel.config())
     if account == "administrator":
         assert check.change_warning is None
         assert "tombstones" in check.change_detection

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from scimsync import engine
 from scimsync.config import Config
+from scimsync.cycle.run import CycleReport, sync
 from scimsync.directory import DirectoryUnreachable
 from scimsync.directory.connection import Connection, Entry
 from scimsync.emulator import RunningEmulator
@@ -73,17 +73,17 @@ def populate(channel: Channel, users: int, groups: int) -> dict[str, set[str]]:
     return expected
 
 
-def sync_at(channel: Channel, clock: Clock) -> engine.CycleReport:
+def sync_at(channel: Channel, clock: Clock) -> CycleReport:
     config = channel.config()
     with Store.open(config.state, config.channel, clock=clock) as store:
-        return asyncio.run(engine.sync(config, store, now=clock))
+        return asyncio.run(sync(config, store, now=clock))
 
 
 def converge(
     channel: Channel, clock: Clock, max_cycles: int = MAX_CYCLES
-) -> list[engine.CycleReport | Exception]:
+) -> list[CycleReport | Exception]:
     """Cycles until one exits 0, a day apart so every recorded failure is due again."""
-    cycles: list[engine.CycleReport | Exception] = []
+    cycles: list[CycleReport | Exception] = []
     for _ in range(max_cycles):
         try:
             report = sync_at(channel, clock)
@@ -98,13 +98,13 @@ def converge(
             if report.exit_code == 0:
                 return cycles
         clock.advance(timedelta(days=1, hours=1))
-    ends = [c.exit_code if isinstance(c, engine.CycleReport) else repr(c) for c in cycles]
+    ends = [c.exit_code if isinstance(c, CycleReport) else repr(c) for c in cycles]
     raise AssertionError(f"no clean cycle in {max_cycles}: {ends}")
 
 
-def assert_no_deprovisioning(cycles: list[engine.CycleReport | Exception]) -> None:
+def assert_no_deprovisioning(cycles: list[CycleReport | Exception]) -> None:
     for cycle in cycles:
-        if isinstance(cycle, engine.CycleReport):
+        if isinstance(cycle, CycleReport):
             sent = {op.action for op in cycle.prepared.verdict.allowed.operations}
             assert not sent & DEPROVISIONING, sent
 

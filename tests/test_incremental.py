@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scimsync import engine
+from scimsync.cycle.mode import WATERMARK
+from scimsync.cycle.run import CycleReport
 from scimsync.emulator import RunningEmulator
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
@@ -18,7 +19,7 @@ def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Chann
     return Channel(ldap_tree, emulator, tmp_path)
 
 
-def mode(report: engine.CycleReport) -> str:
+def mode(report: CycleReport) -> str:
     return report.prepared.view.mode
 
 
@@ -115,7 +116,7 @@ def test_a_lost_watermark_means_a_full_reconciliation(channel: Channel) -> None:
     channel.tree.add_user("lw")
     channel.sync()
     with channel.store() as store:
-        store.set_watermark(engine.WATERMARK, "syncrepl:not-this-scope:garbage")
+        store.set_watermark(WATERMARK, "syncrepl:not-this-scope:garbage")
     report = channel.sync()
     assert mode(report) == "full"
     assert report.exit_code == 0

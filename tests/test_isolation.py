@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scimsync import engine
+from scimsync.cycle.run import CycleReport, sync
 from scimsync.emulator import RunningEmulator
 from scimsync.model import Kind, Operation
 from scimsync.state import Store
@@ -53,10 +53,10 @@ def clock() -> Clock:
     return Clock(datetime(2031, 3, 1, 9, 0, tzinfo=UTC))
 
 
-def sync_at(channel: Channel, clock: Clock) -> engine.CycleReport:
+def sync_at(channel: Channel, clock: Clock) -> CycleReport:
     config = channel.config()
     with Store.open(config.state, config.channel, clock=clock) as store:
-        return asyncio.run(engine.sync(config, store, now=clock))
+        return asyncio.run(sync(config, store, now=clock))
 
 
 def failures(channel: Channel) -> dict[tuple[Kind, str], FailureRecord]:
@@ -97,7 +97,7 @@ def cli(channel: Channel, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def retry_when_due(channel: Channel, clock: Clock, source_id: str) -> engine.CycleReport:
+def retry_when_due(channel: Channel, clock: Clock, source_id: str) -> CycleReport:
     """Move the clock to the record's next retry and run a cycle there."""
     clock.moment = failures(channel)[("user", source_id)].next_retry_at
     channel.emulator.reset_stats()
@@ -233,10 +233,10 @@ class Meanwhile:
         pass
 
 
-def sync_with(channel: Channel, clock: Clock, progress: Meanwhile) -> engine.CycleReport:
+def sync_with(channel: Channel, clock: Clock, progress: Meanwhile) -> CycleReport:
     config = channel.config()
     with Store.open(config.state, config.channel, clock=clock) as store:
-        return asyncio.run(engine.sync(config, store, now=clock, progress=progress))
+        return asyncio.run(sync(config, store, now=clock, progress=progress))
 
 
 def test_a_group_create_refused_mid_cycle_fails_alone_and_is_adopted_next(

@@ -403,8 +403,8 @@ def test_order_is_deterministic_whatever_the_input_order() -> None:
 # --- properties: a tiny in-memory target and store -----------------------------------------
 #
 # `World` holds what the target holds and what the store links; `observe` builds the
-# planner's input the way engine.observe_target does (linked values are what the target
-# shows, unlinked objects are found by lower-cased name); `apply` follows apply.Executor.
+# planner's input the way cycle.observe.observe_everything does (linked values are what the
+# target shows, unlinked objects are found by lower-cased name); `apply` follows apply.Executor.
 
 NAMES = ["ann", "Ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal", "ivy"]
 GROUP_NAMES = ["Eng", "eng", "Ops", "Sales", "HR", "Legal", "IT"]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,15 +26,16 @@ from scimsync.model import (
     LinkedUser,
     Operation,
     Plan,
+    Record,
 )
 from scimsync.plan import phase
 from scimsync.state import AuditRecord
+from scimsync.state.store import Clock, utc_now
 from scimsync.target import RemoteGroup, Target
 from scimsync.target.errors import Mutability
 
 if TYPE_CHECKING:
-    from scimsync.config import Config
-    from scimsync.engine import Prepared
+    from scimsync.config import Options
     from scimsync.state import Store
 
 logger = log.get(__name__)
@@ -70,33 +70,45 @@ class Outcome:
 
 
 class Executor:
+    """Applies a plan at the target, and records each outcome in the store.
+
+    `desired_*` and `linked_*` are what the plan was made against: the links with the values
+    the target holds (a full cycle's), not the view's value-less ones, since an update stores
+    what the target then has, in full. Member links from outside them are read when
+    memberships need them. `failing`: the records whose failure row goes when an operation
+    of theirs succeeds. Of `options` it reads max_retries, update_users and group_rename.
+    """
+
     def __init__(
         self,
         target: Target,
         store: Store,
         cycle_id: str,
-        config: Config,
-        prepared: Prepared,
         *,
+        desired_users: Mapping[str, DesiredUser],
+        desired_groups: Mapping[str, DesiredGroup],
+        linked_users: Mapping[str, LinkedUser],
+        linked_groups: Mapping[str, LinkedGroup],
+        failing: Collection[Record],
+        options: Options,
+        max_concurrency: int,
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Clock = utc_now,
     ) -> None:
         self.target = target
         self.store = store
         self.cycle_id = cycle_id
-        self.config = config
-        view = prepared.view
-        self.desired = view.desired
+        self.desired_users = desired_users
+        self.desired_groups = desired_groups
+        self.options = options
+        self.max_concurrency = max_concurrency
         self.progress = progress
         self.should_stop = should_stop
         self.now = now
-        # The links the plan was made against (with the values the target holds), not the
-        # view's value-less ones: an update stores what the target then has, in full.
-        # Member links from outside them are fetched when memberships need them.
-        self.users = dict(prepared.linked_users)
+        self.users = dict(linked_users)
         self._by_target: dict[str, str] | None = None  # derived from users, when asked
-        self.groups = dict(view.linked_groups)
+        self.groups = dict(linked_groups)
         self.outcome = Outcome()
         # Store writes wait here until their chunk's calls are done: one transaction a chunk.
         self.pending: list[Callable[[], object]] = []
@@ -104,12 +116,8 @@ class Executor:
         self.pending_groups: dict[str, LinkedGroup] = {}
         self.stored_members: dict[str, frozenset[str]] = {}  # as the store holds them now
         self.pending_audit: list[AuditRecord] = []
-        # Records with a failure row, to clear on success; not those refused again now (a
-        # conflict's deprovisioning succeeds, and the conflict stays on record).
-        refused = {(c.kind, c.source_id) for c in prepared.plan.conflicts}
-        refused |= {(f.kind, f.source_id) for f in prepared.desired.failures}
-        self.failing = set(prepared.failures) - refused
-        self.chunk = max(64, 16 * config.target.max_concurrency)
+        self.failing = set(failing)  # a failure recorded this cycle leaves it
+        self.chunk = max(64, 16 * max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:
         phases: list[list[Operation]] = [[] for _ in range(PHASE_COUNT)]
@@ -158,7 +166,7 @@ class Executor:
                     return
 
         try:
-            workers = min(self.config.target.max_concurrency, len(units))
+            workers = min(self.max_concurrency, len(units))
             await asyncio.gather(*(worker() for _ in range(workers)))
         finally:
             self._record(ops)
@@ -196,9 +204,9 @@ class Executor:
         first = unit[0]
         # None for a record gone from the source (a deprovisioning): nothing to fingerprint.
         subject: DesiredUser | DesiredGroup | None = (
-            self.desired.users.get(first.source_id)
+            self.desired_users.get(first.source_id)
             if first.kind == "user"
-            else self.desired.groups.get(first.source_id)
+            else self.desired_groups.get(first.source_id)
         )
         # A later operation of the record that succeeds (a failed rename's member change)
         # must not clear the failure just recorded: the rename is still to be retried.
@@ -208,7 +216,7 @@ class Executor:
                 self.store.record_failure, first.kind, first.source_id, first.name,
                 first.action.value, cause,
                 source_fingerprint=of_desired(subject) if subject else "",
-                now=self.now(), max_retries=self.config.options.max_retries,
+                now=self.now(), max_retries=self.options.max_retries,
             )
         )  # fmt: skip
         for op in unit:
@@ -281,7 +289,7 @@ class Executor:
         return values
 
     async def _create_user(self, op: Operation) -> str:
-        desired = self.desired.users[op.source_id]
+        desired = self.desired_users[op.source_id]
         remote = await self.target.create_user(op.values, desired.active)
         self._save_user(
             LinkedUser(
@@ -292,7 +300,7 @@ class Executor:
 
     async def _link_user(self, op: Operation) -> str:
         assert op.target_id is not None
-        desired = self.desired.users[op.source_id]
+        desired = self.desired_users[op.source_id]
         changed = {k: v for k, v in op.values.items() if k not in ("active", "userName")}
         if changed or op.removed:
             await self.target.update_user(op.target_id, changed, op.removed)
@@ -303,7 +311,7 @@ class Executor:
         # (create-only ones are the target's own). Without update_users nothing was sent.
         held = (
             {k: v for k, v in desired.values.items() if k not in desired.create_only}
-            if self.config.options.update_users
+            if self.options.update_users
             else {}
         )
         self._save_user(LinkedUser(op.source_id, op.target_id, desired.user_name, active, held))
@@ -342,7 +350,7 @@ class Executor:
                 False,
                 link.values,
                 # A user disabled in the directory is still in scope; one who left it isn't.
-                in_scope=op.source_id in self.desired.users,
+                in_scope=op.source_id in self.desired_users,
             )
         )
         return link.target_id
@@ -378,7 +386,7 @@ class Executor:
             await self.target.rename_group(link.target_id, op.name)
             target_id = link.target_id
         except Mutability:
-            if self.config.options.group_rename != "recreate":
+            if self.options.group_rename != "recreate":
                 raise
             old = await self.target.get_group(link.target_id)
             new: RemoteGroup = await self.target.recreate_group(old, op.name)

@@ -1,4 +1,4 @@
-"""The command line: parse, call the engine, print, choose the exit code. No logic here."""
+"""The command line: parse, call the cycle, print, choose the exit code. No logic here."""
 
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from scimsync import config as config_module
-from scimsync import engine, log, report
+from scimsync import log, report
 from scimsync.config import Config, ConfigError
+from scimsync.cycle import run as cycle_run
+from scimsync.cycle.check import check_directory, check_target
+from scimsync.cycle.prepare import dry_run
 from scimsync.errors import ExitCode, ScimsyncError
 from scimsync.state import ChannelLocked, StateError, Store
 from scimsync.target.errors import NotScim
@@ -133,11 +136,11 @@ def check() -> None:
         cfg = load_config()
         out.print(f"config      {config_module.locate(settings.config_path)}: ok")
         try:
-            summary = engine.check_directory(cfg)
+            summary = check_directory(cfg)
         except ConfigError as exc:  # a key the server disproved: name the file too
             raise ConfigError(f"{config_module.locate(settings.config_path)}: {exc}") from None
         report.print_directory_check(out, summary)
-        target = asyncio.run(engine.check_target(cfg))
+        target = asyncio.run(check_target(cfg))
         report.print_target_check(out, target)
 
 
@@ -159,7 +162,7 @@ def plan(
         cfg = load_config()
         store = Store.open(cfg.state, cfg.channel, readonly=True)  # plan writes nothing
         with store:
-            prepared = asyncio.run(engine.dry_run(cfg, store, only_user=user))
+            prepared = asyncio.run(dry_run(cfg, store, only_user=user))
     if as_json:
         out.print(json.dumps(report.plan_json(prepared), ensure_ascii=False), markup=False)
     else:
@@ -200,7 +203,7 @@ def sync(
             progress = report.progress_for(err, enabled=settings.log_format == "text")
             with stop_on_signals() as stopping:
                 cycle = asyncio.run(
-                    engine.sync(
+                    cycle_run.sync(
                         cfg, store, only_user=user, allow_deletions=allow_deletions,
                         progress=progress, should_stop=stopping.is_set,
                     )

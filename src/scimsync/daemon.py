@@ -12,8 +12,9 @@ import traceback
 from datetime import datetime, timedelta
 from types import FrameType
 
-from scimsync import engine, log, memory
+from scimsync import log, memory
 from scimsync.config import Config, ConfigError
+from scimsync.cycle import run as cycle_run
 from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
@@ -192,7 +193,9 @@ class Daemon:
         exit_code = ExitCode.UNREACHABLE
         failure: Exception | None = None
         try:
-            report = asyncio.run(engine.sync(self.config, store, should_stop=self.stopping.is_set))
+            report = asyncio.run(
+                cycle_run.sync(self.config, store, should_stop=self.stopping.is_set)
+            )
             exit_code = report.exit_code
             for action, count in report.outcome.applied.items():
                 self.metrics.operations.labels(action, "ok").inc(count)

@@ -8,6 +8,8 @@ from enum import StrEnum
 from typing import Literal
 
 Kind = Literal["user", "group"]
+# A record's key, in the store and in a cycle's sets of records: its kind and source id.
+Record = tuple[Kind, str]
 
 # A flat SCIM attribute path ("userName", "emails.work", "name.givenName") -> value.
 ScimValues = Mapping[str, str | bool]

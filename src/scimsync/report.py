@@ -15,7 +15,9 @@ from scimsync.model import Action, Operation
 
 if TYPE_CHECKING:
     from scimsync.apply import Progress
-    from scimsync.engine import CycleReport, DirectoryCheck, Prepared, TargetCheck
+    from scimsync.cycle.check import DirectoryCheck, TargetCheck
+    from scimsync.cycle.prepare import Prepared
+    from scimsync.cycle.run import CycleReport
     from scimsync.state import Approval, AuditRecord, IntentRecord, Store
 
 PLAN_ORDER = (
