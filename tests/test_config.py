@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scimsync import config
 from scimsync.config import ConfigError, Flavour
 from scimsync.guard import allowed_deletions
+from scimsync.model import PlanOptions
 
 MINIMAL: dict[str, Any] = {
     "source": {
@@ -478,3 +479,9 @@ def test_a_value_that_is_not_a_dn_names_the_key(tmp_path: Path, key: str, dn: st
     assert f": {key.replace('__', '.')}: expected a DN such as dc=example,dc=com, got {dn!r}" in (
         message
     )
+
+
+def test_the_planner_s_options_are_the_config_s_with_the_same_defaults() -> None:
+    assert config.Options().for_planner == PlanOptions()
+    chosen = config.Options(update_users=False, user_name_changes="update").for_planner
+    assert (chosen.update_users, chosen.user_name_changes) == (False, "update")

@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import warnings
+from dataclasses import fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -435,17 +436,8 @@ class Options(Strict):
 
     @property
     def for_planner(self) -> PlanOptions:
-        return PlanOptions(
-            create_users=self.create_users,
-            update_users=self.update_users,
-            deprovision_users=self.deprovision_users,
-            provision_disabled_users=self.provision_disabled_users,
-            remove_user_action=self.remove_user_action,
-            groups=self.groups,
-            group_rename=self.group_rename,
-            match_users_by=self.match_users_by,
-            user_name_changes=self.user_name_changes,
-        )
+        """The options the planner reads (PlanOptions names them; defaults as here)."""
+        return PlanOptions(**{f.name: getattr(self, f.name) for f in fields(PlanOptions)})
 
 
 class MappingRule(Strict):
