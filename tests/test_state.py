@@ -19,13 +19,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from scimsync.model import LinkedGroup, LinkedUser
+from scimsync.retry import is_due
 from scimsync.state import (
     Approval,
     AuditRecord,
     ChannelLocked,
     StateError,
     Store,
-    backoff,
     fingerprint,
     held_digest,
 )
@@ -563,12 +563,6 @@ def test_intents_by_the_chunk(store: Store) -> None:
 # -- failures ----------------------------------------------------------------
 
 
-def test_backoff_doubles_from_a_minute_up_to_a_day() -> None:
-    assert [backoff(n) for n in (1, 2, 3)] == [timedelta(minutes=m) for m in (1, 2, 4)]
-    assert backoff(12) == timedelta(hours=24)
-    assert backoff(500) == timedelta(hours=24)
-
-
 def test_failures_back_off_then_quarantine(store: Store) -> None:
     def fail(now: datetime, fp: str = "fp1") -> None:
         store.record_failure("user", "u1", "alice", "update", "HTTP 500", fp, now, max_retries=3)
@@ -577,9 +571,9 @@ def test_failures_back_off_then_quarantine(store: Store) -> None:
     first = store.failures()[("user", "u1")]
     assert (first.attempts, first.quarantined) == (1, False)
     assert first.next_retry_at == T0 + timedelta(minutes=1)
-    assert not first.retry_due(T0 + timedelta(seconds=59))
-    assert first.retry_due(T0 + timedelta(minutes=1))
-    assert first.retry_due(T0, source_fingerprint="changed")
+    assert not is_due(first, T0 + timedelta(seconds=59))
+    assert is_due(first, T0 + timedelta(minutes=1))
+    assert is_due(first, T0, source_fingerprint="changed")
 
     fail(T0 + timedelta(minutes=1))
     second = store.failures()[("user", "u1")]
@@ -593,7 +587,7 @@ def test_failures_back_off_then_quarantine(store: Store) -> None:
     assert (record.attempts, record.quarantined) == (3, True)
     assert record.next_retry_at == T0 + timedelta(minutes=3 + 4)
     assert store.failures()[("user", "u1")] == record
-    assert not record.retry_due(T0 + timedelta(days=30))
+    assert not is_due(record, T0 + timedelta(days=30))
 
     # The source object changed: a fresh start.
     fail(T0 + timedelta(hours=1), fp="fp2")

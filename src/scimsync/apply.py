@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from scimsync import log
 from scimsync.errors import CycleError, RecordError
-from scimsync.fingerprint import of_desired
 from scimsync.model import (
     Action,
     DesiredGroup,
@@ -29,6 +28,7 @@ from scimsync.model import (
     Record,
 )
 from scimsync.plan import phase
+from scimsync.retry import record_fingerprint
 from scimsync.state import AuditRecord
 from scimsync.state.store import Clock, utc_now
 from scimsync.target import RemoteGroup, Target
@@ -215,7 +215,7 @@ class Executor:
             partial(
                 self.store.record_failure, first.kind, first.source_id, first.name,
                 first.action.value, cause,
-                source_fingerprint=of_desired(subject) if subject else "",
+                source_fingerprint=record_fingerprint(subject) if subject else "",
                 now=self.now(), max_retries=self.options.max_retries,
             )
         )  # fmt: skip

@@ -1,18 +1,21 @@
-"""The failure rows a cycle writes besides the executor's: refusals, and rows that settled."""
+"""The failure rows a cycle writes besides the executor's: refusals, and rows that settled.
+
+The rules (what a refusal's row holds, when a row goes) are scimsync.retry's.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
 
+from scimsync import retry
 from scimsync.config import Config
 from scimsync.cycle.prepare import Prepared
-from scimsync.cycle.views import REFUSALS
-from scimsync.fingerprint import fingerprint
 from scimsync.model import Conflict, MappingFailure, Record
 from scimsync.state import Store
 from scimsync.state.store import MAX_CAUSE
 
+# A refused record, with its row's action: "conflict" (the planner) or "map" (the mapping).
 Refusal = tuple[str, Conflict | MappingFailure]
 
 
@@ -27,21 +30,22 @@ def refused(prepared: Prepared) -> set[Record]:
 
 
 def cleared_by_success(prepared: Prepared) -> frozenset[Record]:
-    """Records whose failure row goes when an operation of theirs succeeds: every one with a
-    row but those refused again now (a conflict's deprovisioning succeeds, and the conflict
-    stays on record)."""
-    return frozenset(set(prepared.failures) - refused(prepared))
+    """The executor's `failing`: records whose row a success of theirs clears."""
+    return retry.cleared_by_success(prepared.failures, refused(prepared))
 
 
 def refusals_to_record(prepared: Prepared) -> list[Refusal]:
     """Refusals not on record with this cause yet. Refused records are planned again every
-    cycle (revisit_failing); one that is refused for the same reason is not audited again."""
-    fresh: list[Refusal] = []
-    for event, refusal in every_refusal(prepared):
-        row = prepared.failures.get((refusal.kind, refusal.source_id))
-        if row is None or row.action != event or row.cause != refusal.cause[:MAX_CAUSE]:
-            fresh.append((event, refusal))
-    return fresh
+    cycle; one that is refused for the same reason is not audited again."""
+    return [
+        (event, refusal)
+        for event, refusal in every_refusal(prepared)
+        if not retry.refusal_on_record(
+            prepared.failures.get((refusal.kind, refusal.source_id)),
+            event,
+            refusal.cause[:MAX_CAUSE],  # as the store keeps it
+        )
+    ]
 
 
 def record_refusals(
@@ -52,39 +56,50 @@ def record_refusals(
     config: Config,
     now: datetime,
 ) -> None:
-    """Records the planner or the mapping refused: audited, listed by `status`.
-
-    Their failure rows carry the cause's fingerprint, never the record's, so a refused
-    record is planned again every cycle; the rows of records settled since go.
-    """
+    """Records the planner or the mapping refused: audited, listed by `status`; the rows of
+    records settled since go."""
     with store.atomic():  # one transaction, not two per refusal
         clear_settled_failures(store, prepared)
         for event, refusal in refusals:
             store.audit(
-                cycle_id, event, refusal.kind, refusal.source_id, None, False, refusal.cause,
+                cycle_id,
+                event,
+                refusal.kind,
+                refusal.source_id,
+                target_id=None,
+                success=False,
+                cause=refusal.cause,
                 name=refusal.name,
-            )  # fmt: skip
+            )
             # Without a row, a refusal would be invisible to `status` after its first cycle.
             store.record_failure(
-                refusal.kind, refusal.source_id, refusal.name, event, refusal.cause,
-                source_fingerprint=fingerprint({"cause": refusal.cause}),
-                now=now, max_retries=config.options.max_retries,
-            )  # fmt: skip
+                refusal.kind,
+                refusal.source_id,
+                name=refusal.name,
+                action=event,
+                cause=refusal.cause,
+                source_fingerprint=retry.refusal_fingerprint(refusal.cause),
+                now=now,
+                max_retries=config.options.max_retries,
+            )
 
 
 def clear_settled_failures(store: Store, prepared: Prepared) -> None:
-    """Failure rows of records this cycle looked at that need nothing now: gone from both
-    the directory and the links, no longer refused, or planned again with nothing to do
-    (the change that failed was undone). Records in back-off or quarantine are not looked at."""
+    """Delete the rows retry.settled finds settled in this cycle's view."""
     view = prepared.view
-    refusing = refused(prepared)
-    planned = {(op.kind, op.source_id) for op in prepared.plan.operations}
-    for key, row in prepared.failures.items():
+
+    def known(key: Record) -> bool:
         kind, source_id = key
-        if key in refusing or (view.universe is not None and key not in view.universe):
-            continue
         desired = view.desired.users if kind == "user" else view.desired.groups
         linked = view.linked_users if kind == "user" else view.linked_groups
-        gone = source_id not in desired and source_id not in linked
-        if gone or (key not in prepared.skipped and (row.action in REFUSALS or key not in planned)):
-            store.clear_failure(kind, source_id)
+        return source_id in desired or source_id in linked
+
+    for kind, source_id in retry.settled(
+        prepared.failures,
+        looked_at=lambda key: view.universe is None or key in view.universe,
+        known=known,
+        refused=refused(prepared),
+        planned={(op.kind, op.source_id) for op in prepared.plan.operations},
+        skipped=prepared.skipped,
+    ):
+        store.clear_failure(kind, source_id)

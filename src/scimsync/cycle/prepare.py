@@ -9,16 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from scimsync import log, rekey
+from scimsync import log, rekey, retry
 from scimsync.config import Config
 from scimsync.cycle.desired import Desired, unmapped_but_linked
 from scimsync.cycle.observe import observe
-from scimsync.cycle.views import Failures, View, read_view
-from scimsync.fingerprint import of_desired
+from scimsync.cycle.views import View, read_view
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import compile_rules
-from scimsync.model import DesiredGroup, DesiredUser, Kind, LinkedUser, Plan, Record
+from scimsync.model import LinkedUser, Plan, Record
 from scimsync.plan import plan
+from scimsync.retry import Failures
 from scimsync.state import Store
 from scimsync.state.store import Clock, utc_now
 from scimsync.target import Target, open_target
@@ -46,19 +46,13 @@ class Prepared:
         return self.view.desired
 
 
-def skipped(failures: Failures, view: View, now: datetime) -> frozenset[tuple[Kind, str]]:
-    """Records in back-off, quarantined and unchanged since, or linked but unmappable now."""
+def skipped(failures: Failures, view: View, now: datetime) -> frozenset[Record]:
+    """Records not planned: waiting for their retry (retry.waiting), or linked users that
+    cannot be mapped now (kept as they are)."""
     desired = view.desired
-    skip: set[tuple[Kind, str]] = {
-        ("user", sid) for sid in unmapped_but_linked(desired.failures, view.linked_users)
-    }
-    for (kind, source_id), failure in failures.items():
-        record: DesiredUser | DesiredGroup | None = (
-            desired.users.get(source_id) if kind == "user" else desired.groups.get(source_id)
-        )
-        if not failure.retry_due(now, of_desired(record) if record else None):
-            skip.add((kind, source_id))
-    return frozenset(skip)
+    unmapped = unmapped_but_linked(desired.failures, view.linked_users)
+    waiting = retry.waiting(failures, now, desired.users, desired.groups)
+    return waiting | {("user", source_id) for source_id in unmapped}
 
 
 async def prepare(

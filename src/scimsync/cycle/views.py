@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache, partial
 
-from scimsync import log, rekey
+from scimsync import log, rekey, retry
 from scimsync.config import Config
 from scimsync.cycle.desired import Desired, map_groups, map_users, unmapped_but_linked
 from scimsync.cycle.mode import WATERMARK, Mode, choose_mode
@@ -26,13 +26,10 @@ from scimsync.model import (
     SourceGroup,
     SourceUser,
 )
-from scimsync.state import FailureRecord, Store
+from scimsync.retry import Failures
+from scimsync.state import Store
 
 logger = log.get(__name__)
-
-Failures = Mapping[Record, FailureRecord]
-# Failure rows of records the planner or the mapping refused, rather than the target.
-REFUSALS = frozenset({"map", "conflict"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,14 +245,12 @@ def why_absent(
 def revisit(
     directory: LdapDirectory, changes: ChangeSet, failures: Failures, now: datetime
 ) -> ChangeSet:
-    """Add the records an earlier cycle could not apply, which change detection would not
-    report again until they are edited: every refused one (a conflict can end by a change
-    to another record), and failed ones whose retry is due."""
+    """Add the records an earlier cycle could not apply and retry.to_revisit brings back,
+    which change detection would not report again until they are edited."""
     users: set[str] = set()
     groups: set[str] = set()
-    for (kind, source_id), row in failures.items():
-        if row.action in REFUSALS or row.retry_due(now):
-            (users if kind == "user" else groups).add(source_id)
+    for kind, source_id in retry.to_revisit(failures, now):
+        (users if kind == "user" else groups).add(source_id)
     users -= changes.users.keys() | changes.gone_users
     groups -= changes.groups.keys() | changes.gone_groups
     if not users and not groups:

@@ -7,7 +7,6 @@ from scimsync.state.records import (
     FailureRecord,
     IntentRecord,
     RunRecord,
-    backoff,
     fingerprint,
     held_digest,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "RunRecord",
     "StateError",
     "Store",
-    "backoff",
     "fingerprint",
     "held_digest",
 ]

@@ -1,13 +1,14 @@
-"""What the store hands back: plain frozen records, plus the fingerprint and backoff rules."""
+"""What the store hands back: plain frozen records (failure rows are retry.FailureRecord)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from scimsync.fingerprint import canonical_json, digest, fingerprint
+from scimsync.retry import FailureRecord
 
 __all__ = [
     "Approval",
@@ -16,7 +17,6 @@ __all__ = [
     "FailureRecord",
     "IntentRecord",
     "RunRecord",
-    "backoff",
     "canonical_json",
     "fingerprint",
     "held_digest",
@@ -25,18 +25,6 @@ from scimsync.model import Kind
 
 # "cycle": an event of the whole cycle (the API key refused), not of one record.
 AuditKind = Kind | Literal["cycle"]
-
-BACKOFF_BASE = timedelta(minutes=1)
-BACKOFF_CAP = timedelta(hours=24)
-
-
-def backoff(attempts: int) -> timedelta:
-    """Delay before retry number `attempts` + 1: 1 min, 2, 4, ... capped at 24 h."""
-    if attempts < 1:
-        return timedelta(0)
-    # Past 2**11 minutes the cap applies anyway; bounding the exponent avoids huge ints.
-    delay: timedelta = BACKOFF_BASE * 2 ** min(attempts - 1, 16)
-    return min(delay, BACKOFF_CAP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,27 +63,6 @@ class IntentRecord:
     source_id: str
     name: str
     at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class FailureRecord:
-    kind: Kind
-    source_id: str
-    name: str
-    action: str
-    cause: str
-    source_fingerprint: str
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-    next_retry_at: datetime  # not retried before then; a quarantined record never is
-    quarantined: bool
-
-    def retry_due(self, now: datetime, source_fingerprint: str | None = None) -> bool:
-        """Whether the engine should try again: the delay has passed, or the source changed."""
-        if source_fingerprint is not None and source_fingerprint != self.source_fingerprint:
-            return True
-        return not self.quarantined and now >= self.next_retry_at
 
 
 def held_digest(operations: Iterable[Mapping[str, object]]) -> str:

@@ -8,6 +8,7 @@ neither holds a lock for long nor loses more than one chunk to a crash.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import threading
@@ -23,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from scimsync import retry
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import tables as t
 from scimsync.state.connect import (
@@ -42,7 +44,6 @@ from scimsync.state.records import (
     FailureRecord,
     IntentRecord,
     RunRecord,
-    backoff,
     canonical_json,
     held_digest,
 )
@@ -722,47 +723,24 @@ class Store:
         now: datetime,
         max_retries: int,
     ) -> FailureRecord:
-        """Count one more failed attempt and schedule the retry, or quarantine.
-
-        A changed source_fingerprint starts the count again: the object was edited,
-        so the earlier failures say nothing about the next attempt.
-        """
+        """Store one more failed attempt (or refusal), counted as retry.failed counts it."""
         _aware(now)
         c = t.failures.c
         key = (c.channel_id == self._channel_id, c.kind == kind, c.source_id == source_id)
         with self._write() as conn:
             row = conn.execute(sa.select(t.failures).where(*key)).first()
-            same_source = row is not None and row.source_fingerprint == source_fingerprint
-            attempts = row.attempts + 1 if row is not None and same_source else 1
-            first = row.first_failed_at if row is not None and same_source else now
-            quarantined = attempts >= max_retries
-            record = FailureRecord(
+            record = retry.failed(
+                None if row is None else _failure(row),
                 kind=kind,
                 source_id=source_id,
                 name=name,
                 action=action,
                 cause=_clip(cause) or "",
                 source_fingerprint=source_fingerprint,
-                attempts=attempts,
-                first_failed_at=first,
-                last_failed_at=now,
-                next_retry_at=now + backoff(attempts),
-                quarantined=quarantined,
+                now=now,
+                max_retries=max_retries,
             )
-            values = {
-                "channel_id": self._channel_id,
-                "kind": kind,
-                "source_id": source_id,
-                "name": name,
-                "action": action,
-                "cause": record.cause,
-                "source_fingerprint": source_fingerprint,
-                "attempts": attempts,
-                "first_failed_at": first,
-                "last_failed_at": now,
-                "next_retry_at": record.next_retry_at,
-                "quarantined": quarantined,
-            }
+            values = {"channel_id": self._channel_id, **dataclasses.asdict(record)}
             conn.execute(self._upsert(t.failures, ["channel_id", "kind", "source_id"]), values)
         return record
 
