@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -205,8 +205,8 @@ def test_deprovision_users_off_blocks_disable_and_delete() -> None:
         assert run(inp, deprovision_users=False, remove_user_action=action).operations == ()
 
 
-def test_partial_scope_does_not_deprovision_absent_users() -> None:
-    assert run(make([], [lu("u1")], scope="partial")).operations == ()
+def test_a_one_user_plan_does_not_deprovision_absent_users() -> None:
+    assert run(make([], [lu("u1")], deprovision_missing=False)).operations == ()
 
 
 def test_with_provision_disabled_users_a_disabled_user_is_deactivated_never_deleted() -> None:
@@ -364,10 +364,12 @@ def test_user_leaving_scope_leaves_its_groups() -> None:
     assert actions(run(inp)) == [("remove_members", "group", "g1"), ("disable", "user", "u1")]
 
 
-@pytest.mark.parametrize("scope", ["full", "partial"])
-def test_group_deleted_or_out_of_scope_is_deleted_in_full_scope_only(scope: str) -> None:
-    p = run(make(linked_groups=[lg("g1", "Eng")], scope=scope))
-    assert actions(p) == ([("delete", "group", "g1")] if scope == "full" else [])
+@pytest.mark.parametrize("deprovision_missing", [True, False])
+def test_group_deleted_or_out_of_scope_is_deleted_only_when_missing_means_gone(
+    deprovision_missing: bool,
+) -> None:
+    p = run(make(linked_groups=[lg("g1", "Eng")], deprovision_missing=deprovision_missing))
+    assert actions(p) == ([("delete", "group", "g1")] if deprovision_missing else [])
 
 
 def test_groups_off_touches_no_group() -> None:
@@ -432,7 +434,7 @@ class World:
     user_links: dict[str, LinkedUser]  # as the store records them
     group_links: dict[str, LinkedGroup]
     skip: frozenset[tuple[Kind, str]]
-    scope: Literal["full", "partial"]
+    deprovision_missing: bool
     next_id: int = 0
 
     def new_id(self, prefix: str) -> str:
@@ -471,7 +473,7 @@ class World:
             target_groups=target_groups,
             target_members=members,
             skip=self.skip,
-            scope=self.scope,
+            deprovision_missing=self.deprovision_missing,
         )
 
     def apply(self, the_plan: Plan) -> None:
@@ -657,8 +659,8 @@ def worlds(draw: st.DrawFn) -> World:
     everything: list[tuple[Kind, str]] = [("user", s) for s in sids]
     everything += [("group", g) for g in gsids]
     skip = frozenset(draw(st.sets(st.sampled_from(everything), max_size=1)))
-    scope: Literal["full", "partial"] = draw(st.sampled_from(["full", "full", "partial"]))
-    return World(desired_users, desired_groups, users, groups, user_links, group_links, skip, scope)
+    gone: bool = draw(st.sampled_from([True, True, False]))  # deprovision_missing
+    return World(desired_users, desired_groups, users, groups, user_links, group_links, skip, gone)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,8 +1,9 @@
 """The executor: the only code that writes to the target.
 
 Order: users (link, create, update), groups (link, create, rename), memberships,
-user deprovisioning, group deletion. Each operation's intent is committed before its
-call and its result after, so a crash between the two is seen by the next cycle.
+user deprovisioning, group deletion. Operations go in chunks: a chunk's intents are
+committed before its calls and its outcomes after, so a crash between the two is seen by
+the next cycle (cycle.recovery).
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ class Executor:
         self.chunk = max(64, 16 * max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:
+        """Apply the plan phase by phase, `max_concurrency` calls at a time.
+
+        A record the target rejects fails alone (its failure row, audit entry, warning); a
+        CycleError ends the apply after recording the chunk in flight. `should_stop` is
+        heard between operations: those in flight finish, the rest are not sent.
+        """
         phases: list[list[Operation]] = [[] for _ in range(PHASE_COUNT)]
         for op in plan.operations:
             phases[phase(op)].append(op)
@@ -213,12 +220,17 @@ class Executor:
         self.failing.discard((first.kind, first.source_id))
         self.pending.append(
             partial(
-                self.store.record_failure, first.kind, first.source_id, first.name,
-                first.action.value, cause,
+                self.store.record_failure,
+                first.kind,
+                first.source_id,
+                name=first.name,
+                action=first.action.value,
+                cause=cause,
                 source_fingerprint=record_fingerprint(subject) if subject else "",
-                now=self.now(), max_retries=self.options.max_retries,
+                now=self.now(),
+                max_retries=self.options.max_retries,
             )
-        )  # fmt: skip
+        )
         for op in unit:
             self.outcome.failed.append(Failure(op, cause))
             self._audit(op, op.target_id, False, cause)
@@ -255,10 +267,17 @@ class Executor:
     ) -> None:
         self.pending_audit.append(
             AuditRecord(
-                self.cycle_id, self.now(), op.action.value, op.kind, op.source_id, target_id,
-                ok, cause, op.name,
+                cycle_id=self.cycle_id,
+                at=self.now(),
+                event=op.action.value,
+                kind=op.kind,
+                source_id=op.source_id,
+                target_id=target_id,
+                success=ok,
+                cause=cause,
+                name=op.name,
             )
-        )  # fmt: skip
+        )
 
     def _record(self, ops: Sequence[Operation]) -> None:
         """One transaction for a chunk's outcomes: links, audit, failures, intents done."""

@@ -204,10 +204,14 @@ def sync(
             with stop_on_signals() as stopping:
                 cycle = asyncio.run(
                     cycle_run.sync(
-                        cfg, store, only_user=user, allow_deletions=allow_deletions,
-                        progress=progress, should_stop=stopping.is_set,
+                        cfg,
+                        store,
+                        only_user=user,
+                        allow_deletions=allow_deletions,
+                        progress=progress,
+                        should_stop=stopping.is_set,
                     )
-                )  # fmt: skip
+                )
     report.print_cycle(out, cycle)
     raise typer.Exit(cycle.exit_code)
 

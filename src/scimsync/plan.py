@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from scimsync.model import (
     Action,
@@ -60,7 +59,10 @@ class PlanInput:
     target_groups: Mapping[str, TargetRef]
     target_members: Mapping[str, frozenset[str]] = field(default_factory=dict)
     skip: frozenset[tuple[Kind, str]] = frozenset()
-    scope: Literal["full", "partial"] = "full"
+    # Whether a linked record the desired state lacks is gone (a user deprovisioned, a group
+    # deleted): true when the links are those of the desired state's whole universe (full
+    # and incremental views); false for `--user NAME`, whose links of others are not its own.
+    deprovision_missing: bool = True
     # Incremental plans: users linked earlier but outside this plan's universe. They may be
     # members of the groups planned here; nothing else is planned for them.
     other_members: frozenset[str] = frozenset()
@@ -98,6 +100,9 @@ def group_key(group: DesiredGroup) -> str:
 
 
 def plan(inp: PlanInput, options: PlanOptions) -> Plan:
+    """The operations that bring the target to the desired state, in the executor's order
+    (sort_key), and the records refused as conflicts. Records in `inp.skip` get no operation
+    of their own."""
     users = _UserPlanner(inp, options)
     users.run()
     ops = list(users.ops)
@@ -154,7 +159,7 @@ class _UserPlanner:
             else:
                 self.provisioned.add(source_id)
                 self._linked(desired, linked)
-        if inp.scope == "full":
+        if inp.deprovision_missing:
             for source_id, linked in inp.linked_users.items():
                 if source_id not in inp.desired_users and ("user", source_id) not in inp.skip:
                     self._left_scope(linked)
@@ -348,7 +353,7 @@ class _GroupPlanner:
             else:
                 self.ops.append(Operation(Action.CREATE, "group", source_id, desired.display_name))
             self._members(desired, frozenset(), inp.target_members.get(source_id))
-        if inp.scope == "full":
+        if inp.deprovision_missing:
             for source_id, linked in inp.linked_groups.items():
                 if source_id not in inp.desired_groups and ("group", source_id) not in inp.skip:
                     self.ops.append(

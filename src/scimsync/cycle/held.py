@@ -78,16 +78,34 @@ def apply_approval(
 def audit_approval(
     store: Store, cycle_id: str, released: Iterable[Operation], approval: Approval
 ) -> None:
+    """Each operation an approval released, saying when it was approved."""
     cause = f"approved by `scimsync sync --allow-deletions` at {approval.at.isoformat()}"
-    with store.atomic():
-        for op in released:
-            store.audit(cycle_id, "approved", op.kind, op.source_id, op.target_id, True, cause,
-                        name=op.name)  # fmt: skip
+    _audit_each(store, cycle_id, released, "approved", success=True, cause=cause)
 
 
 def audit_held(store: Store, cycle_id: str, verdict: GuardVerdict) -> None:
     """Each held operation, when the held set is new: not again every cycle it stays."""
-    with store.atomic():
-        for op in verdict.held:
-            store.audit(cycle_id, "held", op.kind, op.source_id, op.target_id, False,
-                        verdict.reason, name=op.name)  # fmt: skip
+    _audit_each(store, cycle_id, verdict.held, "held", success=False, cause=verdict.reason)
+
+
+def _audit_each(
+    store: Store,
+    cycle_id: str,
+    operations: Iterable[Operation],
+    event: str,
+    *,
+    success: bool,
+    cause: str | None,
+) -> None:
+    with store.atomic():  # one transaction, not one per operation
+        for op in operations:
+            store.audit(
+                cycle_id,
+                event,
+                op.kind,
+                op.source_id,
+                target_id=op.target_id,
+                success=success,
+                cause=cause,
+                name=op.name,
+            )

@@ -144,7 +144,7 @@ async def observe_unlinked(target: Target, view: View, config: Config, store: St
         linked_groups=view.linked_groups,
         target_users={k: r for k, r in users_by_key.items() if r.target_id not in user_holders},
         target_groups={k: r for k, r in groups_by_key.items() if r.target_id not in group_holders},
-        scope="partial" if view.mode == "user" else "full",
+        deprovision_missing=view.mode != "user",
         other_members=view.other_members,
         taken_user_names={
             r.name.lower(): user_holders[r.target_id]

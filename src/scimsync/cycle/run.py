@@ -50,6 +50,21 @@ class CycleReport:
             return ExitCode.FAILED
         return ExitCode.OK
 
+    @property
+    def unsent(self) -> int:
+        """Operations the guard allowed that were neither applied nor failed."""
+        done = sum(self.outcome.applied.values()) + len(self.outcome.failed)
+        return len(self.prepared.verdict.allowed.operations) - done
+
+    def result(self) -> tuple[str, str | None]:
+        """The run's result, and its cause: why it stopped, or what it left unsent."""
+        verdict = self.prepared.verdict
+        if self.interrupted:
+            return "interrupted", f"stopped on request: {self.unsent} operations not sent"
+        if verdict.blocked:
+            return "stopped", verdict.reason
+        return "partial" if self.exit_code is ExitCode.FAILED else "ok", verdict.reason
+
 
 async def sync(
     config: Config,
@@ -138,20 +153,9 @@ async def sync(
                 record_key_refusal(store, cycle_id, config, exc)
             raise
         report.stopped = should_stop()
+        report.interrupted = report.stopped and report.unsent > 0
         outcome = report.outcome
-        sent = sum(outcome.applied.values()) + len(outcome.failed)
-        report.interrupted = report.stopped and sent < len(verdict.allowed.operations)
-        if report.interrupted:
-            result = "interrupted"
-        elif verdict.blocked:
-            result = "stopped"
-        else:
-            result = "partial" if report.exit_code is ExitCode.FAILED else "ok"
-        cause = verdict.reason  # a stopped run says why
-        if report.interrupted:
-            cause = (
-                f"stopped on request: {len(verdict.allowed.operations) - sent} operations not sent"
-            )
+        result, cause = report.result()
         store.finish_run(cycle_id, result, outcome.applied, cause)
         if approval is not None and not verdict.blocked and not report.interrupted:
             store.clear_approval()  # applied, or no longer matching what is held
@@ -173,5 +177,14 @@ async def sync(
 
 
 def record_key_refusal(store: Store, cycle_id: str, config: Config, exc: Unauthorized) -> None:
-    shown = redact_url(config.target.url)
-    store.audit(cycle_id, "key_refused", "cycle", "", None, False, str(exc), name=shown)
+    """The key refused: an event of the whole cycle, naming the target, not of one record."""
+    store.audit(
+        cycle_id,
+        "key_refused",
+        "cycle",
+        source_id="",
+        target_id=None,
+        success=False,
+        cause=str(exc),
+        name=redact_url(config.target.url),
+    )

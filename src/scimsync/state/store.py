@@ -48,7 +48,7 @@ from scimsync.state.records import (
     held_digest,
 )
 
-Clock = Callable[[], datetime]
+Clock = Callable[[], datetime]  # now, timezone-aware: the store's and the cycle's time
 T = TypeVar("T")
 
 APPROVAL = "approval"  # the watermark row holding an Approval
@@ -115,7 +115,7 @@ class Store:
         self._channel = channel
         self._channel_id = channel_id
         self._clock = clock
-        # Executor threads share one Store; one transaction at a time keeps SQLite
+        # Threads sharing one Store take turns: one transaction at a time keeps SQLite
         # (and the single in-memory connection) free of self-inflicted lock waits.
         self._guard = threading.RLock()
         self._atomic: Connection | None = None

@@ -12,7 +12,7 @@ import httpx2
 from scimsync.config import TargetConfig, TargetType
 from scimsync.target.atlassian import AtlassianTarget
 from scimsync.target.http import ScimHttp
-from scimsync.target.pacing import Clock, Sleep
+from scimsync.target.pacing import MonotonicClock, Sleep
 from scimsync.target.remote import RemoteGroup, RemoteUser, Target
 from scimsync.target.scim import ScimTarget
 
@@ -24,7 +24,7 @@ async def open_target(
     config: TargetConfig,
     *,
     sleep: Sleep = asyncio.sleep,
-    clock: Clock = time.monotonic,
+    clock: MonotonicClock = time.monotonic,
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[ScimTarget]:
     """A client for the configured profile; `sleep`, `clock` and `transport` are for tests."""

@@ -24,7 +24,7 @@ from scimsync.target.errors import (
     TargetUnreachable,
     error_from_body,
 )
-from scimsync.target.pacing import Clock, Sleep, TokenBucket, backoff, retry_after
+from scimsync.target.pacing import MonotonicClock, Sleep, TokenBucket, request_backoff, retry_after
 
 SCIM_JSON = "application/scim+json"
 logger = log.get(__name__)
@@ -53,7 +53,7 @@ class ScimHttp:
         config: TargetConfig,
         *,
         sleep: Sleep = asyncio.sleep,
-        clock: Clock = time.monotonic,
+        clock: MonotonicClock = time.monotonic,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = redact_url(config.url)  # for messages: never the credentials a URL holds
@@ -141,7 +141,7 @@ class ScimHttp:
                     secret=self._secret,
                 )
             hint = retry_after(response.headers.get("Retry-After")) if response else None
-            delay = hint if hint is not None else backoff(attempt)
+            delay = hint if hint is not None else request_backoff(attempt)
             attempt += 1
             if attempt > self.max_retries or waited + delay > self.retry_max_seconds:
                 raise self._give_up(what, response, failure, maybe_applied)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 Sleep = Callable[[float], Awaitable[object]]
-Clock = Callable[[], float]
+MonotonicClock = Callable[[], float]  # seconds, as time.monotonic
 
 
 class TokenBucket:
@@ -19,7 +19,9 @@ class TokenBucket:
     slot and the bound holds however many tasks wait.
     """
 
-    def __init__(self, rate: float, *, clock: Clock = time.monotonic, sleep: Sleep) -> None:
+    def __init__(
+        self, rate: float, *, clock: MonotonicClock = time.monotonic, sleep: Sleep
+    ) -> None:
         self.interval = 1.0 / rate
         self._clock = clock
         self._sleep = sleep
@@ -33,8 +35,10 @@ class TokenBucket:
             await self._sleep(slot - now)
 
 
-def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter: uniform in [base, base * 2**attempt], capped."""
+def request_backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds before a request's next attempt (not a record's: see scimsync.retry).
+
+    Exponential backoff with full jitter: uniform in [base, base * 2**attempt], capped."""
     ceiling = min(cap, base * 2**attempt)
     return random.uniform(min(base, ceiling), ceiling)
 

@@ -1,4 +1,4 @@
-"""What the engine sees of the target: remote objects and the Target interface."""
+"""What the cycle sees of the target: remote objects and the Target interface."""
 
 from __future__ import annotations
 
@@ -26,7 +26,14 @@ class RemoteGroup:
 
 
 class Target(Protocol):
-    """A SCIM service provider, as the executor and the engine use it."""
+    """A SCIM service provider, as the cycle reads it and the executor writes to it.
+
+    Implementations (target.scim, target.atlassian) retry what may be retried and raise
+    the target package's errors only: a RecordError fails one record, a CycleError (an
+    unreachable target, a refused key, a broken listing) the cycle. `find_*` return only
+    an object whose key equals the one asked for, or None; `iter_*` list every object,
+    page by page.
+    """
 
     request_counts: collections.Counter[str]
 
