@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 
@@ -15,6 +17,19 @@ from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
 from tests.fixtures.samba import AdTree
 from tests.fixtures.slapd import Tree
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll a condition until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def source_settings(tree: Tree, password: str | None = None) -> dict[str, Any]:

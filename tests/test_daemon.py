@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,21 +27,10 @@ from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
 from scimsync.state.store import APPROVAL, PRUNED
 from tests.fixtures.slapd import RestartableSlapd, Tree
-from tests.harness import Channel, source_settings
+from tests.harness import Channel, eventually, source_settings
 from tests.test_state import T0, Clock
 
 T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll a condition until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(url: str) -> httpx2.Response | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from scimsync.directory import (
 )
 from scimsync.sandbox.slapd import Slapd
 from tests.fixtures.slapd import Tree
+from tests.harness import eventually
 
 ATTRS = ("uid", "mail", "cn", "givenName", "sn")
 
@@ -251,6 +255,53 @@ def test_error_mid_read_raises_instead_of_returning_part(tmp_path: Path) -> None
                 list(users)
     assert_one_clean_line(str(caught.value), server.password)
     assert server.url in str(caught.value)
+
+
+# The syscalls a thread waiting on a socket sits in: poll, select, ppoll, pselect6.
+WAITING_SYSCALLS = {"x86_64": {"7", "23", "271", "270"}, "aarch64": {"73", "72"}}
+
+
+def in_wait(tid: int) -> bool:
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        return f.read().split()[0] in WAITING_SYSCALLS[platform.machine()]
+
+
+def pending_signals(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/status") as f:
+        line = next(line for line in f if line.startswith("SigPnd:"))
+    return int(line.split()[1], 16)
+
+
+def test_a_signal_during_a_search_does_not_fail_the_read(ldap_tree: Tree) -> None:
+    """The daemon's SIGTERM lands in whatever libldap is waiting on; unless libldap
+    restarts the wait (OPT_RESTART) it reports the directory down, and the stop logs a
+    failed cycle that never was."""
+    ldap_tree.add_user("ann")
+    server, main = ldap_tree.server, threading.get_native_id()
+    interrupted = threading.Event()
+
+    def interrupt_the_wait() -> None:
+        eventually(lambda: in_wait(main), "the read to wait on the paused slapd")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        # Delivered (its wait returned EINTR) once no longer pending: only then may the
+        # answer come, or poll would return the answer instead of the interruption.
+        eventually(lambda: not pending_signals(main), "the signal's delivery")
+        interrupted.set()
+        os.kill(server.pid, signal.SIGCONT)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    helper = threading.Thread(target=interrupt_the_wait)
+    try:
+        with LdapDirectory(ldap_tree.config(), ATTRS) as directory:
+            os.kill(server.pid, signal.SIGSTOP)
+            helper.start()
+            snapshot = directory.read()
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        helper.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert interrupted.is_set()
+    assert uids(snapshot) == {"ann"}
 
 
 # --- TLS --------------------------------------------------------------------------------

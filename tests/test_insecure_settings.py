@@ -10,8 +10,9 @@ import pytest
 from scimsync.config import redact_url
 from scimsync.emulator import PREFIX, RunningEmulator
 from tests.fixtures.slapd import Tree
+from tests.harness import eventually
 from tests.test_cli import Cli, one_line_error
-from tests.test_daemon import Scimsync, eventually
+from tests.test_daemon import Scimsync
 
 SECRET = "s3cret-in-the-url"
 # TEST-NET-2 (RFC 5737): not loopback, and nothing answers there.

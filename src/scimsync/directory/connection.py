@@ -66,6 +66,10 @@ class Connection:
         # Referrals off: AD hands out referrals to other partitions that a simple bind
         # cannot follow (python-ldap docs, "OPT_REFERRALS").
         conn.set_option(ldap.OPT_REFERRALS, 0)
+        # A signal (the daemon's SIGTERM) interrupts the wait for an answer; without
+        # OPT_RESTART libldap reports that EINTR as "Can't contact LDAP server" instead of
+        # waiting on (libldap result.c, wait4msg and LDAP_BOOL_RESTART).
+        conn.set_option(ldap.OPT_RESTART, ldap.OPT_ON)
         conn.set_option(ldap.OPT_NETWORK_TIMEOUT, cfg.connect_timeout)
         conn.set_option(ldap.OPT_TIMEOUT, cfg.timeout)
         conn.set_option(

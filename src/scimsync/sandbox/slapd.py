@@ -175,6 +175,13 @@ class Slapd(Lifecycle):
         self.add_entries(_BASE_ENTRIES)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The running slapd's process id (tests pause it with SIGSTOP)."""
+        if self._process is None:
+            raise RuntimeError("slapd is not running")
+        return self._process.pid
+
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
         terminate(process, timeout)
