@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from scimsync.emulator import PREFIX, RunningEmulator
+from scimsync.model import Kind
 from scimsync.state import Store
 from tests.fixtures.ports import emulator_url
 from tests.fixtures.slapd import Tree
@@ -180,7 +181,8 @@ def test_status_shows_an_interrupted_cycles_open_intents_until_the_next_cycle(cl
     with Store.open(cli.settings["state"], "default", clock=lambda: when) as store:
         cycle = store.begin_run("full")
         store.intend_many(
-            cycle, [("create", "user", "u1", "ann@example.com"), ("delete", "group", "g1", "Old")]
+            cycle,
+            [("create", Kind.USER, "u1", "ann@example.com"), ("delete", Kind.GROUP, "g1", "Old")],
         )
     status = cli("status")
     assert status.returncode == 0, status.stderr
@@ -208,7 +210,7 @@ def test_audit_prune_deletes_what_is_older_than_the_retention_and_keeps_the_rest
             cli.settings["state"], "default", clock=Clock(now - timedelta(days=days))
         ) as store:
             cycle = store.begin_run("full")
-            store.audit(cycle, "create", "user", name, None, True)
+            store.audit(cycle, "create", Kind.USER, name, None, True)
             store.finish_run(cycle, "ok", {"create": 1})
     before = cli("audit", "--since", "400d").stdout
 

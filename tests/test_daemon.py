@@ -24,6 +24,7 @@ from scimsync import daemon as daemon_module
 from scimsync.config import Config
 from scimsync.daemon import Daemon
 from scimsync.emulator import RunningEmulator
+from scimsync.model import Kind
 from scimsync.state import Store
 from scimsync.state.store import APPROVAL, PRUNED
 from tests.fixtures.slapd import RestartableSlapd, Tree
@@ -510,8 +511,8 @@ def test_store_counts_repeated_cycles_into_one_run_and_filters_audit_by_name(
             (refused, "failed", 2, "key refused"),
             (quiet, "ok", 2, None),
         ]
-        store.audit(quiet, "create", "user", "u1", "t1", True, name="Ann@Example.com")
-        store.audit(quiet, "create", "group", "g1", "t2", True, name="crew")
+        store.audit(quiet, "create", Kind.USER, "u1", "t1", True, name="Ann@Example.com")
+        store.audit(quiet, "create", Kind.GROUP, "g1", "t2", True, name="crew")
         store.audit(quiet, "key_refused", "cycle", "", None, False, "401", name="https://x")
         assert [a.source_id for a in store.audit_log(user="ann@example.COM")] == ["u1"]
         assert [a.source_id for a in store.audit_log(user="u1")] == ["u1"]
@@ -625,7 +626,7 @@ def test_run_prunes_once_a_day_by_the_time_the_store_keeps(store_url: str) -> No
         cycle = store.begin_run("full")
         for day in (0, 10.5, 40):
             on_day(day)
-            store.audit(cycle, "update", "user", f"d{day}", None, True)
+            store.audit(cycle, "update", Kind.USER, f"d{day}", None, True)
 
         first = Daemon(config, clock=clock)
         first.prune_when_due(store)  # none on record: at once, up to day 40 - 30
@@ -661,7 +662,7 @@ def test_run_prunes_old_audit_entries_and_runs_after_its_first_cycle(
     long_ago = Clock(datetime.now(UTC) - timedelta(days=500))
     with Store.open(scimsync.settings["state"], "default", clock=long_ago) as store:
         old = store.begin_run("full")
-        store.audit(old, "create", "user", "gone", None, True)
+        store.audit(old, "create", Kind.USER, "gone", None, True)
         store.finish_run(old, "ok", {"create": 1})
     ldap_tree.add_user("kay")
     daemon = scimsync.start("run")

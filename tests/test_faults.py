@@ -21,7 +21,7 @@ from scimsync.cycle.run import CycleReport, sync
 from scimsync.directory import DirectoryUnreachable
 from scimsync.directory.connection import Connection, Entry
 from scimsync.emulator import RunningEmulator
-from scimsync.model import Action
+from scimsync.model import Action, Kind
 from scimsync.state import Store
 from scimsync.target.errors import ScimError, TargetUnreachable
 from tests.fixtures.slapd import RestartableSlapd, Tree
@@ -295,7 +295,7 @@ def test_slapd_dying_mid_read_deprovisions_nobody(
     assert emulator.stats()["total"] == 0
     with own_channel.store() as store:
         assert store.runs(100) == runs_before
-        assert store.count_linked("user") == 1000
+        assert store.count_linked(Kind.USER) == 1000
 
     monkeypatch.setattr(Connection, "paged", paged)
     own_slapd.restart()

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from scimsync.config import Options
 from scimsync.emulator import RunningEmulator
 from scimsync.guard import GuardVerdict, allowed_deletions, guard
-from scimsync.model import Action, Conflict, DeletionLimit, Operation, Plan
+from scimsync.model import Action, Conflict, DeletionLimit, Kind, Operation, Plan
 from tests.fixtures.slapd import Tree
 from tests.test_cli import Cli
 
@@ -40,7 +40,7 @@ def test_within_the_limit_everything_is_allowed() -> None:
 def test_over_the_limit_deprovisioning_is_held_and_the_rest_goes_ahead() -> None:
     create = op(Action.CREATE, sid="new")
     group_delete = op(Action.DELETE, "group", "g1")
-    the_plan = Plan((create, *disables(3), group_delete), (Conflict("user", "x", "x", "dup"),))
+    the_plan = Plan((create, *disables(3), group_delete), (Conflict(Kind.USER, "x", "x", "dup"),))
     verdict = guard(the_plan, limit(3), linked_users=100, source_users=96)
     assert verdict.blocked
     assert verdict.reason is not None

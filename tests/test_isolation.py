@@ -99,7 +99,7 @@ def cli(channel: Channel, *args: str) -> subprocess.CompletedProcess[str]:
 
 def retry_when_due(channel: Channel, clock: Clock, source_id: str) -> CycleReport:
     """Move the clock to the record's next retry and run a cycle there."""
-    clock.moment = failures(channel)[("user", source_id)].next_retry_at
+    clock.moment = failures(channel)[(Kind.USER, source_id)].next_retry_at
     channel.emulator.reset_stats()
     report = sync_at(channel, clock)
     assert user_posts(channel) == 1, "a due record is retried, once"
@@ -131,7 +131,7 @@ def test_a_409_record_fails_alone_backs_off_quarantines_and_is_released(
     }
     [failed] = first.outcome.failed
     assert (failed.op.name, failed.op.action.value) == (BOB, "create")
-    record = failures(channel)[("user", bob)]
+    record = failures(channel)[(Kind.USER, bob)]
     assert "409" in record.cause and "uniqueness" in record.cause
     assert (record.attempts, record.quarantined) == (1, False)
 
@@ -140,7 +140,7 @@ def test_a_409_record_fails_alone_backs_off_quarantines_and_is_released(
     channel.emulator.reset_stats()
     assert sync_at(channel, clock).outcome.failed == []
     assert user_posts(channel) == 0
-    assert failures(channel)[("user", bob)].attempts == 1
+    assert failures(channel)[(Kind.USER, bob)].attempts == 1
 
     # Due: retried; each failure doubles the delay; the third quarantines it.
     delays = []
@@ -148,7 +148,7 @@ def test_a_409_record_fails_alone_backs_off_quarantines_and_is_released(
         before = clock.moment
         report = retry_when_due(channel, clock, bob)
         assert report.exit_code == 1
-        record = failures(channel)[("user", bob)]
+        record = failures(channel)[(Kind.USER, bob)]
         assert record.attempts == attempts
         delays.append(record.next_retry_at - before)
     assert record.quarantined
@@ -172,11 +172,11 @@ def test_a_409_record_fails_alone_backs_off_quarantines_and_is_released(
     channel.emulator.reset_stats()
     assert sync_at(channel, clock).exit_code == 1
     assert user_posts(channel) == 1
-    record = failures(channel)[("user", bob)]
+    record = failures(channel)[(Kind.USER, bob)]
     assert (record.attempts, record.quarantined) == (1, False)
     for _ in range(2):
         retry_when_due(channel, clock, bob)
-    assert failures(channel)[("user", bob)].quarantined
+    assert failures(channel)[(Kind.USER, bob)].quarantined
 
     # `reset --failed` releases it too.
     released = cli(channel, "reset", "--failed")
@@ -211,7 +211,7 @@ def test_a_400_from_the_target_fails_alone(channel: Channel, clock: Clock) -> No
     assert channel.member_names("team") == {"fine@example.com"}
     by_name = {f.op.name: f for f in report.outcome.failed}
     assert "400" in by_name["   "].cause and "invalidValue" in by_name["   "].cause
-    recorded = failures(channel)[("user", channel.tree.guid(channel.tree.user_dn("blank")))]
+    recorded = failures(channel)[(Kind.USER, channel.tree.guid(channel.tree.user_dn("blank")))]
     assert "400" in recorded.cause and recorded.action == "create"
     assert ("group", channel.tree.guid(team)) not in failures(channel)  # the group did not fail
 
@@ -252,9 +252,9 @@ def test_a_group_create_refused_mid_cycle_fails_alone_and_is_adopted_next(
     assert "409" in failed.cause
     assert channel.member_names("calm") == {"gil@example.com", "hana@example.com"}
     assert channel.member_names("raced") == set()
-    assert failures(channel)[("group", channel.tree.guid(raced))].action == "create"
+    assert failures(channel)[(Kind.GROUP, channel.tree.guid(raced))].action == "create"
 
-    clock.moment = failures(channel)[("group", channel.tree.guid(raced))].next_retry_at
+    clock.moment = failures(channel)[(Kind.GROUP, channel.tree.guid(raced))].next_retry_at
     again = sync_at(channel, clock)
     assert again.exit_code == 0
     assert channel.member_names("raced") == {"gil@example.com", "hana@example.com"}
@@ -293,7 +293,7 @@ def test_a_failed_group_backs_off_until_it_changes_like_a_user(
     sync_at(channel, clock)
     channel.tree.rename(dn, "cn=new-name")
     assert sync_at(channel, clock).exit_code == 1
-    key: tuple[Kind, str] = ("group", channel.tree.guid(channel.tree.group_dn("new-name")))
+    key: tuple[Kind, str] = (Kind.GROUP, channel.tree.guid(channel.tree.group_dn("new-name")))
     assert (failures(channel)[key].action, failures(channel)[key].attempts) == ("rename", 1)
 
     # Before its back-off has passed, even a full reconciliation leaves it alone.
@@ -333,7 +333,7 @@ def test_a_failed_deprovisioning_of_a_user_who_left_is_recorded(
     [failed] = report.outcome.failed
     assert (failed.op.action.value, failed.op.name) == ("disable", "leaves@example.com")
     assert "404" in failed.cause
-    recorded = failures(channel)[("user", channel.tree.guid(leaves))]
+    recorded = failures(channel)[(Kind.USER, channel.tree.guid(leaves))]
     assert (recorded.action, recorded.attempts) == ("disable", 1)
 
 
@@ -352,7 +352,7 @@ def test_an_unmappable_user_is_reported_and_the_others_proceed(
     [unmapped] = report.prepared.desired.failures
     assert unmapped.source_id == channel.tree.guid(nomail)
     assert "mapping.userName: required but empty" in unmapped.cause
-    record = failures(channel)[("user", unmapped.source_id)]
+    record = failures(channel)[(Kind.USER, unmapped.source_id)]
     assert record.action == "map" and record.cause == unmapped.cause
 
 

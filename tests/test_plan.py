@@ -101,9 +101,10 @@ def test_adoption_matches_username_case_insensitively_and_reenables() -> None:
     inp = make([du("u1", "JSmith")], target_users={"jsmith": TargetRef("T1", "jsmith", False)})
     op = only(run(inp))
     assert op.action is A.LINK
-    assert op.values["active"] is True
+    assert op.active is True
     # update_users off: linked, but nothing written
-    assert only(run(inp, update_users=False)).values == {}
+    unwritten = only(run(inp, update_users=False))
+    assert (unwritten.values, unwritten.active) == ({}, None)
 
 
 def test_adoption_skips_create_only_attributes() -> None:
@@ -142,7 +143,7 @@ def test_disabled_user_at_target_is_not_adopted_without_provision_disabled_users
     inp = make([du("u1", "a", active=False)], target_users={"a": TargetRef("T1", "a")})
     assert run(inp).operations == ()
     op = only(run(inp, provision_disabled_users=True))
-    assert (op.action, op.values.get("active")) == (A.LINK, False)
+    assert (op.action, op.active) == (A.LINK, False)
 
 
 def test_update_sends_only_changed_attributes_and_removals() -> None:
@@ -171,7 +172,10 @@ def test_create_only_attributes_are_never_updated_or_removed() -> None:
 
 def test_reenabled_user_is_updated_with_active_true() -> None:
     inp = make([du("u1", title="CEO")], [lu("u1", active=False, title="CFO")])
-    assert only(run(inp)).values == {"title": "CEO", "active": True}
+    update = only(run(inp))
+    assert (update.values, update.active) == ({"title": "CEO"}, True)
+    reenabled = only(run(make([du("u1")], [lu("u1", active=False)])))  # nothing else differs
+    assert (reenabled.action, reenabled.values, reenabled.active) == (A.UPDATE, {}, True)
     assert run(inp, update_users=False).operations == ()
 
 
@@ -306,7 +310,8 @@ def test_new_group_is_created_then_given_the_members_scimsync_provisions() -> No
 def test_renamed_group_is_renamed_in_place() -> None:
     op = only(run(make(groups=[dg("g1", "Finance")], linked_groups=[lg("g1", "Accounting")])))
     assert (op.action, op.name, op.target_id) == (A.RENAME, "Finance", "t-g1")
-    assert op.values == {"displayName": "Finance", "previousName": "Accounting"}
+    assert (op.values, op.previous_name) == ({"displayName": "Finance"}, "Accounting")
+    assert op.to_json()["values"] == {"displayName": "Finance", "previousName": "Accounting"}
 
 
 def test_rename_onto_a_name_taken_at_the_target_is_a_conflict() -> None:
@@ -481,15 +486,15 @@ class World:
             getattr(self, f"_{op.kind}_{op.action.value}")(op)
 
     def _pushed(self, op: Operation, before: dict[str, str]) -> dict[str, str]:
-        values = {**before, **{k: str(v) for k, v in op.values.items() if k != "active"}}
+        values = {**before, **{k: str(v) for k, v in op.values.items()}}
         return {k: v for k, v in values.items() if k not in op.removed}
 
     def _write(self, tid: str, op: Operation) -> None:
         account = self.users[tid]
+        if op.active is not None:
+            account.active = op.active
         for key, value in op.values.items():
-            if key == "active":
-                account.active = bool(value)
-            elif key != "userName":
+            if key != "userName":
                 account.values[key] = str(value)
         for key in op.removed:
             account.values.pop(key, None)
@@ -510,7 +515,7 @@ class World:
         assert op.target_id not in {link.target_id for link in self.user_links.values()}
         desired = self.desired_users[op.source_id]
         self._write(op.target_id, op)
-        active = bool(op.values.get("active", desired.active))
+        active = desired.active if op.active is None else op.active
         self.user_links[op.source_id] = LinkedUser(
             op.source_id, op.target_id, desired.user_name, active, self._pushed(op, {})
         )
@@ -518,7 +523,7 @@ class World:
     def _user_update(self, op: Operation) -> None:
         link = self.user_links[op.source_id]
         self._write(link.target_id, op)
-        active = bool(op.values.get("active", link.active))
+        active = link.active if op.active is None else op.active
         pushed = self._pushed(op, {k: str(v) for k, v in link.values.items()})
         self.user_links[op.source_id] = replace(link, active=active, values=pushed)
 
@@ -656,8 +661,8 @@ def worlds(draw: st.DrawFn) -> World:
     for name in draw(st.lists(st.sampled_from(GROUP_NAMES), max_size=2)):
         group(name)
 
-    everything: list[tuple[Kind, str]] = [("user", s) for s in sids]
-    everything += [("group", g) for g in gsids]
+    everything: list[tuple[Kind, str]] = [(Kind.USER, s) for s in sids]
+    everything += [(Kind.GROUP, g) for g in gsids]
     skip = frozenset(draw(st.sets(st.sampled_from(everything), max_size=1)))
     gone: bool = draw(st.sampled_from([True, True, False]))  # deprovision_missing
     return World(desired_users, desired_groups, users, groups, user_links, group_links, skip, gone)
@@ -709,12 +714,11 @@ def test_adoption_deactivates_only_when_deprovisioning_is_allowed() -> None:
     which deprovision_users governs (update_users governs only re-enabling)."""
     inp = make([du("u1", "a", active=False)], target_users={"a": TargetRef("T1", "a", True)})
     allowed = only(run(inp, provision_disabled_users=True))
-    assert allowed.values.get("active") is False
+    assert allowed.active is False
     held = only(run(inp, provision_disabled_users=True, deprovision_users=False))
-    assert "active" not in held.values
-    assert only(run(inp, provision_disabled_users=True, update_users=False)).values == {
-        "active": False
-    }
+    assert held.active is None
+    adopted = only(run(inp, provision_disabled_users=True, update_users=False))
+    assert (adopted.values, adopted.active) == ({}, False)
 
 
 def test_adoption_sends_only_what_differs_from_the_target_and_clears_the_rest() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from scimsync.directory.reader import Identity
 from scimsync.emulator import RunningEmulator
-from scimsync.model import LinkedGroup, LinkedUser
+from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.rekey import RekeyRefusedError, match
 from scimsync.state import Store
 from scimsync.state.store import IDENTITY
@@ -196,11 +196,11 @@ def test_a_new_attribute_two_linked_entries_share_is_refused() -> None:
 
 def test_failure_rows_of_unlinked_records_follow_too() -> None:
     identities = [Identity("uid=a", "1", "x"), Identity("uid=b", "2", "y")]
-    found = match("entryUUID", "uid", identities, {"1"}, set(), {("user", "2")})
+    found = match("entryUUID", "uid", identities, {"1"}, set(), {(Kind.USER, "2")})
     assert (found.new_ids, found.users, found.not_found) == ({"1": "x", "2": "y"}, 1, 0)
     with pytest.raises(RekeyRefusedError, match="not unique"):
         match("entryUUID", "uid", [*identities, Identity("uid=c", "3", "x")], {"1"}, set(),
-              {("user", "3")})  # fmt: skip
+              {(Kind.USER, "3")})  # fmt: skip
 
 
 def test_records_not_found_stay_and_are_counted() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from scimsync import retry
-from scimsync.model import DesiredGroup, DesiredUser, Record
+from scimsync.model import DesiredGroup, DesiredUser, Kind, Record
 from scimsync.retry import FailureRecord
 
 T0 = datetime(2031, 5, 1, 8, 0, tzinfo=UTC)
@@ -24,7 +24,7 @@ def fail(
 ) -> FailureRecord:
     return retry.failed(
         previous,
-        kind="user",
+        kind=Kind.USER,
         source_id="u1",
         name="ann@example.com",
         action=action,
@@ -39,7 +39,7 @@ def group_failure(source_fingerprint: str = "fp") -> FailureRecord:
     """Eng's create failed once at T0."""
     return retry.failed(
         None,
-        kind="group",
+        kind=Kind.GROUP,
         source_id="g1",
         name="Eng",
         action="create",
@@ -154,7 +154,7 @@ def test_a_user_and_a_group_with_one_source_id_are_apart() -> None:
 def refusal(action: str = "conflict", cause: str = "userName is held") -> FailureRecord:
     return retry.failed(
         None,
-        kind="user",
+        kind=Kind.USER,
         source_id="u1",
         name="ann@example.com",
         action=action,
@@ -188,13 +188,13 @@ def test_a_refusal_on_record_is_not_recorded_again_unless_it_changed() -> None:
 
 def test_a_success_clears_every_row_but_those_refused_again() -> None:
     rows = failures(refusal(), group_failure())
-    assert retry.cleared_by_success(rows, {("user", "u1")}) == {("group", "g1")}
+    assert retry.cleared_by_success(rows, {(Kind.USER, "u1")}) == {(Kind.GROUP, "g1")}
     assert retry.cleared_by_success(rows, set()) == {("user", "u1"), ("group", "g1")}
 
 
 # --- rows that settle ------------------------------------------------------------------
 
-U1: Record = ("user", "u1")
+U1: Record = (Kind.USER, "u1")
 
 
 def settled(

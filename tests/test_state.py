@@ -18,7 +18,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from scimsync.model import LinkedGroup, LinkedUser
+from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.retry import is_due
 from scimsync.state import (
     Approval,
@@ -84,7 +84,7 @@ def test_migrates_an_empty_database_and_reopens_without_changes(store_url: str) 
         assert {"links", "members", "runs", "audit", "intents", "failures"} <= tables
         with Store.open(store_url, "main") as again:
             again.save_user(user("u1"))
-            assert again.count_linked("user") == 1
+            assert again.count_linked(Kind.USER) == 1
     finally:
         engine.dispose()
 
@@ -142,10 +142,10 @@ def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
         False,
         {"userName": "alice@example.com", "title": "Manager"},
     )
-    assert store.count_linked("user") == 2
-    assert store.count_linked("group") == 0
+    assert store.count_linked(Kind.USER) == 2
+    assert store.count_linked(Kind.GROUP) == 0
     assert store.linked_users_by_ids(["u2", "missing"]) == {"u2": users["u2"]}
-    assert store.linked_ids("user") == {"u1", "u2"}
+    assert store.linked_ids(Kind.USER) == {"u1", "u2"}
     bare = store.linked_users(with_values=False)["u1"]
     assert (bare.target_id, bare.user_name, bare.active, bare.values) == (
         "t-u1",
@@ -153,9 +153,9 @@ def test_save_user_inserts_then_updates_in_place(store: Store) -> None:
         False,
         {},
     )
-    assert store.linked_ids("group") == set()
+    assert store.linked_ids(Kind.GROUP) == set()
 
-    store.forget("user", "u1")
+    store.forget(Kind.USER, "u1")
     assert set(store.linked_users()) == {"u2"}
 
 
@@ -178,7 +178,7 @@ def test_fingerprint_ignores_key_order_and_sees_any_change() -> None:
 
 def test_batch_save_and_lookup_by_many_ids(store: Store) -> None:
     store.save_users(user(f"u{i}") for i in range(2500))
-    assert store.count_linked("user") == 2500
+    assert store.count_linked(Kind.USER) == 2500
     wanted = [f"u{i}" for i in range(0, 2500, 2)]
     found = store.linked_users_by_ids(wanted)
     assert sorted(found) == sorted(wanted)
@@ -239,7 +239,7 @@ def test_group_member_changes_write_only_the_difference(
     assert groups["g1"] == LinkedGroup("g1", "tg1", "Engineering", second)
     assert groups["g2"].member_source_ids == {"u1"}
     assert store.linked_groups_by_ids(["g2"]) == {"g2": groups["g2"]}
-    assert store.count_linked("group") == 2
+    assert store.count_linked(Kind.GROUP) == 2
     assert store.groups_holding(["u1", "x1"]) == {"g2", "g1"}
     assert store.groups_holding(["u2999"]) == {"g1"}
     assert store.groups_holding(["u0", "nobody"]) == set()  # u0 left g1
@@ -256,12 +256,12 @@ def test_forget_drops_a_group_members_and_a_user_memberships(store: Store) -> No
     store.save_group(LinkedGroup("g1", "tg1", "A", frozenset({"u1", "u2"})))
     store.save_group(LinkedGroup("g2", "tg2", "B", frozenset({"u2"})))
 
-    store.forget("user", "u2")
+    store.forget(Kind.USER, "u2")
     groups = store.linked_groups()
     assert groups["g1"].member_source_ids == {"u1"}
     assert groups["g2"].member_source_ids == frozenset()
 
-    store.forget("group", "g1")
+    store.forget(Kind.GROUP, "g1")
     assert store.groups_holding(["u1"]) == set()  # the group's member rows went with it
     store.save_group(LinkedGroup("g1", "tg1-new", "A", frozenset()))
     assert store.linked_groups()["g1"].member_source_ids == frozenset()
@@ -276,12 +276,12 @@ def test_forget_keeps_the_other_kind_and_other_channels(store_url: str) -> None:
             store.save_user(user("admin"))
             store.save_group(admins)
 
-        prod.forget("user", "admin")
+        prod.forget(Kind.USER, "admin")
         assert prod.linked_users() == {}
         assert prod.linked_groups() == {
             "admin": LinkedGroup("admin", "tg-admin", "admin", frozenset())
         }
-        prod.forget("group", "admin")
+        prod.forget(Kind.GROUP, "admin")
         assert prod.linked_groups() == {}
         assert test.linked_users() == {"admin": user("admin")}
         assert test.linked_groups() == {"admin": admins}
@@ -323,11 +323,11 @@ def test_rekey_repoints_every_record_and_drops_what_names_old_ids(
             store.save_users([user("u1"), user("u2"), user("u3")])
             store.save_group(LinkedGroup("g1", "tg1", "A", frozenset({"u1", "u3"})))
             store.save_group(LinkedGroup("g2", "tg2", "B", frozenset({"u2", "g1"})))
-            store.record_failure("user", "u1", "u1@example.com", "update", "500", "fp", T0, 5)
-            store.record_failure("group", "g1", "A", "update", "500", "fp", T0, 5)
+            store.record_failure(Kind.USER, "u1", "u1@example.com", "update", "500", "fp", T0, 5)
+            store.record_failure(Kind.GROUP, "g1", "A", "update", "500", "fp", T0, 5)
             cycle = store.begin_run("full")
             store.intend_many(
-                cycle, [("update", "user", "u2", "b"), ("update", "group", "g1", "A")]
+                cycle, [("update", Kind.USER, "u2", "b"), ("update", Kind.GROUP, "g1", "A")]
             )
             store.stage_deletions(cycle, [{"action": "delete", "kind": "user", "source_id": "u3"}])
             store.approve_held()
@@ -348,7 +348,7 @@ def test_rekey_repoints_every_record_and_drops_what_names_old_ids(
         }
         failures = prod.failures()
         assert set(failures) == {("user", "u2"), ("group", "G1")}
-        assert failures[("user", "u2")].name == "u1@example.com"
+        assert failures[(Kind.USER, "u2")].name == "u1@example.com"
         intents = [(i.kind, i.source_id, i.name) for i in prod.open_intents()]
         assert intents == [("user", "u1", "b"), ("group", "G1", "A")]
         # The held operations and their approval named old ids: the next cycle decides again.
@@ -381,11 +381,11 @@ def test_runs_newest_first_with_results_and_summary(store: Store, clock: Clock) 
 
 def test_audit_log_since_and_limit(store: Store, clock: Clock) -> None:
     cycle = store.begin_run("full")
-    store.audit(cycle, "create", "user", "u1", "t1", True, name="alice")
+    store.audit(cycle, "create", Kind.USER, "u1", "t1", True, name="alice")
     clock.advance(minutes=5)
-    store.audit(cycle, "update", "user", "u2", "t2", False, cause="HTTP 400: bad email")
+    store.audit(cycle, "update", Kind.USER, "u2", "t2", False, cause="HTTP 400: bad email")
     clock.advance(minutes=5)
-    store.audit(cycle, "create", "group", "g1", None, True)
+    store.audit(cycle, "create", Kind.GROUP, "g1", None, True)
 
     everything = store.audit_log()
     assert [(a.event, a.source_id) for a in everything] == [
@@ -394,7 +394,7 @@ def test_audit_log_since_and_limit(store: Store, clock: Clock) -> None:
         ("create", "g1"),
     ]
     assert everything[0] == AuditRecord(
-        cycle, T0, "create", "user", "u1", "t1", True, None, "alice"
+        cycle, T0, "create", Kind.USER, "u1", "t1", True, None, "alice"
     )
     assert everything[1].success is False and everything[1].cause == "HTTP 400: bad email"
 
@@ -422,24 +422,24 @@ def test_prune_deletes_old_audit_and_runs_and_keeps_what_is_read(
         clock.now = T0 + timedelta(days=day)
 
     old = finished_run(store)
-    store.audit(old, "create", "user", "u1", "t1", True, name="alice")
+    store.audit(old, "create", Kind.USER, "u1", "t1", True, name="alice")
     crashed = store.begin_run("full")  # its process died: never finished
     held = finished_run(store)
     store.stage_deletions(held, [{"action": "delete", "kind": "user", "source_id": "u5"}])
     interrupted = finished_run(store)
-    store.intend_many(interrupted, [("create", "user", "u6", "fay")])
+    store.intend_many(interrupted, [("create", Kind.USER, "u6", "fay")])
     on_day(50)
     spanning, _ = store.count_cycle("quiet", "ok")
     on_day(150)
     assert store.count_cycle("quiet", "ok") == (spanning, False)  # quiet from day 50 to 150
     on_day(100 - 1 / 24)
     last_old = finished_run(store)
-    store.audit(last_old, "update", "user", "u2", "t2", False, cause="HTTP 500")
+    store.audit(last_old, "update", Kind.USER, "u2", "t2", False, cause="HTTP 500")
     on_day(100)  # at the cutoff, not older
     boundary = finished_run(store)
-    store.audit(boundary, "update", "user", "u3", "t3", True)
+    store.audit(boundary, "update", Kind.USER, "u3", "t3", True)
     on_day(500)
-    store.audit(finished_run(store), "create", "group", "g1", None, True)
+    store.audit(finished_run(store), "create", Kind.GROUP, "g1", None, True)
     cutoff = clock.now - RETENTION
     assert cutoff == T0 + timedelta(days=100)
     kept_window = store.audit_log(since=cutoff)
@@ -471,7 +471,7 @@ def test_prune_goes_by_chunks_and_stops_between_them(
     monkeypatch.setattr(store_module, "PRUNE_CHUNK", 3)
     cycle = finished_run(store)
     store.audit_many(
-        AuditRecord(cycle, T0 + timedelta(minutes=i), "update", "user", f"u{i}", None, True)
+        AuditRecord(cycle, T0 + timedelta(minutes=i), "update", Kind.USER, f"u{i}", None, True)
         for i in range(10)
     )
     clock.advance(days=500)
@@ -494,7 +494,7 @@ def test_prune_keeps_other_channels_rows(store_url: str, clock: Clock) -> None:
     ):
         for store in (prod, test):
             finished_run(store)
-            store.audit(finished_run(store), "create", "user", "u1", "t1", True)
+            store.audit(finished_run(store), "create", Kind.USER, "u1", "t1", True)
         clock.advance(days=500)
         assert prod.prune(clock.now - RETENTION) == (1, 1)
         assert len(test.audit_log()) == 1 and len(test.runs()) == 2
@@ -505,7 +505,7 @@ def test_times_must_carry_a_zone(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         store.audit_log(since=naive)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.record_failure("user", "u1", "a", "create", "500", "fp", naive, 5)
+        store.record_failure(Kind.USER, "u1", "a", "create", "500", "fp", naive, 5)
     with pytest.raises(ValueError, match="timezone-aware"):
         store.prune(naive)
 
@@ -515,7 +515,7 @@ def test_audit_from_several_threads_loses_nothing(store: Store) -> None:
 
     def write(worker: int) -> None:
         for i in range(25):
-            store.audit(cycle, "update", "user", f"w{worker}-{i}", None, True)
+            store.audit(cycle, "update", Kind.USER, f"w{worker}-{i}", None, True)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
     for thread in threads:
@@ -531,9 +531,9 @@ def test_audit_from_several_threads_loses_nothing(store: Store) -> None:
 def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Clock) -> None:
     with Store.open(store_url, "main", clock=clock) as store:
         cycle = store.begin_run("full")
-        store.intend_many(cycle, [("create", "user", "u1", "alice")])
-        store.done_many(cycle, [("create", "user", "u1")])
-        store.intend_many(cycle, [("delete", "group", "g9", "Old group")])
+        store.intend_many(cycle, [("create", Kind.USER, "u1", "alice")])
+        store.done_many(cycle, [("create", Kind.USER, "u1")])
+        store.intend_many(cycle, [("delete", Kind.GROUP, "g9", "Old group")])
         # The process "dies" here: no done_many() for the second intent.
 
     with Store.open(store_url, "main") as reopened:
@@ -552,10 +552,10 @@ def test_intents_left_open_by_a_crash_survive_a_reopen(store_url: str, clock: Cl
 
 def test_intents_by_the_chunk(store: Store) -> None:
     cycle = store.begin_run("full")
-    store.intend_many(cycle, [("create", "user", f"u{i}", f"user {i}") for i in range(3)])
-    store.intend_many(cycle, [("delete", "group", "g1", "old")])
-    store.done_many(cycle, [("create", "user", "u0"), ("create", "user", "u2")])
-    store.done_many("another-cycle", [("delete", "group", "g1")])  # not this cycle's
+    store.intend_many(cycle, [("create", Kind.USER, f"u{i}", f"user {i}") for i in range(3)])
+    store.intend_many(cycle, [("delete", Kind.GROUP, "g1", "old")])
+    store.done_many(cycle, [("create", Kind.USER, "u0"), ("create", Kind.USER, "u2")])
+    store.done_many("another-cycle", [("delete", Kind.GROUP, "g1")])  # not this cycle's
     left = sorted((i.action, i.source_id) for i in store.open_intents())
     assert left == [("create", "u1"), ("delete", "g1")]
 
@@ -565,10 +565,10 @@ def test_intents_by_the_chunk(store: Store) -> None:
 
 def test_failures_back_off_then_quarantine(store: Store) -> None:
     def fail(now: datetime, fp: str = "fp1") -> None:
-        store.record_failure("user", "u1", "alice", "update", "HTTP 500", fp, now, max_retries=3)
+        store.record_failure(Kind.USER, "u1", "alice", "update", "HTTP 500", fp, now, max_retries=3)
 
     fail(T0)
-    first = store.failures()[("user", "u1")]
+    first = store.failures()[(Kind.USER, "u1")]
     assert (first.attempts, first.quarantined) == (1, False)
     assert first.next_retry_at == T0 + timedelta(minutes=1)
     assert not is_due(first, T0 + timedelta(seconds=59))
@@ -576,39 +576,39 @@ def test_failures_back_off_then_quarantine(store: Store) -> None:
     assert is_due(first, T0, source_fingerprint="changed")
 
     fail(T0 + timedelta(minutes=1))
-    second = store.failures()[("user", "u1")]
+    second = store.failures()[(Kind.USER, "u1")]
     assert second.attempts == 2
     assert second.next_retry_at == T0 + timedelta(minutes=3)
     assert second.first_failed_at == T0
 
     record = store.record_failure(
-        "user", "u1", "alice", "update", "HTTP 500 again", "fp1", T0 + timedelta(minutes=3), 3
+        Kind.USER, "u1", "alice", "update", "HTTP 500 again", "fp1", T0 + timedelta(minutes=3), 3
     )
     assert (record.attempts, record.quarantined) == (3, True)
     assert record.next_retry_at == T0 + timedelta(minutes=3 + 4)
-    assert store.failures()[("user", "u1")] == record
+    assert store.failures()[(Kind.USER, "u1")] == record
     assert not is_due(record, T0 + timedelta(days=30))
 
     # The source object changed: a fresh start.
     fail(T0 + timedelta(hours=1), fp="fp2")
-    fresh = store.failures()[("user", "u1")]
+    fresh = store.failures()[(Kind.USER, "u1")]
     assert (fresh.attempts, fresh.quarantined, fresh.source_fingerprint) == (1, False, "fp2")
 
 
 def test_failures_clear_one_and_reset_all(store: Store) -> None:
     for source_id in ("u1", "u2"):
-        store.record_failure("user", source_id, source_id, "create", "409", "fp", T0, 5)
-    store.record_failure("group", "g1", "G", "create", "500", "fp", T0, 5)
+        store.record_failure(Kind.USER, source_id, source_id, "create", "409", "fp", T0, 5)
+    store.record_failure(Kind.GROUP, "g1", "G", "create", "500", "fp", T0, 5)
 
-    store.clear_failure("user", "u1")
+    store.clear_failure(Kind.USER, "u1")
     assert set(store.failures()) == {("user", "u2"), ("group", "g1")}
     assert store.reset_failures() == 2
     assert store.failures() == {}
 
 
 def test_a_long_cause_is_clipped(store: Store) -> None:
-    record = store.record_failure("user", "u1", "a", "create", "x" * 10_000, "fp", T0, 5)
-    assert len(record.cause) == len(store.failures()[("user", "u1")].cause) == 2000
+    record = store.record_failure(Kind.USER, "u1", "a", "create", "x" * 10_000, "fp", T0, 5)
+    assert len(record.cause) == len(store.failures()[(Kind.USER, "u1")].cause) == 2000
 
 
 # -- staged deletions and watermarks -----------------------------------------
@@ -691,14 +691,14 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
         prod.save_user(user("u1"))
         prod.save_group(LinkedGroup("g1", "tg1", "G", frozenset({"u1"})))
         prod.set_watermark("users", "w1")
-        prod.record_failure("user", "u9", "x", "create", "500", "fp", T0, 5)
+        prod.record_failure(Kind.USER, "u9", "x", "create", "500", "fp", T0, 5)
         prod.stage_deletions("c", [{"source_id": "u5"}])
-        prod.audit(prod.begin_run("full"), "create", "user", "u1", "t1", True)
-        prod.intend_many("c", [("create", "user", "u2", "b")])
+        prod.audit(prod.begin_run("full"), "create", Kind.USER, "u1", "t1", True)
+        prod.intend_many("c", [("create", Kind.USER, "u2", "b")])
 
         assert test.linked_users() == {} and test.linked_groups() == {}
         assert test.groups_holding({"u1"}) == set() and prod.groups_holding({"u1"}) == {"g1"}
-        assert test.linked_ids("user") == set() and test.linked_to("user", ["t-u1"]) == {}
+        assert test.linked_ids(Kind.USER) == set() and test.linked_to(Kind.USER, ["t-u1"]) == {}
         assert test.watermark("users") is None
         assert test.failures() == {} and test.staged_deletions() == []
         assert test.runs() == [] and test.audit_log() == [] and test.open_intents() == []
@@ -828,13 +828,13 @@ def test_repr_hides_the_password(postgres_url: str) -> None:
 
 def test_atomic_keeps_all_or_nothing(store: Store) -> None:
     cycle = store.begin_run("full")
-    store.intend_many(cycle, [("create", "user", "u1", "alice")])
+    store.intend_many(cycle, [("create", Kind.USER, "u1", "alice")])
     [intent] = store.open_intents()
 
     with pytest.raises(RuntimeError), store.atomic():
         store.save_user(user("u1"))
-        store.audit(cycle, "create", "user", "u1", "t-u1", True)
-        store.done_many(cycle, [("create", "user", "u1")])
+        store.audit(cycle, "create", Kind.USER, "u1", "t-u1", True)
+        store.done_many(cycle, [("create", Kind.USER, "u1")])
         raise RuntimeError("crash before commit")
     assert store.linked_users() == {}
     assert store.audit_log() == []
@@ -842,8 +842,8 @@ def test_atomic_keeps_all_or_nothing(store: Store) -> None:
 
     with store.atomic():
         store.save_user(user("u1"))
-        store.audit(cycle, "create", "user", "u1", "t-u1", True)
-        store.done_many(cycle, [("create", "user", "u1")])
+        store.audit(cycle, "create", Kind.USER, "u1", "t-u1", True)
+        store.done_many(cycle, [("create", Kind.USER, "u1")])
         assert list(store.linked_users()) == ["u1"]  # reads see the block's own writes
     assert list(store.linked_users()) == ["u1"]
     assert len(store.audit_log()) == 1
@@ -923,13 +923,13 @@ def test_readonly_on_an_older_schema_asks_for_an_upgrade_and_does_none(store_url
 def test_readonly_reads_what_a_writer_recorded_and_writes_nothing(store_url: str) -> None:
     with Store.open(store_url, "main") as writer:
         writer.save_user(user("u1"))
-        writer.record_failure("user", "u2", "b", "create", "500", "fp", T0, 5)
+        writer.record_failure(Kind.USER, "u2", "b", "create", "500", "fp", T0, 5)
     with Store.open(store_url, "main", readonly=True) as reader:
         assert list(reader.linked_users()) == ["u1"]
         with pytest.raises(StateError, match="read-only"):
-            reader.clear_failure("user", "u2")
+            reader.clear_failure(Kind.USER, "u2")
         assert list(reader.failures()) == [("user", "u2")]
     with Store.open(store_url, "unknown-channel", readonly=True) as stranger:
         assert stranger.linked_users() == {}
     with Store.open(store_url, "main") as writer:
-        assert writer.count_linked("user") == 1
+        assert writer.count_linked(Kind.USER) == 1

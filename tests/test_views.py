@@ -15,7 +15,7 @@ from scimsync.config import Config
 from scimsync.cycle.views import View, incremental_view, scope_moves
 from scimsync.directory import ChangeSet
 from scimsync.mapping import compile_rules
-from scimsync.model import LinkedGroup, LinkedUser, SourceGroup, SourceUser
+from scimsync.model import Kind, LinkedGroup, LinkedUser, SourceGroup, SourceUser
 from scimsync.state import Store
 from tests.harness import Channel
 
@@ -78,7 +78,7 @@ def view_of(change: ChangeSet, store: Store, config: Config | None = None) -> Vi
         compile_rules(config.rules),
         config,
         store,
-        lambda: store.linked_ids("user", in_scope=True),
+        lambda: store.linked_ids(Kind.USER, in_scope=True),
     )
 
 

@@ -25,10 +25,10 @@ from scimsync.model import (
     LinkedGroup,
     LinkedUser,
     Operation,
+    Phase,
     Plan,
     Record,
 )
-from scimsync.plan import phase
 from scimsync.retry import record_fingerprint
 from scimsync.state import AuditRecord
 from scimsync.state.store import Clock, utc_now
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 
 logger = log.get(__name__)
 
-# See plan.phase: user writes, group writes, memberships, user removals, group deletions.
-PHASE_COUNT = 5
-MEMBERSHIP_PHASE = 2
-MEMBERSHIP_ACTIONS = (Action.ADD_MEMBERS, Action.REMOVE_MEMBERS)
 # Operations applied by one call: one operation, or one group's additions and removals.
 Unit = tuple[Operation, ...]
 
@@ -127,15 +123,15 @@ class Executor:
         CycleError ends the apply after recording the chunk in flight. `should_stop` is
         heard between operations: those in flight finish, the rest are not sent.
         """
-        phases: list[list[Operation]] = [[] for _ in range(PHASE_COUNT)]
+        phases: dict[Phase, list[Operation]] = {phase: [] for phase in Phase}
         for op in plan.operations:
-            phases[phase(op)].append(op)
+            phases[op.phase].append(op)
         if self.progress:
             self.progress.start(len(plan.operations))
         try:
-            for number, ops in enumerate(phases):
+            for phase, ops in phases.items():
                 units: list[Unit] = [(op,) for op in ops]
-                if number == MEMBERSHIP_PHASE:
+                if phase is Phase.MEMBERSHIPS:
                     self._load_member_links(ops)
                     units = by_group(ops)
                 for start in range(0, len(units), self.chunk):
@@ -181,7 +177,7 @@ class Executor:
     async def _apply_one(self, unit: Unit) -> None:
         """One object's operations: one call, one outcome for all of them."""
         first = unit[0]
-        if first.action in MEMBERSHIP_ACTIONS and first.source_id not in self.groups:
+        if first.phase is Phase.MEMBERSHIPS and first.source_id not in self.groups:
             # The group's create failed in this cycle and that failure is recorded (once:
             # a second row would count one failed attempt twice). Its members follow it.
             for op in unit:
@@ -212,7 +208,7 @@ class Executor:
         # None for a record gone from the source (a deprovisioning): nothing to fingerprint.
         subject: DesiredUser | DesiredGroup | None = (
             self.desired_users.get(first.source_id)
-            if first.kind == "user"
+            if first.kind == Kind.USER
             else self.desired_groups.get(first.source_id)
         )
         # A later operation of the record that succeeds (a failed rename's member change)
@@ -297,12 +293,12 @@ class Executor:
         self.pending_audit.clear()
 
     def _forget(self, kind: Kind, source_id: str) -> None:
-        # The store alone: deletions are the last phases (plan.phase), so nothing reads the
+        # The store alone: deletions are the last phases (model.Phase), so nothing reads the
         # links in memory after them, and the object's own save was recorded phases before.
         self.pending.append(partial(self.store.forget, kind, source_id))
 
     def _pushed(self, op: Operation, before: dict[str, str | bool]) -> dict[str, str | bool]:
-        values = {**before, **{k: v for k, v in op.values.items() if k != "active"}}
+        values = {**before, **op.values}
         for key in op.removed:
             values.pop(key, None)
         return values
@@ -320,12 +316,12 @@ class Executor:
     async def _link_user(self, op: Operation) -> str:
         assert op.target_id is not None
         desired = self.desired_users[op.source_id]
-        changed = {k: v for k, v in op.values.items() if k not in ("active", "userName")}
+        changed = {k: v for k, v in op.values.items() if k != "userName"}
         if changed or op.removed:
             await self.target.update_user(op.target_id, changed, op.removed)
-        active = bool(op.values.get("active", desired.active))
-        if "active" in op.values:
-            await self.target.set_active(op.target_id, active)
+        active = desired.active if op.active is None else op.active
+        if op.active is not None:
+            await self.target.set_active(op.target_id, op.active)
         # The target now holds the mapped values: those sent and those it had already
         # (create-only ones are the target's own). Without update_users nothing was sent.
         held = (
@@ -340,12 +336,12 @@ class Executor:
         link = self.users[op.source_id]
         if "userName" in op.values:  # options.user_name_changes: update
             await self.target.rename_user(link.target_id, str(op.values["userName"]))
-        changed = {k: v for k, v in op.values.items() if k not in ("active", "userName")}
+        changed = {k: v for k, v in op.values.items() if k != "userName"}
         if changed or op.removed:
             await self.target.update_user(link.target_id, changed, op.removed)
         active = link.active
-        if "active" in op.values:
-            active = bool(op.values["active"])
+        if op.active is not None:
+            active = op.active
             await self.target.set_active(link.target_id, active)
         self._save_user(
             LinkedUser(
@@ -377,7 +373,7 @@ class Executor:
     async def _delete_user(self, op: Operation) -> str:
         link = self.users[op.source_id]
         await self.target.delete_user(link.target_id)
-        self._forget("user", op.source_id)
+        self._forget(Kind.USER, op.source_id)
         return link.target_id
 
     async def _create_group(self, op: Operation) -> str:
@@ -446,23 +442,23 @@ class Executor:
     async def _delete_group(self, op: Operation) -> str:
         link = self.groups[op.source_id]
         await self.target.delete_group(link.target_id)
-        self._forget("group", op.source_id)
+        self._forget(Kind.GROUP, op.source_id)
         return link.target_id
 
 
 _Handler = Callable[[Executor, Operation], Awaitable[str | None]]
 _HANDLERS: dict[tuple[str, Action], _Handler] = {
-    ("user", Action.CREATE): Executor._create_user,
-    ("user", Action.LINK): Executor._link_user,
-    ("user", Action.UPDATE): Executor._update_user,
-    ("user", Action.DISABLE): Executor._disable_user,
-    ("user", Action.DELETE): Executor._delete_user,
-    ("group", Action.CREATE): Executor._create_group,
-    ("group", Action.LINK): Executor._link_group,
-    ("group", Action.RENAME): Executor._rename_group,
-    ("group", Action.ADD_MEMBERS): Executor._add_members,
-    ("group", Action.REMOVE_MEMBERS): Executor._remove_members,
-    ("group", Action.DELETE): Executor._delete_group,
+    (Kind.USER, Action.CREATE): Executor._create_user,
+    (Kind.USER, Action.LINK): Executor._link_user,
+    (Kind.USER, Action.UPDATE): Executor._update_user,
+    (Kind.USER, Action.DISABLE): Executor._disable_user,
+    (Kind.USER, Action.DELETE): Executor._delete_user,
+    (Kind.GROUP, Action.CREATE): Executor._create_group,
+    (Kind.GROUP, Action.LINK): Executor._link_group,
+    (Kind.GROUP, Action.RENAME): Executor._rename_group,
+    (Kind.GROUP, Action.ADD_MEMBERS): Executor._add_members,
+    (Kind.GROUP, Action.REMOVE_MEMBERS): Executor._remove_members,
+    (Kind.GROUP, Action.DELETE): Executor._delete_group,
 }
 
 
@@ -473,8 +469,7 @@ def by_group(ops: Iterable[Operation]) -> list[Unit]:
         by_source.setdefault(op.source_id, []).append(op)
     units: list[Unit] = []
     for group_ops in by_source.values():
-        actions = sorted(op.action for op in group_ops)
-        if actions == sorted(MEMBERSHIP_ACTIONS):
+        if sorted(op.action for op in group_ops) == [Action.ADD_MEMBERS, Action.REMOVE_MEMBERS]:
             add, remove = sorted(group_ops, key=lambda op: op.action is Action.REMOVE_MEMBERS)
             units.append((add, remove))
         else:  # the planner makes one of each at most: anything else goes one by one

@@ -54,7 +54,7 @@ from jinja2.visitor import NodeTransformer
 
 from scimsync.config import MappingRule
 from scimsync.errors import ConfigurationError, RecordError
-from scimsync.model import DesiredGroup, DesiredUser, MappingFailure, SourceGroup, SourceUser
+from scimsync.model import DesiredGroup, DesiredUser, Kind, MappingFailure, SourceGroup, SourceUser
 
 MAX_VALUE_LENGTH = 1024
 REQUIRED = ("userName", "emails.work")
@@ -654,7 +654,7 @@ class Mapper:
         try:
             return self._map_user(user)
         except Exception as exc:  # a record must never end the cycle
-            return MappingFailure("user", user.guid, clean(user.dn), f"mapping failed: {exc!r}")
+            return MappingFailure(Kind.USER, user.guid, clean(user.dn), f"mapping failed: {exc!r}")
         finally:
             _TRACE.reset(token)
 
@@ -692,7 +692,7 @@ class Mapper:
             if cause:
                 causes.append(cause)
         if causes:
-            return MappingFailure("user", user.guid, name, causes[0])
+            return MappingFailure(Kind.USER, user.guid, name, causes[0])
         return DesiredUser(
             source_id=user.guid,
             user_name=values["userName"],

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Literal
 
-Kind = Literal["user", "group"]
+
+class Kind(StrEnum):
+    """What a record is; its value is the word the store, plans and logs use."""
+
+    USER = "user"
+    GROUP = "group"
+
+
 # A record's key, in the store and in a cycle's sets of records: its kind and source id.
 Record = tuple[Kind, str]
 
@@ -75,11 +82,32 @@ class Action(StrEnum):
 
 
 DEPROVISIONING = frozenset({Action.DISABLE, Action.DELETE})
+_USER_WRITES = frozenset({Action.LINK, Action.CREATE, Action.UPDATE})
+_MEMBERSHIP = frozenset({Action.ADD_MEMBERS, Action.REMOVE_MEMBERS})
+
+
+class Phase(IntEnum):
+    """The executor's order, which the planner sorts by: a group's members exist before
+    they are added, and nothing is removed before the writes that may still need it."""
+
+    USER_WRITES = 0
+    GROUP_WRITES = 1
+    MEMBERSHIPS = 2
+    USER_REMOVALS = 3
+    GROUP_DELETIONS = 4
+
+    @classmethod
+    def of(cls, action: Action, kind: Kind) -> Phase:
+        if kind == Kind.USER:
+            return cls.USER_WRITES if action in _USER_WRITES else cls.USER_REMOVALS
+        if action in _MEMBERSHIP:
+            return cls.MEMBERSHIPS
+        return cls.GROUP_DELETIONS if action is Action.DELETE else cls.GROUP_WRITES
 
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One change at the target. `values` holds only what this operation writes."""
+    """One change at the target. `values` holds only the attributes this operation writes."""
 
     action: Action
     kind: Kind
@@ -90,18 +118,32 @@ class Operation:
     members: tuple[str, ...] = ()  # source ids of users, for add/remove_members
     removed: tuple[str, ...] = ()  # update: attributes that no longer map to a value
     target_members: tuple[str, ...] = ()  # remove_members: target ids of users not ours
+    active: bool | None = None  # link, update: the account state it sets; None keeps it
+    previous_name: str | None = None  # rename: the name the target held
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.of(self.action, self.kind)
 
     def to_json(self) -> dict[str, object]:
+        """The form `plan --json` prints and approvals digest. It predates the `active`
+        and `previous_name` fields and keeps their keys in `values`, so that neither the
+        printed plans nor the approvals recorded before them change."""
         out: dict[str, object] = {
             "action": self.action.value,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "source_id": self.source_id,
             "name": self.name,
         }
         if self.target_id is not None:
             out["target_id"] = self.target_id
-        if self.values:
-            out["values"] = dict(self.values)
+        values: dict[str, object] = dict(self.values)
+        if self.active is not None:
+            values["active"] = self.active
+        if self.previous_name is not None:
+            values["previousName"] = self.previous_name
+        if values:
+            out["values"] = values
         if self.members:
             out["members"] = list(self.members)
         if self.removed:
@@ -188,8 +230,22 @@ class PlanOptions:
     remove_user_action: Literal["disable", "delete"] = "disable"
     groups: bool = True
     group_rename: Literal["in_place", "recreate"] = "in_place"
-    match_users_by: Literal["userName", "externalId"] = "userName"
+    match_users_by: MatchBy = "userName"
     user_name_changes: Literal["conflict", "update"] = "conflict"
+
+
+MatchBy = Literal["userName", "externalId"]
+
+
+def user_match_key(user_name: str, values: ScimValues, match_by: MatchBy) -> str:
+    """How a user is found at the target, for the planner and both observers: its userName
+    or its externalId, case-folded; empty when it has none."""
+    key = user_name if match_by == "userName" else values.get("externalId", "")
+    return str(key).lower()
+
+
+def group_match_key(display_name: str) -> str:
+    return display_name.lower()
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,8 @@ from scimsync.model import (
     Plan,
     PlanOptions,
     TargetRef,
+    group_match_key,
+    user_match_key,
 )
 
 
@@ -72,31 +74,15 @@ class PlanInput:
     taken_group_names: Mapping[str, str] = field(default_factory=dict)
 
 
-# The executor's order: users written, groups written, memberships, user removals, group deletions.
-_USER_WRITES = frozenset({Action.LINK, Action.CREATE, Action.UPDATE})
 _ACTION_ORDER = {action: i for i, action in enumerate(Action)}
 
 
-def phase(op: Operation) -> int:
-    if op.kind == "user":
-        return 0 if op.action in _USER_WRITES else 3
-    if op.action in (Action.ADD_MEMBERS, Action.REMOVE_MEMBERS):
-        return 2
-    return 4 if op.action is Action.DELETE else 1
-
-
 def sort_key(op: Operation) -> tuple[int, str, str, int, str]:
-    return (phase(op), op.kind, op.name, _ACTION_ORDER[op.action], op.source_id)
+    return (op.phase, op.kind, op.name, _ACTION_ORDER[op.action], op.source_id)
 
 
 def user_key(user: DesiredUser, options: PlanOptions) -> str:
-    if options.match_users_by == "externalId":
-        return str(user.values.get("externalId", "")).lower()
-    return user.user_name.lower()
-
-
-def group_key(group: DesiredGroup) -> str:
-    return group.display_name.lower()
+    return user_match_key(user.user_name, user.values, options.match_users_by)
 
 
 def plan(inp: PlanInput, options: PlanOptions) -> Plan:
@@ -146,7 +132,7 @@ class _UserPlanner:
         blocked = self._find_conflicts()
         for source_id, desired in inp.desired_users.items():
             linked = inp.linked_users.get(source_id)
-            if ("user", source_id) in inp.skip or source_id in blocked:
+            if (Kind.USER, source_id) in inp.skip or source_id in blocked:
                 if linked is not None:
                     self.provisioned.add(source_id)
                     if source_id in blocked:
@@ -161,13 +147,13 @@ class _UserPlanner:
                 self._linked(desired, linked)
         if inp.deprovision_missing:
             for source_id, linked in inp.linked_users.items():
-                if source_id not in inp.desired_users and ("user", source_id) not in inp.skip:
+                if source_id not in inp.desired_users and (Kind.USER, source_id) not in inp.skip:
                     self._left_scope(linked)
 
     def _find_conflicts(self) -> set[str]:
         inp, blocked = self.inp, set[str]()
         candidates = {
-            sid: d for sid, d in inp.desired_users.items() if ("user", sid) not in inp.skip
+            sid: d for sid, d in inp.desired_users.items() if (Kind.USER, sid) not in inp.skip
         }
         names = _duplicates((sid, d.user_name.lower()) for sid, d in candidates.items())
         for sid, others in names.items():
@@ -204,7 +190,7 @@ class _UserPlanner:
         return blocked
 
     def _conflict(self, desired: DesiredUser, cause: str) -> None:
-        self.conflicts.append(Conflict("user", desired.source_id, desired.user_name, cause))
+        self.conflicts.append(Conflict(Kind.USER, desired.source_id, desired.user_name, cause))
 
     def _unlinked(self, desired: DesiredUser) -> None:
         options = self.options
@@ -221,7 +207,7 @@ class _UserPlanner:
             self.ops.append(
                 Operation(
                     Action.CREATE,
-                    "user",
+                    Kind.USER,
                     desired.source_id,
                     desired.user_name,
                     values=desired.values,  # shared, not copied: neither side mutates it
@@ -244,18 +230,20 @@ class _UserPlanner:
             removed = tuple(
                 sorted(k for k in found.values if k not in fixed and k not in desired.values)
             )
+        active = None
         if found.active != desired.active:
             may = options.update_users if desired.active else options.deprovision_users
             if may:
-                values["active"] = desired.active
+                active = desired.active
         return Operation(
             Action.LINK,
-            "user",
+            Kind.USER,
             desired.source_id,
             desired.user_name,
             target_id=found.target_id,
             values=values,
             removed=removed,
+            active=active,
         )
 
     def _linked(self, desired: DesiredUser, linked: LinkedUser) -> None:
@@ -283,18 +271,18 @@ class _UserPlanner:
         removed = tuple(sorted(k for k in linked.values if k not in fixed | desired.values.keys()))
         if linked.user_name.lower() != desired.user_name.lower():  # user_name_changes: update
             values["userName"] = desired.user_name
-        if desired.active and not linked.active:
-            values["active"] = True
-        if values or removed:
+        active = True if desired.active and not linked.active else None
+        if values or removed or active is not None:
             self.ops.append(
                 Operation(
                     Action.UPDATE,
-                    "user",
+                    Kind.USER,
                     desired.source_id,
                     desired.user_name,
                     target_id=linked.target_id,
                     values=values,
                     removed=removed,
+                    active=active,
                 )
             )
 
@@ -311,7 +299,7 @@ class _UserPlanner:
             self.deleted.add(linked.source_id)
         self.ops.append(
             Operation(
-                action, "user", linked.source_id, linked.user_name, target_id=linked.target_id
+                action, Kind.USER, linked.source_id, linked.user_name, target_id=linked.target_id
             )
         )
 
@@ -322,7 +310,7 @@ class _GroupPlanner:
         self.options = options
         self.provisioned = (users.provisioned | inp.other_members) - users.deleted
         self.deleted = users.deleted
-        self.skipped_users = {sid for kind, sid in inp.skip if kind == "user"}
+        self.skipped_users = {sid for kind, sid in inp.skip if kind == Kind.USER}
         # Users adopted by this plan are ours by the time memberships are written.
         self.ours = {link.target_id: sid for sid, link in inp.linked_users.items()}
         self.ours.update(users.adopted)
@@ -333,33 +321,35 @@ class _GroupPlanner:
         inp = self.inp
         blocked = self._find_conflicts()
         for source_id, desired in inp.desired_groups.items():
-            if ("group", source_id) in inp.skip or source_id in blocked:
+            if (Kind.GROUP, source_id) in inp.skip or source_id in blocked:
                 continue
             linked = inp.linked_groups.get(source_id)
             if linked is not None:
                 self._linked(desired, linked)
                 continue
-            found = inp.target_groups.get(group_key(desired))
+            found = inp.target_groups.get(group_match_key(desired.display_name))
             if found is not None:
                 self.ops.append(
                     Operation(
                         Action.LINK,
-                        "group",
+                        Kind.GROUP,
                         source_id,
                         desired.display_name,
                         target_id=found.target_id,
                     )
                 )
             else:
-                self.ops.append(Operation(Action.CREATE, "group", source_id, desired.display_name))
+                self.ops.append(
+                    Operation(Action.CREATE, Kind.GROUP, source_id, desired.display_name)
+                )
             self._members(desired, frozenset(), inp.target_members.get(source_id))
         if inp.deprovision_missing:
             for source_id, linked in inp.linked_groups.items():
-                if source_id not in inp.desired_groups and ("group", source_id) not in inp.skip:
+                if source_id not in inp.desired_groups and (Kind.GROUP, source_id) not in inp.skip:
                     self.ops.append(
                         Operation(
                             Action.DELETE,
-                            "group",
+                            Kind.GROUP,
                             source_id,
                             linked.display_name,
                             target_id=linked.target_id,
@@ -369,7 +359,7 @@ class _GroupPlanner:
     def _find_conflicts(self) -> set[str]:
         inp, blocked = self.inp, set[str]()
         candidates = {
-            sid: g for sid, g in inp.desired_groups.items() if ("group", sid) not in inp.skip
+            sid: g for sid, g in inp.desired_groups.items() if (Kind.GROUP, sid) not in inp.skip
         }
         for sid, group in candidates.items():
             if not group.display_name:
@@ -391,12 +381,12 @@ class _GroupPlanner:
         return blocked
 
     def _conflict(self, group: DesiredGroup, cause: str) -> None:
-        self.conflicts.append(Conflict("group", group.source_id, group.display_name, cause))
+        self.conflicts.append(Conflict(Kind.GROUP, group.source_id, group.display_name, cause))
 
     def _linked(self, desired: DesiredGroup, linked: LinkedGroup) -> None:
         name = desired.display_name
         if name != linked.display_name:
-            taken = self.inp.target_groups.get(group_key(desired))
+            taken = self.inp.target_groups.get(group_match_key(desired.display_name))
             if taken is not None:
                 self._conflict(
                     desired,
@@ -408,11 +398,12 @@ class _GroupPlanner:
                 self.ops.append(
                     Operation(
                         Action.RENAME,
-                        "group",
+                        Kind.GROUP,
                         desired.source_id,
                         name,
                         target_id=linked.target_id,
-                        values={"displayName": name, "previousName": linked.display_name},
+                        values={"displayName": name},
+                        previous_name=linked.display_name,
                     )
                 )
         self._members(
@@ -448,7 +439,7 @@ class _GroupPlanner:
             self.ops.append(
                 Operation(
                     Action.ADD_MEMBERS,
-                    "group",
+                    Kind.GROUP,
                     desired.source_id,
                     name,
                     target_id=target_id,
@@ -459,7 +450,7 @@ class _GroupPlanner:
             self.ops.append(
                 Operation(
                     Action.REMOVE_MEMBERS,
-                    "group",
+                    Kind.GROUP,
                     desired.source_id,
                     name,
                     target_id=target_id,

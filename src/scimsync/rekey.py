@@ -69,7 +69,7 @@ def pending(config: Config, store: Store) -> Rekey | None:
     old = changed_from(config, store)
     if old is None:
         return None
-    users, groups = store.linked_ids("user"), store.linked_ids("group")
+    users, groups = store.linked_ids(Kind.USER), store.linked_ids(Kind.GROUP)
     if not users and not groups:
         return Rekey(old, configured(config), {}, 0, 0, 0)
     failing = set(store.failures())  # of unlinked records too
@@ -154,7 +154,9 @@ def settle(config: Config, store: Store, *, settings_unchanged: bool) -> Rekey |
     `settings_unchanged`: the settings the last full cycle ran with are the configured ones.
     """
     if store.watermark(IDENTITY) is None:
-        if settings_unchanged or not (store.count_linked("user") or store.count_linked("group")):
+        if settings_unchanged or not (
+            store.count_linked(Kind.USER) or store.count_linked(Kind.GROUP)
+        ):
             store.set_watermark(IDENTITY, configured(config))
         return None  # otherwise recorded at the end of the next full cycle
     rekey = pending(config, store)

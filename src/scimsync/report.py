@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
-from scimsync.model import Action, Operation
+from scimsync.model import Action, Kind, Operation
 
 if TYPE_CHECKING:
     from scimsync.apply import Progress
@@ -58,11 +58,11 @@ def _describe(op: Operation) -> str:
         count = len(op.members) + len(op.target_members)
         detail = f" ({count} member{'s' if count != 1 else ''})"
     elif op.action is Action.RENAME:
-        detail = f" (was {op.values.get('previousName', '?')})"
+        detail = f" (was {op.previous_name or '?'})"
     elif op.action in (Action.UPDATE, Action.LINK):
-        keys = sorted({*(k for k in op.values if k != "active"), *op.removed})
-        if "active" in op.values:
-            keys.append("active" if op.values["active"] else "inactive")
+        keys = sorted({*op.values, *op.removed})
+        if op.active is not None:
+            keys.append("active" if op.active else "inactive")
         detail = f" ({', '.join(keys)})" if keys else ""
     return f"{op.action.value:<15}{op.kind:<6}{op.name}{detail}"
 
@@ -174,7 +174,7 @@ def print_target_check(console: Console, check: TargetCheck) -> None:
 
 def print_status(console: Console, store: Store) -> None:
     console.print(
-        f"linked: {store.count_linked('user')} users, {store.count_linked('group')} groups",
+        f"linked: {store.count_linked(Kind.USER)} users, {store.count_linked(Kind.GROUP)} groups",
         markup=False,
     )
     runs = store.runs(limit=5)

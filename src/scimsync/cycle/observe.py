@@ -8,7 +8,14 @@ from dataclasses import replace
 
 from scimsync.config import Config
 from scimsync.cycle.views import View
-from scimsync.model import DesiredGroup, DesiredUser, TargetRef
+from scimsync.model import (
+    DesiredGroup,
+    DesiredUser,
+    Kind,
+    TargetRef,
+    group_match_key,
+    user_match_key,
+)
 from scimsync.plan import PlanInput
 from scimsync.state import Store
 from scimsync.target import RemoteGroup, Target
@@ -37,7 +44,7 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
     desired = view.desired
     linked_users = dict(view.linked_users)
     linked_groups = dict(view.linked_groups)
-    by_user_name = config.options.match_users_by == "userName"
+    match_by = config.options.match_users_by
     users_by_key: dict[str, TargetRef] = {}
     by_target_id = {link.target_id: sid for sid, link in linked_users.items()}
     managed = set(config.rules)
@@ -46,9 +53,9 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
     async for remote in target.iter_users():
         source_id = by_target_id.get(remote.id)
         if source_id is None:
-            key = remote.user_name if by_user_name else str(remote.values.get("externalId", ""))
+            key = user_match_key(remote.user_name, remote.values, match_by)
             if key:
-                users_by_key[key.lower()] = TargetRef(
+                users_by_key[key] = TargetRef(
                     remote.id,
                     remote.user_name,
                     remote.active,
@@ -84,13 +91,13 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
                 # plan from the name the target holds, as for users' values.
                 linked_groups[source_id] = replace(glink, display_name=seen_group.display_name)
         unlinked = {
-            group.display_name.lower(): group
+            group_match_key(group.display_name): group
             for group in remote_groups.values()
             if group.id not in linked_group_ids
         }
         target_groups = {k: TargetRef(g.id, g.display_name) for k, g in unlinked.items()}
         for source_id, wanted_group in desired.groups.items():
-            match = unlinked.get(wanted_group.display_name.lower())
+            match = unlinked.get(group_match_key(wanted_group.display_name))
             if source_id not in linked_groups and match is not None:
                 # Adopted now: members added by hand go in the same cycle.
                 target_members[source_id] = match.member_ids
@@ -109,34 +116,35 @@ async def observe_unlinked(target: Target, view: View, config: Config, store: St
     """Incremental and one-user views: look up only the desired objects that have no link
     yet, by their key."""
     desired = view.desired
-    by_user_name = config.options.match_users_by == "userName"
+    match_by = config.options.match_users_by
     managed = set(config.rules)
     users_by_key: dict[str, TargetRef] = {}
     groups_by_key: dict[str, TargetRef] = {}
 
     async def find_user(user: DesiredUser) -> None:
-        if by_user_name:
+        if match_by == "userName":
             found = await target.find_user(user.user_name)
         else:
             found = await target.find_user_by_external_id(str(user.values.get("externalId", "")))
         if found is not None:
-            key = found.user_name if by_user_name else str(found.values.get("externalId", ""))
-            users_by_key[key.lower()] = TargetRef(
+            users_by_key[user_match_key(found.user_name, found.values, match_by)] = TargetRef(
                 found.id, found.user_name, found.active, managed_values(found.values, managed)
             )
 
     async def find_group(group: DesiredGroup) -> None:
         found = await target.find_group(group.display_name)
         if found is not None:
-            groups_by_key[found.display_name.lower()] = TargetRef(found.id, found.display_name)
+            groups_by_key[group_match_key(found.display_name)] = TargetRef(
+                found.id, found.display_name
+            )
 
     lookups = [find_user(u) for sid, u in desired.users.items() if sid not in view.linked_users]
     lookups += [find_group(g) for sid, g in desired.groups.items() if sid not in view.linked_groups]
     await asyncio.gather(*lookups)  # the target's own semaphore bounds the concurrency
     # An object found by its key may be linked already, to a record outside this view: it
     # is then taken, never adopted a second time.
-    user_holders = store.linked_to("user", [r.target_id for r in users_by_key.values()])
-    group_holders = store.linked_to("group", [r.target_id for r in groups_by_key.values()])
+    user_holders = store.linked_to(Kind.USER, [r.target_id for r in users_by_key.values()])
+    group_holders = store.linked_to(Kind.GROUP, [r.target_id for r in groups_by_key.values()])
     return PlanInput(
         desired_users=desired.users,
         desired_groups=desired.groups,

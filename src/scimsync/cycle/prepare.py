@@ -16,7 +16,7 @@ from scimsync.cycle.observe import observe
 from scimsync.cycle.views import View, read_view
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import compile_rules
-from scimsync.model import LinkedUser, Plan, Record
+from scimsync.model import Kind, LinkedUser, Plan, Record
 from scimsync.plan import plan
 from scimsync.retry import Failures
 from scimsync.state import Store
@@ -52,7 +52,7 @@ def skipped(failures: Failures, view: View, now: datetime) -> frozenset[Record]:
     desired = view.desired
     unmapped = unmapped_but_linked(desired.failures, view.linked_users)
     waiting = retry.waiting(failures, now, desired.users, desired.groups)
-    return waiting | {("user", source_id) for source_id in unmapped}
+    return waiting | {(Kind.USER, source_id) for source_id in unmapped}
 
 
 async def prepare(
@@ -84,7 +84,7 @@ async def prepare(
         verdict = guard(
             the_plan,
             config.options.deletion_limit,
-            linked_users=store.count_linked("user"),
+            linked_users=store.count_linked(Kind.USER),
             source_users=view.desired.source_user_count,
         )
     return Prepared(view, the_plan, verdict, failures, inputs.linked_users, skip)

@@ -6,7 +6,7 @@ from scimsync import log
 from scimsync.config import Config
 from scimsync.cycle.mode import LAST_FULL
 from scimsync.cycle.observe import managed_values
-from scimsync.model import LinkedGroup, LinkedUser
+from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import Store
 from scimsync.target import Target
 
@@ -33,15 +33,15 @@ async def recover_interrupted(store: Store, target: Target, config: Config) -> b
             continue
         if intent.kind == "user":
             user = await target.find_user(intent.name)
-            if user is not None and not store.linked_to("user", [user.id]):
+            if user is not None and not store.linked_to(Kind.USER, [user.id]):
                 values = managed_values(user.values, managed)
                 store.save_user(
                     LinkedUser(intent.source_id, user.id, user.user_name, user.active, values)
                 )
         else:
             group = await target.find_group(intent.name)
-            if group is not None and not store.linked_to("group", [group.id]):
-                ours = store.linked_to("user", group.member_ids)
+            if group is not None and not store.linked_to(Kind.GROUP, [group.id]):
+                ours = store.linked_to(Kind.USER, group.member_ids)
                 members = frozenset(ours.values())
                 store.save_group(
                     LinkedGroup(intent.source_id, group.id, group.display_name, members)

@@ -20,6 +20,7 @@ from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.mapping import Mapper
 from scimsync.model import (
     DesiredGroup,
+    Kind,
     LinkedGroup,
     LinkedUser,
     Record,
@@ -153,8 +154,8 @@ def incremental_view(
                 groups[source_id] = DesiredGroup(source_id, link.display_name, members)
     desired = Desired(users, groups, failures, None)
     others = frozenset(in_scope - linked_users.keys() - users.keys()) if groups else frozenset()
-    universe: set[Record] = {("user", sid) for sid in touched} | {
-        ("group", sid) for sid in groups.keys() | changes.gone_groups
+    universe: set[Record] = {(Kind.USER, sid) for sid in touched} | {
+        (Kind.GROUP, sid) for sid in groups.keys() | changes.gone_groups
     }
     entered, left = scope_moves(linked_users, users.keys() | kept)
     return View(
@@ -207,8 +208,8 @@ def user_view(
         linked_users = rekey.users_rekeyed(linked_users, rekeyed)
     else:
         linked_users = store.linked_users_by_ids(wanted)
-    universe: set[Record] = {("user", sid) for sid in wanted}
-    universe |= {("group", sid) for sid in groups}
+    universe: set[Record] = {(Kind.USER, sid) for sid in wanted}
+    universe |= {(Kind.GROUP, sid) for sid in groups}
     entered, _ = scope_moves(linked_users, wanted.keys())
     absent, unknown = None, False
     if not wanted and not mine:
@@ -277,9 +278,11 @@ def read_view(
             assert watermark is not None
             # Read at most once a cycle, by change detection or by the view, whichever asks.
             # Only users in scope: one who left it and comes back must be seen entering.
-            user_ids = cache(partial(store.linked_ids, "user", in_scope=True))
+            user_ids = cache(partial(store.linked_ids, Kind.USER, in_scope=True))
             try:
-                changes = directory.changes(watermark, user_ids, partial(store.linked_ids, "group"))
+                changes = directory.changes(
+                    watermark, user_ids, partial(store.linked_ids, Kind.GROUP)
+                )
             except WatermarkLost as exc:
                 logger.info("watermark lost: full reconciliation", reason=str(exc))
             else:

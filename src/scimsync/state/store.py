@@ -231,7 +231,7 @@ class Store:
 
     def linked_groups(self) -> dict[str, LinkedGroup]:
         with self._read() as conn:
-            heads = list(conn.execute(self._links_query("group")))
+            heads = list(conn.execute(self._links_query(Kind.GROUP)))
             members = self._members(conn, None)
         return {row.source_id: _group(row, members.get(row.source_id, ())) for row in heads}
 
@@ -239,7 +239,7 @@ class Store:
         found: dict[str, LinkedGroup] = {}
         with self._read() as conn:
             for chunk in _chunks(source_ids, READ_CHUNK):
-                query = self._links_query("group").where(t.links.c.source_id.in_(chunk))
+                query = self._links_query(Kind.GROUP).where(t.links.c.source_id.in_(chunk))
                 heads = list(conn.execute(query))
                 members = self._members(conn, [row.source_id for row in heads])
                 for row in heads:
@@ -702,7 +702,7 @@ class Store:
                     intent_id=row.id,
                     cycle_id=row.cycle_id,
                     action=row.action,
-                    kind=cast(Kind, row.kind),
+                    kind=Kind(row.kind),
                     source_id=row.source_id,
                     name=row.name,
                     at=row.at,
@@ -896,7 +896,7 @@ class Store:
         )
 
     def _user_links_query(self, with_values: bool) -> sa.Select[Any]:
-        query = self._links_query("user")
+        query = self._links_query(Kind.USER)
         if with_values:
             return query
         c = t.links.c
@@ -1023,7 +1023,7 @@ def _group(row: sa.Row[Any], members: Iterable[str]) -> LinkedGroup:
 
 def _failure(row: sa.Row[Any]) -> FailureRecord:
     return FailureRecord(
-        kind=cast(Kind, row.kind),
+        kind=Kind(row.kind),
         source_id=row.source_id,
         name=row.name,
         action=row.action,
