@@ -26,7 +26,7 @@ from scimsync.daemon import Daemon
 from scimsync.emulator import RunningEmulator
 from scimsync.model import Kind
 from scimsync.state import Store
-from scimsync.state.store import APPROVAL, PRUNED
+from scimsync.state.watermarks import APPROVAL, PRUNED
 from tests.fixtures.slapd import RestartableSlapd, Tree
 from tests.harness import Channel, eventually, source_settings
 from tests.test_state import T0, Clock

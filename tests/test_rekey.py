@@ -14,7 +14,7 @@ from scimsync.emulator import RunningEmulator
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.rekey import RekeyRefusedError, match
 from scimsync.state import Store
-from scimsync.state.store import IDENTITY
+from scimsync.state.watermarks import IDENTITY
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
 from tests.test_cli import Cli

@@ -24,12 +24,14 @@ def fail(
 ) -> FailureRecord:
     return retry.failed(
         previous,
-        kind=Kind.USER,
-        source_id="u1",
-        name="ann@example.com",
-        action=action,
-        cause="HTTP 500",
-        source_fingerprint=source_fingerprint,
+        retry.Attempt(
+            kind=Kind.USER,
+            source_id="u1",
+            name="ann@example.com",
+            action=action,
+            cause="HTTP 500",
+            source_fingerprint=source_fingerprint,
+        ),
         now=now,
         max_retries=max_retries,
     )
@@ -39,12 +41,14 @@ def group_failure(source_fingerprint: str = "fp") -> FailureRecord:
     """Eng's create failed once at T0."""
     return retry.failed(
         None,
-        kind=Kind.GROUP,
-        source_id="g1",
-        name="Eng",
-        action="create",
-        cause="HTTP 500",
-        source_fingerprint=source_fingerprint,
+        retry.Attempt(
+            kind=Kind.GROUP,
+            source_id="g1",
+            name="Eng",
+            action="create",
+            cause="HTTP 500",
+            source_fingerprint=source_fingerprint,
+        ),
         now=T0,
         max_retries=3,
     )
@@ -154,12 +158,14 @@ def test_a_user_and_a_group_with_one_source_id_are_apart() -> None:
 def refusal(action: str = "conflict", cause: str = "userName is held") -> FailureRecord:
     return retry.failed(
         None,
-        kind=Kind.USER,
-        source_id="u1",
-        name="ann@example.com",
-        action=action,
-        cause=cause,
-        source_fingerprint=retry.refusal_fingerprint(cause),
+        retry.Attempt(
+            kind=Kind.USER,
+            source_id="u1",
+            name="ann@example.com",
+            action=action,
+            cause=cause,
+            source_fingerprint=retry.refusal_fingerprint(cause),
+        ),
         now=T0,
         max_retries=5,
     )

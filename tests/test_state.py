@@ -19,17 +19,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from scimsync.model import Kind, LinkedGroup, LinkedUser
-from scimsync.retry import is_due
+from scimsync.retry import Attempt, is_due
 from scimsync.state import (
     Approval,
     AuditRecord,
     ChannelLocked,
     StateError,
     Store,
+    base,
     fingerprint,
     held_digest,
+    journal,
 )
-from scimsync.state import store as store_module
 from scimsync.state.connect import create_engine, safe_url
 from scimsync.state.locking import lock_file_path
 from scimsync.state.migrate import VERSION_TABLE, alembic_config, current_revision, head_revision
@@ -323,8 +324,14 @@ def test_rekey_repoints_every_record_and_drops_what_names_old_ids(
             store.save_users([user("u1"), user("u2"), user("u3")])
             store.save_group(LinkedGroup("g1", "tg1", "A", frozenset({"u1", "u3"})))
             store.save_group(LinkedGroup("g2", "tg2", "B", frozenset({"u2", "g1"})))
-            store.record_failure(Kind.USER, "u1", "u1@example.com", "update", "500", "fp", T0, 5)
-            store.record_failure(Kind.GROUP, "g1", "A", "update", "500", "fp", T0, 5)
+            store.record_failure(
+                Attempt(Kind.USER, "u1", "u1@example.com", "update", "500", "fp"),
+                now=T0,
+                max_retries=5,
+            )
+            store.record_failure(
+                Attempt(Kind.GROUP, "g1", "A", "update", "500", "fp"), now=T0, max_retries=5
+            )
             cycle = store.begin_run("full")
             store.intend_many(
                 cycle, [("update", Kind.USER, "u2", "b"), ("update", Kind.GROUP, "g1", "A")]
@@ -468,7 +475,7 @@ def test_prune_keeps_the_newest_run_however_old(store: Store, clock: Clock) -> N
 def test_prune_goes_by_chunks_and_stops_between_them(
     store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "PRUNE_CHUNK", 3)
+    monkeypatch.setattr(journal, "PRUNE_CHUNK", 3)
     cycle = finished_run(store)
     store.audit_many(
         AuditRecord(cycle, T0 + timedelta(minutes=i), "update", Kind.USER, f"u{i}", None, True)
@@ -505,7 +512,9 @@ def test_times_must_carry_a_zone(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         store.audit_log(since=naive)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.record_failure(Kind.USER, "u1", "a", "create", "500", "fp", naive, 5)
+        store.record_failure(
+            Attempt(Kind.USER, "u1", "a", "create", "500", "fp"), now=naive, max_retries=5
+        )
     with pytest.raises(ValueError, match="timezone-aware"):
         store.prune(naive)
 
@@ -565,7 +574,9 @@ def test_intents_by_the_chunk(store: Store) -> None:
 
 def test_failures_back_off_then_quarantine(store: Store) -> None:
     def fail(now: datetime, fp: str = "fp1") -> None:
-        store.record_failure(Kind.USER, "u1", "alice", "update", "HTTP 500", fp, now, max_retries=3)
+        store.record_failure(
+            Attempt(Kind.USER, "u1", "alice", "update", "HTTP 500", fp), now=now, max_retries=3
+        )
 
     fail(T0)
     first = store.failures()[(Kind.USER, "u1")]
@@ -582,7 +593,9 @@ def test_failures_back_off_then_quarantine(store: Store) -> None:
     assert second.first_failed_at == T0
 
     record = store.record_failure(
-        Kind.USER, "u1", "alice", "update", "HTTP 500 again", "fp1", T0 + timedelta(minutes=3), 3
+        Attempt(Kind.USER, "u1", "alice", "update", "HTTP 500 again", "fp1"),
+        now=T0 + timedelta(minutes=3),
+        max_retries=3,
     )
     assert (record.attempts, record.quarantined) == (3, True)
     assert record.next_retry_at == T0 + timedelta(minutes=3 + 4)
@@ -597,8 +610,12 @@ def test_failures_back_off_then_quarantine(store: Store) -> None:
 
 def test_failures_clear_one_and_reset_all(store: Store) -> None:
     for source_id in ("u1", "u2"):
-        store.record_failure(Kind.USER, source_id, source_id, "create", "409", "fp", T0, 5)
-    store.record_failure(Kind.GROUP, "g1", "G", "create", "500", "fp", T0, 5)
+        store.record_failure(
+            Attempt(Kind.USER, source_id, source_id, "create", "409", "fp"), now=T0, max_retries=5
+        )
+    store.record_failure(
+        Attempt(Kind.GROUP, "g1", "G", "create", "500", "fp"), now=T0, max_retries=5
+    )
 
     store.clear_failure(Kind.USER, "u1")
     assert set(store.failures()) == {("user", "u2"), ("group", "g1")}
@@ -607,7 +624,9 @@ def test_failures_clear_one_and_reset_all(store: Store) -> None:
 
 
 def test_a_long_cause_is_clipped(store: Store) -> None:
-    record = store.record_failure(Kind.USER, "u1", "a", "create", "x" * 10_000, "fp", T0, 5)
+    record = store.record_failure(
+        Attempt(Kind.USER, "u1", "a", "create", "x" * 10_000, "fp"), now=T0, max_retries=5
+    )
     assert len(record.cause) == len(store.failures()[(Kind.USER, "u1")].cause) == 2000
 
 
@@ -691,7 +710,9 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
         prod.save_user(user("u1"))
         prod.save_group(LinkedGroup("g1", "tg1", "G", frozenset({"u1"})))
         prod.set_watermark("users", "w1")
-        prod.record_failure(Kind.USER, "u9", "x", "create", "500", "fp", T0, 5)
+        prod.record_failure(
+            Attempt(Kind.USER, "u9", "x", "create", "500", "fp"), now=T0, max_retries=5
+        )
         prod.stage_deletions("c", [{"source_id": "u5"}])
         prod.audit(prod.begin_run("full"), "create", Kind.USER, "u1", "t1", True)
         prod.intend_many("c", [("create", Kind.USER, "u2", "b")])
@@ -806,12 +827,12 @@ def test_an_unopenable_sqlite_path_is_a_state_error(tmp_path: Path) -> None:
 def test_a_driver_complaint_is_its_first_line_without_the_password() -> None:
     url = sa.make_url("postgresql+psycopg://scimsync:s3cret-pw@db.example.com/scimsync")
     echoed = psycopg.OperationalError('FATAL:  password "s3cret-pw" rejected\nDETAIL:  why')
-    assert store_module.describe(sa.exc.OperationalError(None, None, echoed), url) == (
+    assert base.describe(sa.exc.OperationalError(None, None, echoed), url) == (
         'FATAL:  password "***" rejected'
     )
     # A driver error without a message is named by its class.
     silent = sa.exc.OperationalError(None, None, psycopg.OperationalError())
-    assert store_module.describe(silent, url) == "OperationalError"
+    assert base.describe(silent, url) == "OperationalError"
 
 
 @pytest.mark.postgres
@@ -923,7 +944,9 @@ def test_readonly_on_an_older_schema_asks_for_an_upgrade_and_does_none(store_url
 def test_readonly_reads_what_a_writer_recorded_and_writes_nothing(store_url: str) -> None:
     with Store.open(store_url, "main") as writer:
         writer.save_user(user("u1"))
-        writer.record_failure(Kind.USER, "u2", "b", "create", "500", "fp", T0, 5)
+        writer.record_failure(
+            Attempt(Kind.USER, "u2", "b", "create", "500", "fp"), now=T0, max_retries=5
+        )
     with Store.open(store_url, "main", readonly=True) as reader:
         assert list(reader.linked_users()) == ["u1"]
         with pytest.raises(StateError, match="read-only"):

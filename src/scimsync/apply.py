@@ -29,9 +29,9 @@ from scimsync.model import (
     Plan,
     Record,
 )
-from scimsync.retry import record_fingerprint
+from scimsync.retry import Attempt, record_fingerprint
 from scimsync.state import AuditRecord
-from scimsync.state.store import Clock, utc_now
+from scimsync.state.base import Clock, utc_now
 from scimsync.target import RemoteGroup, Target
 from scimsync.target.errors import Mutability
 
@@ -217,12 +217,14 @@ class Executor:
         self.pending.append(
             partial(
                 self.store.record_failure,
-                first.kind,
-                first.source_id,
-                name=first.name,
-                action=first.action.value,
-                cause=cause,
-                source_fingerprint=record_fingerprint(subject) if subject else "",
+                Attempt(
+                    first.kind,
+                    first.source_id,
+                    name=first.name,
+                    action=first.action.value,
+                    cause=cause,
+                    source_fingerprint=record_fingerprint(subject) if subject else "",
+                ),
                 now=self.now(),
                 max_retries=self.options.max_retries,
             )

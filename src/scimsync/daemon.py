@@ -18,7 +18,8 @@ from scimsync.cycle import run as cycle_run
 from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
-from scimsync.state.store import PRUNED, Clock, utc_now
+from scimsync.state.base import Clock, utc_now
+from scimsync.state.watermarks import PRUNED
 
 logger = log.get(__name__)
 

@@ -19,7 +19,7 @@ from scimsync.directory import LdapDirectory
 from scimsync.directory.reader import Identity
 from scimsync.model import Kind, LinkedGroup, LinkedUser
 from scimsync.state import FailureRecord, Store
-from scimsync.state.store import IDENTITY
+from scimsync.state.watermarks import IDENTITY
 
 logger = log.get(__name__)
 

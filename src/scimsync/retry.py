@@ -75,30 +75,34 @@ def refusal_fingerprint(cause: str) -> str:
     return fingerprint({"cause": cause})
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One failed attempt at a record (the target rejected `action`), or one refusal of it
+    (`action` in REFUSALS): what a failure row counts."""
+
+    kind: Kind
+    source_id: str
+    name: str
+    action: str
+    cause: str
+    source_fingerprint: str
+
+
 def failed(
-    previous: FailureRecord | None,
-    *,
-    kind: Kind,
-    source_id: str,
-    name: str,
-    action: str,
-    cause: str,
-    source_fingerprint: str,
-    now: datetime,
-    max_retries: int,
+    previous: FailureRecord | None, attempt: Attempt, *, now: datetime, max_retries: int
 ) -> FailureRecord:
     """The row after one more failed attempt (or refusal), given the row before it, if any."""
-    if previous is not None and previous.source_fingerprint == source_fingerprint:
+    if previous is not None and previous.source_fingerprint == attempt.source_fingerprint:
         attempts, first = previous.attempts + 1, previous.first_failed_at
     else:  # a first failure, or one of an edited record: the count starts again
         attempts, first = 1, now
     return FailureRecord(
-        kind=kind,
-        source_id=source_id,
-        name=name,
-        action=action,
-        cause=cause,
-        source_fingerprint=source_fingerprint,
+        kind=attempt.kind,
+        source_id=attempt.source_id,
+        name=attempt.name,
+        action=attempt.action,
+        cause=attempt.cause,
+        source_fingerprint=attempt.source_fingerprint,
         attempts=attempts,
         first_failed_at=first,
         last_failed_at=now,

@@ -13,7 +13,7 @@ from scimsync.config import Config
 from scimsync.cycle.prepare import Prepared
 from scimsync.model import Conflict, MappingFailure, Record
 from scimsync.state import Store
-from scimsync.state.store import MAX_CAUSE
+from scimsync.state.base import MAX_CAUSE
 
 # A refused record, with its row's action: "conflict" (the planner) or "map" (the mapping).
 Refusal = tuple[str, Conflict | MappingFailure]
@@ -72,16 +72,15 @@ def record_refusals(
                 name=refusal.name,
             )
             # Without a row, a refusal would be invisible to `status` after its first cycle.
-            store.record_failure(
+            attempt = retry.Attempt(
                 refusal.kind,
                 refusal.source_id,
                 name=refusal.name,
                 action=event,
                 cause=refusal.cause,
                 source_fingerprint=retry.refusal_fingerprint(refusal.cause),
-                now=now,
-                max_retries=config.options.max_retries,
             )
+            store.record_failure(attempt, now=now, max_retries=config.options.max_retries)
 
 
 def clear_settled_failures(store: Store, prepared: Prepared) -> None:

@@ -13,7 +13,8 @@ from scimsync import rekey
 from scimsync.config import Config
 from scimsync.fingerprint import fingerprint
 from scimsync.state import Store
-from scimsync.state.store import IDENTITY, Clock
+from scimsync.state.base import Clock
+from scimsync.state.watermarks import IDENTITY
 
 if TYPE_CHECKING:
     from scimsync.cycle.views import View

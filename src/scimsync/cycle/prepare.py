@@ -20,7 +20,7 @@ from scimsync.model import Kind, LinkedUser, Plan, Record
 from scimsync.plan import plan
 from scimsync.retry import Failures
 from scimsync.state import Store
-from scimsync.state.store import Clock, utc_now
+from scimsync.state.base import Clock, utc_now
 from scimsync.target import Target, open_target
 
 logger = log.get(__name__)

@@ -21,7 +21,7 @@ from scimsync.cycle.recovery import recover_interrupted
 from scimsync.errors import ExitCode
 from scimsync.model import Operation
 from scimsync.state import Store, held_digest
-from scimsync.state.store import Clock, utc_now
+from scimsync.state.base import Clock, utc_now
 from scimsync.target import open_target
 from scimsync.target.errors import Unauthorized
 
