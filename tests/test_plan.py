@@ -355,6 +355,28 @@ def test_full_reconciliation_overwrites_members_added_or_removed_at_the_target()
     )
 
 
+def test_an_incremental_write_keeps_members_linked_outside_the_view_and_drops_strangers() -> None:
+    """A group read at the target in an incremental plan: u8 and u9 are linked but outside
+    this plan's universe (member_links). u8 stays, being a directory member; u9 goes, as
+    the directory says; HAND, linked to nothing, goes as a stranger."""
+    inp = make(
+        [du("u1")],
+        [lu("u1")],
+        [dg("g1", "Eng", "u1", "u8")],
+        [lg("g1", "Eng", "u8", "u9")],
+        target_members={"g1": frozenset({"t-u8", "t-u9", "HAND"})},
+        member_links={"t-u8": "u8", "t-u9": "u9"},
+        other_members=frozenset({"u8", "u9"}),
+    )
+    add, remove = run(inp).operations
+    assert (add.action, add.members) == (A.ADD_MEMBERS, ("u1",))
+    assert (remove.action, remove.members, remove.target_members) == (
+        A.REMOVE_MEMBERS,
+        ("u9",),
+        ("HAND",),
+    )
+
+
 def test_disabled_user_keeps_its_memberships_but_a_deleted_one_is_removed_first() -> None:
     inp = make(
         [du("u1", active=False)], [lu("u1")], [dg("g1", "Eng", "u1")], [lg("g1", "Eng", "u1")]

@@ -25,8 +25,9 @@ It follows the rules table in design.md. Decisions beyond the table:
   A chain of such renames clears one step per cycle; two groups swapping names stay in
   conflict until one is renamed by hand.
 - Groups are created empty, then filled by add_members. A group found at the target is
-  linked; `target_members` for its source id, when given, lets this plan remove members
-  that are not ours at once, otherwise the next full reconciliation does it.
+  linked. `target_members` (the members the target holds) makes a written group's members
+  the directory's, those added by hand removed; the cycle reads it for every group the
+  plan writes (the listing of a full cycle; one GET each otherwise, cycle/prepare.py).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class PlanInput:
     # universe, with the source id holding each. Never adopted: a name in use is a Conflict.
     taken_user_names: Mapping[str, str] = field(default_factory=dict)
     taken_group_names: Mapping[str, str] = field(default_factory=dict)
+    # Incremental plans: target id -> source id of the users linked outside this plan's
+    # universe found among the members read at the target (target_members): ours, so never
+    # removed as strangers, and removed as members when the directory says so.
+    member_links: Mapping[str, str] = field(default_factory=dict)
 
 
 _ACTION_ORDER = {action: i for i, action in enumerate(Action)}
@@ -312,7 +317,8 @@ class _GroupPlanner:
         self.deleted = users.deleted
         self.skipped_users = {sid for kind, sid in inp.skip if kind == Kind.USER}
         # Users adopted by this plan are ours by the time memberships are written.
-        self.ours = {link.target_id: sid for sid, link in inp.linked_users.items()}
+        self.ours = dict(inp.member_links)
+        self.ours.update((link.target_id, sid) for sid, link in inp.linked_users.items())
         self.ours.update(users.adopted)
         self.ops: list[Operation] = []
         self.conflicts: list[Conflict] = []

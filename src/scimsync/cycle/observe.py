@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 
 from scimsync.config import Config
 from scimsync.cycle.views import View
 from scimsync.model import (
+    Action,
     DesiredGroup,
     DesiredUser,
     Kind,
+    Plan,
     TargetRef,
     group_match_key,
     user_match_key,
@@ -19,6 +22,7 @@ from scimsync.model import (
 from scimsync.plan import PlanInput
 from scimsync.state import Store
 from scimsync.target import RemoteGroup, Target
+from scimsync.target.errors import NotFound
 
 
 def managed_values(
@@ -164,4 +168,44 @@ async def observe_unlinked(target: Target, view: View, config: Config, store: St
             for r in groups_by_key.values()
             if r.target_id in group_holders
         },
+    )
+
+
+# The operations that write a group: after any of them its members are the directory's.
+_GROUP_WRITES = frozenset({Action.LINK, Action.RENAME, Action.ADD_MEMBERS, Action.REMOVE_MEMBERS})
+
+
+async def read_written_members(
+    target: Target, plan: Plan, inputs: PlanInput, store: Store
+) -> PlanInput:
+    """Incremental and one-user views: the members the target holds of each group the plan
+    writes and the view did not read, so that the write makes them the directory's (a
+    member added by hand goes in the same cycle, not at the next full reconciliation).
+    One GET per such group; none for the others."""
+    target_ids: dict[str, str] = {}
+    for op in plan.operations:
+        if op.kind != Kind.GROUP or op.action not in _GROUP_WRITES:
+            continue
+        if op.source_id in inputs.target_members or op.source_id in target_ids:
+            continue
+        link = inputs.linked_groups.get(op.source_id)
+        target_id = link.target_id if link is not None else op.target_id
+        if target_id is not None:
+            target_ids[op.source_id] = target_id
+    if not target_ids:
+        return inputs
+    read: dict[str, frozenset[str]] = {}
+
+    async def members_of(source_id: str, target_id: str) -> None:
+        # Gone at the target by hand: the write fails and says so, as before.
+        with contextlib.suppress(NotFound):
+            read[source_id] = await target.group_members(target_id)
+
+    await asyncio.gather(*(members_of(sid, tid) for sid, tid in target_ids.items()))
+    known = {link.target_id for link in inputs.linked_users.values()}
+    strangers = {tid for members in read.values() for tid in members if tid not in known}
+    return replace(
+        inputs,
+        target_members={**inputs.target_members, **read},
+        member_links={**inputs.member_links, **store.linked_to(Kind.USER, strangers)},
     )

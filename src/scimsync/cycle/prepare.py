@@ -12,7 +12,7 @@ from datetime import datetime
 from scimsync import log, rekey, retry
 from scimsync.config import Config
 from scimsync.cycle.desired import Desired, unmapped_but_linked
-from scimsync.cycle.observe import observe
+from scimsync.cycle.observe import observe, read_written_members
 from scimsync.cycle.views import View, read_view
 from scimsync.guard import GuardVerdict, guard
 from scimsync.mapping import compile_rules
@@ -78,6 +78,10 @@ async def prepare(
     skip = skipped(failures, view, now())
     inputs = replace(inputs, skip=skip)
     the_plan = plan(inputs, config.options.for_planner)
+    if view.mode != "full":  # a full view read every group's members with the listing
+        read = await read_written_members(target, the_plan, inputs, store)
+        if read is not inputs:
+            inputs, the_plan = read, plan(read, config.options.for_planner)
     if allow_deletions:
         verdict = GuardVerdict.allow(the_plan)
     else:

@@ -233,6 +233,14 @@ class ScimTarget:
     async def get_group(self, id: str) -> RemoteGroup:
         return group_from(await self.http.send("GET", f"Groups/{id}"), f"GET /Groups/{id}")
 
+    async def group_members(self, id: str) -> frozenset[str]:
+        """A group's member ids, read without its other attributes where the target honours
+        `attributes` (RFC 7644 3.4.2.5; `id` is always returned). SCIM has no paging of a
+        resource's members: a big group comes in one answer (Atlassian's cap is 290,000)."""
+        request = f"GET /Groups/{id}"
+        found = await self.http.send("GET", f"Groups/{id}", params={"attributes": "members"})
+        return group_from(found, request).member_ids
+
     async def _pages(self, resource: str) -> AsyncIterator[dict[str, Any]]:
         """Every row of a listing; BrokenListing when the target's paging cannot end well.
 
