@@ -92,3 +92,56 @@ def test_a_group_adopted_incrementally_gets_the_directory_members_only(
 
     assert report.prepared.view.mode == "incremental"
     assert channel.member_names("team") == {"anna@example.com"}
+
+
+# --- 2. inactive users the tenant leaves out of its listings -----------------------------
+
+
+def test_hidden_inactive_users_are_kept_linked_through_full_reconciliations(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    tree.add_user("anna")
+    ben = tree.add_user("ben")
+    tree.add_group("team", [ben])
+    assert channel.sync().exit_code == 0
+    ben_id = channel.users()["ben@example.com"]["id"]
+    channel.emulator.configure(hide_inactive=True)
+    tree.modify(ben, employeeType="disabled")
+    assert channel.sync().exit_code == 0
+    assert channel.users()["ben@example.com"]["active"] is False
+    listed = {u["userName"] for u in channel.http().get("/Users").json()["Resources"]}
+    assert listed == {"anna@example.com"}  # the quirk is on: ben is hidden
+
+    for _ in range(2):
+        with channel.store() as store:
+            store.reset()  # the next cycle is a full reconciliation
+        channel.emulator.reset_stats()
+        full = channel.sync()
+        assert full.prepared.view.mode == "full"
+        assert full.exit_code == 0 and full.prepared.plan.operations == ()
+        assert channel.emulator.stats()["by_method"].get("POST", 0) == 0
+    assert len(channel.users()) == 2  # no second account for ben
+
+    tree.modify(ben, employeeType="staff")
+    assert channel.sync().exit_code == 0
+    assert channel.users()["ben@example.com"] == {
+        **channel.users()["ben@example.com"],
+        "id": ben_id,
+        "active": True,
+    }
+    assert channel.member_names("team") == {"ben@example.com"}
+
+
+def test_a_linked_user_deleted_at_the_target_is_still_created_again(channel: Channel) -> None:
+    """The confirming GET answers 404: gone, as before the quirk was handled."""
+    channel.tree.add_user("anna")
+    assert channel.sync().exit_code == 0
+    with channel.http() as client:
+        client.delete(f"/Users/{channel.users()['anna@example.com']['id']}").raise_for_status()
+    channel.emulator.configure(hide_inactive=True)
+    with channel.store() as store:
+        store.reset()
+    full = channel.sync()
+    assert [op.action.value for op in full.prepared.plan.operations] == ["create"]
+    assert set(channel.users()) == {"anna@example.com"}

@@ -563,6 +563,9 @@ def test_modes_and_data_change_at_runtime_over_http(
     assert_error(renamed, 400, "mutability")
     assert_error(control.post("/_emulator/config", json={"fault_rate": 2}), 400, "invalidValue")
     assert_error(control.post("/_emulator/config", json={"colour": "red"}), 400, "invalidValue")
+    assert_error(
+        control.post("/_emulator/config", json={"hide_inactive": "yes"}), 400, "invalidValue"
+    )
     assert control.get("/_emulator/state").json()["groups"][0]["displayName"] == "fixed"
     assert control.post("/_emulator/wipe").status_code == 204
     assert emulator.groups() == []
@@ -629,3 +632,20 @@ def test_a_bad_data_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(data) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_hide_inactive_leaves_inactive_users_out_of_listings_and_filters_only(
+    client: httpx2.Client, emulator: RunningEmulator
+) -> None:
+    """ACCESS-1293: some tenants list no deactivated user; GET by id still finds them."""
+    ann = client.post("/Users", json=user_body("ann@example.com")).json()
+    off = client.post("/Users", json=user_body("off@example.com", active=False)).json()
+    emulator.configure(hide_inactive=True)
+    listed = client.get("/Users").json()
+    assert [u["id"] for u in listed["Resources"]] == [ann["id"]] and listed["totalResults"] == 1
+    found = client.get("/Users", params={"filter": 'userName eq "off@example.com"'}).json()
+    assert found["totalResults"] == 0
+    assert client.get(f"/Users/{off['id']}").json()["active"] is False
+    emulator.reset()  # back to the default: listed
+    client.post("/Users", json=user_body("off@example.com", active=False)).raise_for_status()
+    assert client.get("/Users").json()["totalResults"] == 1

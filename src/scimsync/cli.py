@@ -349,6 +349,10 @@ def emulate_atlassian(
     user_name: Annotated[
         str, typer.Option("--user-name", help="mutable or immutable (refuse userName changes)")
     ] = "mutable",
+    hide_inactive: Annotated[
+        bool,
+        typer.Option("--hide-inactive", help="leave inactive users out of listings and filters"),
+    ] = False,
     rate: Annotated[float | None, typer.Option("--rate", help="requests/s before 429")] = None,
     latency_ms: Annotated[float, typer.Option("--latency-ms")] = 0.0,
     fault_rate: Annotated[
@@ -396,6 +400,7 @@ def emulate_atlassian(
         host=host,
         rename=mode,
         user_name=user_name,
+        hide_inactive=hide_inactive,
         rate=rate,
         latency_ms=latency_ms,
         fault_rate=fault_rate,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
+from typing import TypeVar
 
 from scimsync.config import Config
 from scimsync.cycle.views import View
@@ -14,6 +15,7 @@ from scimsync.model import (
     DesiredGroup,
     DesiredUser,
     Kind,
+    LinkedUser,
     Plan,
     TargetRef,
     group_match_key,
@@ -21,7 +23,7 @@ from scimsync.model import (
 )
 from scimsync.plan import PlanInput
 from scimsync.state import Store
-from scimsync.target import RemoteGroup, Target
+from scimsync.target import RemoteGroup, RemoteUser, Target
 from scimsync.target.errors import NotFound
 
 
@@ -30,6 +32,9 @@ def managed_values(
 ) -> dict[str, str | bool]:
     """What the target holds of the attributes scimsync maps."""
     return {k: values[k] for k in managed if k in values}
+
+
+T = TypeVar("T")
 
 
 async def observe(target: Target, view: View, config: Config, store: Store) -> PlanInput:
@@ -67,14 +72,17 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
                 )
             continue
         seen.add(source_id)
-        # What the target holds of the attributes scimsync maps: a hand-made edit shows as
-        # a change, a mapped attribute the directory no longer has as one to clear.
-        held = managed_values(remote.values, managed)
-        linked_users[source_id] = replace(
-            linked_users[source_id], values=held, active=remote.active
-        )
-    for source_id in linked_users.keys() - seen:
-        del linked_users[source_id]  # deleted at the target by hand: created again
+        linked_users[source_id] = as_held(linked_users[source_id], remote, managed)
+    # Missing from the listing is not gone: some tenants list no inactive user
+    # (ACCESS-1293). Only a 404 for the object itself means deleted by hand.
+    unlisted = {sid: linked_users[sid].target_id for sid in linked_users.keys() - seen}
+    confirmed = await confirm_unlisted(target.get_user, unlisted)
+    for source_id in unlisted:
+        found = confirmed.get(source_id)
+        if found is None:
+            del linked_users[source_id]  # deleted at the target by hand: created again
+        else:
+            linked_users[source_id] = as_held(linked_users[source_id], found, managed)
     del by_target_id
 
     target_groups: dict[str, TargetRef] = {}
@@ -84,6 +92,13 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
         async for group in target.iter_groups():
             remote_groups[group.id] = group
         linked_group_ids = {link.target_id for link in linked_groups.values()}
+        unlisted = {
+            sid: link.target_id
+            for sid, link in linked_groups.items()
+            if link.target_id not in remote_groups
+        }
+        for group in (await confirm_unlisted(target.get_group, unlisted)).values():
+            remote_groups[group.id] = group
         for source_id, glink in list(linked_groups.items()):
             seen_group = remote_groups.get(glink.target_id)
             if seen_group is None:
@@ -114,6 +129,27 @@ async def observe_everything(target: Target, view: View, config: Config) -> Plan
         target_groups=target_groups,
         target_members=target_members,
     )
+
+
+def as_held(link: LinkedUser, remote: RemoteUser, managed: Collection[str]) -> LinkedUser:
+    """The link with what the target holds of the attributes scimsync maps: a hand-made
+    edit shows as a change, a mapped attribute the directory no longer has as one to clear."""
+    return replace(link, values=managed_values(remote.values, managed), active=remote.active)
+
+
+async def confirm_unlisted(
+    get: Callable[[str], Awaitable[T]], target_ids: Mapping[str, str]
+) -> dict[str, T]:
+    """source id -> the object a GET by id still finds, of the linked ones a listing left
+    out; a 404 leaves the source id out (deleted at the target)."""
+    found: dict[str, T] = {}
+
+    async def confirm(source_id: str, target_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            found[source_id] = await get(target_id)
+
+    await asyncio.gather(*(confirm(sid, tid) for sid, tid in target_ids.items()))
+    return found
 
 
 async def observe_unlinked(target: Target, view: View, config: Config, store: Store) -> PlanInput:

@@ -6,7 +6,7 @@ import functools
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,9 @@ class Emulator:
             self.misbehaviour.reseed(options["seed"])
 
     def reset_modes(self) -> None:
+        defaults = Settings()  # every mode but the seed, which only faults read
         self.configure(
-            rename="allowed",
-            user_name="mutable",
-            member_filter="accepted",
-            rate=None,
-            latency_ms=0.0,
-            fault_rate=0.0,
-            lost_response_rate=0.0,
+            **{f.name: getattr(defaults, f.name) for f in fields(Settings) if f.name != "seed"}
         )
         if self.misbehaviour is not None:  # an empty rate window on the real clock
             self.misbehaviour.window = SlidingWindow()
@@ -159,6 +154,8 @@ async def list_users(request: Request) -> Response:
     params = request.query_params
     attribute, value = parse_filter(params.get("filter"), ("userName", "externalId"))
     found = emulator.directory.find_users(attribute, value)
+    if emulator.settings.hide_inactive:
+        found = [user for user in found if user.get("active", True) is not False]
     start, items = page(params, found)
     base = _base(request)
     rendered = [project(render_user(emulator, u, base), params) for u in items]
@@ -380,6 +377,7 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
         "rename": s.rename,
         "user_name": s.user_name,
         "member_filter": s.member_filter,
+        "hide_inactive": s.hide_inactive,
         "rate": s.rate,
         "latency_ms": s.latency_ms,
         "fault_rate": s.fault_rate,
@@ -434,6 +432,7 @@ def create_app(
     rename: RenameMode = "allowed",
     user_name: UserNameMode = "mutable",
     member_filter: MemberFilterMode = "accepted",
+    hide_inactive: bool = False,
     rate: float | None = None,
     latency_ms: float = 0,
     fault_rate: float = 0,
@@ -452,6 +451,7 @@ def create_app(
         rename=rename,
         user_name=user_name,
         member_filter=member_filter,
+        hide_inactive=hide_inactive,
         rate=rate,
         latency_ms=latency_ms,
         fault_rate=fault_rate,

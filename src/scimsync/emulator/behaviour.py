@@ -35,6 +35,9 @@ class Settings:
     # Whether Atlassian takes `members[value eq "..."]` in a PATCH remove is unconfirmed
     # (section 4): `refused` answers 400 invalidPath, so the client's fallback meets a server.
     member_filter: MemberFilterMode = "accepted"
+    # Some tenants leave deactivated users out of GET /Users listings and filter results
+    # (ACCESS-1293, "won't fix"); GET /Users/{id} still answers for them.
+    hide_inactive: bool = False
     rate: float | None = None
     latency_ms: float = 0.0
     fault_rate: float = 0.0
@@ -53,6 +56,8 @@ class Settings:
             raise ValueError("user_name: expected mutable or immutable")
         if options.get("member_filter", self.member_filter) not in ("accepted", "refused"):
             raise ValueError("member_filter: expected accepted or refused")
+        if not isinstance(options.get("hide_inactive", self.hide_inactive), bool):
+            raise ValueError("hide_inactive: expected true or false")
         for name in ("fault_rate", "lost_response_rate"):
             value = options.get(name, getattr(self, name))
             if not isinstance(value, int | float) or not 0 <= value <= 1:
