@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from scimsync.emulator import RunningEmulator
+from scimsync.report import plan_json, print_plan
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
 
@@ -145,3 +147,96 @@ def test_a_linked_user_deleted_at_the_target_is_still_created_again(channel: Cha
     full = channel.sync()
     assert [op.action.value for op in full.prepared.plan.operations] == ["create"]
     assert set(channel.users()) == {"anna@example.com"}
+
+
+# --- 3. rehires ----------------------------------------------------------------------------
+
+
+def leave(channel: Channel, uid: str) -> str:
+    """A leaver: the entry is deleted and the account deactivated; returns its old GUID."""
+    dn = channel.tree.user_dn(uid)
+    old = channel.tree.guid(dn)
+    channel.tree.delete(dn)
+    assert channel.sync().exit_code == 0
+    assert channel.users()[f"{uid}@example.com"]["active"] is False
+    return old
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["listed", "hide-inactive"])
+def test_a_rehire_takes_over_the_deactivated_account(channel: Channel, hidden: bool) -> None:
+    tree = channel.tree
+    team = tree.add_group("team", [tree.add_user("kim"), tree.add_user("warm")])
+    assert channel.sync().exit_code == 0
+    account = channel.users()["kim@example.com"]["id"]
+    channel.emulator.configure(hide_inactive=hidden)
+    old = leave(channel, "kim")
+    channel.emulator.reset_stats()
+
+    new = tree.guid(tree.add_user("kim", title="Returner"))
+    tree.add_members(team, [tree.user_dn("kim")])
+    planned = channel.plan()
+    assert plan_json(planned)["relinked"] == [
+        {"source_id": new, "previous_source_id": old, "name": "kim@example.com"}
+    ]
+    console = Console(record=True, width=200)
+    print_plan(console, planned)
+    assert f"relink         user  kim@example.com (a rehire: was {old})" in console.export_text()
+    report = channel.sync()
+
+    assert report.exit_code == 0 and report.prepared.view.rehires == {old: new}
+    assert channel.emulator.stats()["by_method"].get("POST", 0) == 0  # never created twice
+    kim = channel.users()["kim@example.com"]
+    assert (kim["id"], kim["active"], kim["title"]) == (account, True, "Returner")
+    assert len(channel.users()) == 2
+    assert channel.member_names("team") == {"kim@example.com", "warm@example.com"}
+    with channel.store() as store:
+        assert store.linked_user_named("kim@example.com").source_id == new  # type: ignore[union-attr]
+        [event] = [a for a in store.audit_log() if a.event == "relinked"]
+    assert (event.source_id, event.target_id, event.success) == (new, account, True)
+    assert event.cause is not None and old in event.cause
+    assert channel.sync().prepared.plan.operations == ()
+
+
+def test_a_rehire_is_not_relinked_while_the_old_entry_exists(channel: Channel) -> None:
+    """Out of scope is not gone: two entries hold the name, which stays a conflict."""
+    tree = channel.tree
+    kim, warm = tree.add_user("kim"), tree.add_user("warm")
+    staff = tree.add_group("staff", [kim, warm])
+    channel.source["users"] = {"group_dn": staff}
+    assert channel.sync().exit_code == 0
+    tree.remove_members(staff, [kim])  # kim leaves the scope; the entry stays
+    assert channel.sync().exit_code == 0
+    assert channel.users()["kim@example.com"]["active"] is False
+    tree.add_members(staff, [tree.add_user("kim2", mail="kim@example.com")])
+    report = channel.sync()
+    assert report.prepared.view.rehires == {}
+    assert [c.name for c in report.prepared.plan.conflicts] == ["kim@example.com"]
+
+
+def test_relink_rehires_off_or_a_deleted_account_means_no_relink(channel: Channel) -> None:
+    tree = channel.tree
+    tree.add_user("warm")
+    tree.add_user("kim")
+    assert channel.sync().exit_code == 0
+    leave(channel, "kim")
+    channel.options["relink_rehires"] = False
+    tree.add_user("kim")
+    report = channel.sync()
+    assert report.prepared.view.rehires == {}
+    assert [c.kind for c in report.prepared.plan.conflicts] == ["user"]  # the name is held
+
+
+def test_a_rehire_whose_old_account_was_deleted_is_created(channel: Channel) -> None:
+    tree = channel.tree
+    tree.add_user("warm")
+    tree.add_user("kim")
+    channel.options["remove_user_action"] = "delete"
+    assert channel.sync().exit_code == 0
+    tree.delete(tree.user_dn("kim"))
+    channel.sync(allow_deletions=True)
+    assert set(channel.users()) == {"warm@example.com"}
+    tree.add_user("kim")
+    report = channel.sync()
+    assert report.prepared.view.rehires == {}
+    assert [op.action.value for op in report.prepared.plan.operations] == ["create"]
+    assert channel.users()["kim@example.com"]["active"] is True

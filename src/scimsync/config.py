@@ -405,6 +405,9 @@ class Options(Strict):
     max_retries: Annotated[int, Field(ge=1)] = 5
     match_users_by: Literal["userName", "externalId"] = "userName"
     user_name_changes: Literal["conflict", "update"] = "conflict"
+    # A new directory entry with the userName of a linked, deactivated user whose own entry
+    # is gone takes over that account (reactivated), rather than a second one being made.
+    relink_rehires: bool = True
     match_groups_by: Literal["displayName"] = "displayName"  # Atlassian filters groups by it only
 
     @field_validator("max_deletions", mode="before")

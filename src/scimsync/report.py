@@ -44,6 +44,10 @@ def plan_json(prepared: Prepared) -> dict[str, object]:
             {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
             for c in prepared.plan.conflicts
         ],
+        "relinked": [
+            {"source_id": new, "previous_source_id": old, "name": _user_name(prepared, new)}
+            for old, new in prepared.view.rehires.items()
+        ],
         "user_absent": prepared.view.absent,
         "mapping_failures": [
             {"kind": f.kind, "source_id": f.source_id, "name": f.name, "cause": f.cause}
@@ -70,6 +74,11 @@ def _describe(op: Operation) -> str:
 def print_plan(console: Console, prepared: Prepared) -> None:
     the_plan = prepared.plan
     _print_absent(console, prepared)
+    for old, new in prepared.view.rehires.items():
+        console.print(
+            f"{'relink':<15}{'user':<6}{_user_name(prepared, new)} (a rehire: was {old})",
+            markup=False,
+        )
     for op in the_plan.operations:
         console.print(_describe(op), markup=False)
     for conflict in the_plan.conflicts:
@@ -91,6 +100,10 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         )
         for op in prepared.verdict.held:
             console.print(f"  held  {_describe(op)}", markup=False)
+
+
+def _user_name(prepared: Prepared, source_id: str) -> str:
+    return prepared.view.linked_users[source_id].user_name
 
 
 def _print_absent(console: Console, prepared: Prepared) -> None:

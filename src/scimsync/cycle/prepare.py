@@ -74,6 +74,8 @@ async def prepare(
     if rekeyed:
         failures = rekey.failures_rekeyed(failures, rekeyed)
     view = read_view(config, store, mapper, only_user, failures, now(), rekeyed)
+    if view.rehires:
+        failures = rekey.failures_rekeyed(failures, view.rehires)
     inputs = await observe(target, view, config, store)
     skip = skipped(failures, view, now())
     inputs = replace(inputs, skip=skip)

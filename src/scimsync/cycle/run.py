@@ -18,6 +18,7 @@ from scimsync.cycle.held import apply_approval, audit_approval, audit_held, stag
 from scimsync.cycle.mode import SETTINGS, choose_mode, record_position, settings_fingerprint
 from scimsync.cycle.prepare import Prepared, prepare
 from scimsync.cycle.recovery import recover_interrupted
+from scimsync.cycle.rehires import record_rehires
 from scimsync.errors import ExitCode
 from scimsync.model import Operation
 from scimsync.state import Store, held_digest
@@ -102,7 +103,8 @@ async def sync(
             prepared, approved = apply_approval(store, prepared, approval)
         view, verdict = prepared.view, prepared.verdict
         refusals = refusals_to_record(prepared)  # new ones: a lasting one is on record
-        if view.mode == "incremental" and not prepared.plan.operations and not refusals:
+        quiet = not prepared.plan.operations and not refusals and not view.rehires
+        if view.mode == "incremental" and quiet:
             # Nothing changed that matters: move the watermark, count one quiet cycle.
             with store.atomic():
                 clear_settled_failures(store, prepared)
@@ -114,7 +116,7 @@ async def sync(
             return CycleReport(cycle_id, prepared)
         held = [op.to_json() for op in verdict.held]
         same_hold = bool(held) and held_digest(held) == held_digest(store.staged_deletions())
-        if same_hold and not verdict.allowed.operations and not refusals:
+        if same_hold and not verdict.allowed.operations and not refusals and not view.rehires:
             # The hold of the cycle before and nothing else: counted into that cycle's run.
             cycle_id, _ = store.count_cycle(view.mode, "stopped", verdict.reason)
             warn_held(cycle_id, verdict)
@@ -125,6 +127,7 @@ async def sync(
             audit_held(store, cycle_id, verdict)
         stage_held(store, cycle_id, prepared)
         record_refusals(store, cycle_id, prepared, refusals, config, now())
+        record_rehires(store, cycle_id, view)  # before the executor saves the new links
         if approval is not None and approved:
             audit_approval(store, cycle_id, approved, approval)
         executor = Executor(

@@ -8,7 +8,7 @@ groups those touch; a one-user view (`--user NAME`) that user and its membership
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache, partial
 
@@ -16,6 +16,7 @@ from scimsync import log, rekey, retry
 from scimsync.config import Config
 from scimsync.cycle.desired import Desired, map_groups, map_users, unmapped_but_linked
 from scimsync.cycle.mode import WATERMARK, Mode, choose_mode
+from scimsync.cycle.rehires import find_rehires, with_rehires
 from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.mapping import Mapper
 from scimsync.model import (
@@ -52,6 +53,8 @@ class View:
     # has that name at all (`sync --user` exits 2 when nothing does).
     absent: str | None = None
     unknown: bool = False
+    # Rehires (cycle/rehires.py), old source id -> new: their links are under the new ids.
+    rehires: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short, like Plan's
         return (
@@ -268,24 +271,37 @@ def read_view(
     now: datetime,
     rekeyed: Mapping[str, str] | None = None,
 ) -> View:
-    """This cycle's view: one user's, incremental from the watermark, or full."""
+    """This cycle's view: one user's, incremental from the watermark, or full; with the
+    rehires' links re-keyed to their new entries."""
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
-        if only_user is not None:
-            return user_view(directory, mapper, config, store, only_user, rekeyed)
-        mode = choose_mode(store, config, now)
-        if mode == "incremental":
-            watermark = store.watermark(WATERMARK)
-            assert watermark is not None
-            # Read at most once a cycle, by change detection or by the view, whichever asks.
-            # Only users in scope: one who left it and comes back must be seen entering.
-            user_ids = cache(partial(store.linked_ids, Kind.USER, in_scope=True))
-            try:
-                changes = directory.changes(
-                    watermark, user_ids, partial(store.linked_ids, Kind.GROUP)
-                )
-            except WatermarkLost as exc:
-                logger.info("watermark lost: full reconciliation", reason=str(exc))
-            else:
-                changes = revisit(directory, changes, failures, now)
-                return incremental_view(changes, mapper, config, store, user_ids)
-        return full_view(directory, mapper, config, store, rekeyed)
+        view = _read_view(directory, config, store, mapper, only_user, failures, now, rekeyed)
+        return with_rehires(view, store, find_rehires(directory, store, view, config))
+
+
+def _read_view(
+    directory: LdapDirectory,
+    config: Config,
+    store: Store,
+    mapper: Mapper,
+    only_user: str | None,
+    failures: Failures,
+    now: datetime,
+    rekeyed: Mapping[str, str] | None,
+) -> View:
+    if only_user is not None:
+        return user_view(directory, mapper, config, store, only_user, rekeyed)
+    mode = choose_mode(store, config, now)
+    if mode == "incremental":
+        watermark = store.watermark(WATERMARK)
+        assert watermark is not None
+        # Read at most once a cycle, by change detection or by the view, whichever asks.
+        # Only users in scope: one who left it and comes back must be seen entering.
+        user_ids = cache(partial(store.linked_ids, Kind.USER, in_scope=True))
+        try:
+            changes = directory.changes(watermark, user_ids, partial(store.linked_ids, Kind.GROUP))
+        except WatermarkLost as exc:
+            logger.info("watermark lost: full reconciliation", reason=str(exc))
+        else:
+            changes = revisit(directory, changes, failures, now)
+            return incremental_view(changes, mapper, config, store, user_ids)
+    return full_view(directory, mapper, config, store, rekeyed)

@@ -316,12 +316,8 @@ class LdapDirectory:
         if scope.group_dn is not None:
             leaves = self._leaf_members(scope.group_dn, scope.nested, "users.group_dn")
         found: dict[str, SourceUser] = {}
-        attr = self._guid_attr
-        ordered = sorted(guids)
-        for start in range(0, len(ordered), REVISIT_CHUNK):
-            chunk = ordered[start : start + REVISIT_CHUNK]
-            wanted = "".join(f"({attr}={guid_assertion(attr, guid)})" for guid in chunk)
-            filterstr = f"(&{self._user_filter()}(|{wanted}))"
+        for any_of in self._guid_filters(guids):
+            filterstr = f"(&{self._user_filter()}{any_of})"
             for dn, entry in self._conn.paged(self._config.base_dn, filterstr, self._user_attrs):
                 if leaves is None or normalize_dn(dn) in leaves:
                     user = self._source_user(dn, entry)
@@ -470,6 +466,22 @@ class LdapDirectory:
         return state
 
     # --- users ------------------------------------------------------------------------
+
+    def present_guids(self, guids: Collection[str]) -> set[str]:
+        """Those of `guids` that an entry under base_dn still has, in scope or not."""
+        self._forget()
+        found: set[str] = set()
+        for any_of in self._guid_filters(guids):
+            for dn, entry in self._conn.paged(self._config.base_dn, any_of, [self._guid_attr]):
+                found.add(self._guid(dn, entry))
+        return found
+
+    def _guid_filters(self, guids: Collection[str]) -> Iterator[str]:
+        """`(|(guid=...)...)` filters for these GUIDs, REVISIT_CHUNK a filter."""
+        attr, ordered = self._guid_attr, sorted(guids)
+        for start in range(0, len(ordered), REVISIT_CHUNK):
+            chunk = ordered[start : start + REVISIT_CHUNK]
+            yield "(|" + "".join(f"({attr}={guid_assertion(attr, g)})" for g in chunk) + ")"
 
     def locate_user(self, attribute: str, value: str) -> tuple[str, str] | None:
         """(DN, why it is out of scope) of an entry under base_dn whose `attribute` equals

@@ -89,6 +89,19 @@ class Links(StoreBase):
             row = conn.execute(query.limit(1)).first()
         return None if row is None else _user(row)
 
+    def deactivated_users_named(self, user_names: Collection[str]) -> dict[str, LinkedUser]:
+        """userName (lower-case) -> the linked user deactivated at the target that holds it,
+        of these names (lower-case): the accounts a rehire may take over."""
+        c = t.links.c
+        found: dict[str, LinkedUser] = {}
+        with self._read() as conn:
+            for chunk in _chunks(user_names, READ_CHUNK):
+                query = self._user_links_query(False).where(
+                    c.active.is_(False), sa.func.lower(c.name).in_(chunk)
+                )
+                found.update((row.name.lower(), _user(row)) for row in conn.execute(query))
+        return found
+
     def linked_to(self, kind: Kind, target_ids: Collection[str]) -> dict[str, str]:
         """target id -> source id, for the given target ids that are linked."""
         c = t.links.c
