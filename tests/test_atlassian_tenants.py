@@ -10,8 +10,10 @@ from rich.console import Console
 
 from scimsync.emulator import RunningEmulator
 from scimsync.report import plan_json, print_plan
+from scimsync.state import Store
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
+from tests.test_cli import Cli, one_line_error
 
 
 @pytest.fixture
@@ -240,3 +242,46 @@ def test_a_rehire_whose_old_account_was_deleted_is_created(channel: Channel) -> 
     assert report.prepared.view.rehires == {}
     assert [op.action.value for op in report.prepared.plan.operations] == ["create"]
     assert channel.users()["kim@example.com"]["active"] is True
+
+
+# --- 4. protected groups -------------------------------------------------------------------
+
+
+def test_a_directory_group_named_like_a_default_group_is_left_alone_and_reported_once(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    anna = ldap_tree.add_user("anna")
+    ldap_tree.add_group("confluence-users-acme", [anna])  # Atlassian's default group
+    ldap_tree.add_group("eng", [anna])
+
+    planned = cli("plan")
+    assert planned.returncode == 0, planned.stderr
+    assert "protected      group confluence-users-acme: matches options.protected_groups" in (
+        planned.stdout
+    )
+    for _ in range(2):
+        synced = cli("sync")
+        assert synced.returncode == 0, synced.stderr  # left alone is not a failure
+    assert {g["displayName"] for g in emulator.groups()} == {"eng"}
+    with Store.open(cli.settings["state"], "default") as store:
+        events = [a for a in store.audit_log() if a.event == "protected"]
+    assert [(e.name, e.success) for e in events] == [("confluence-users-acme", False)]
+    status = cli("status")
+    assert "protected groups left alone: 1" in status.stdout
+    assert "pending retries: 0" in status.stdout
+
+    cli.settings["options"]["protected_groups"] = []  # off: the group is provisioned
+    assert cli("sync").returncode == 0
+    assert {g["displayName"] for g in emulator.groups()} == {"eng", "confluence-users-acme"}
+
+
+def test_a_protected_groups_pattern_that_cannot_compile_is_one_line_naming_the_key(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    cli.settings["options"]["protected_groups"] = ["jira-[users"]
+    result = cli("plan")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "options.protected_groups" in line and "jira-[users" in line

@@ -523,7 +523,7 @@ def test_a_user_renamed_while_in_groups_keeps_them_and_later_edits_still_arrive(
     tree = channel.tree
     anna, ben = tree.add_user("anna"), tree.add_user("ben")
     tree.add_group("jira-developers", [anna, ben])
-    tree.add_group("jira-admins", [anna])
+    tree.add_group("jira-leads", [anna])
     channel.source["groups"] = {"filter": "(&(objectClass=groupOfNames)(cn=jira-*))"}
     channel.sync()
     anna_id = channel.users()["anna@example.com"]["id"]
@@ -535,13 +535,13 @@ def test_a_user_renamed_while_in_groups_keeps_them_and_later_edits_still_arrive(
     users = channel.users()
     assert users["anna@example.com"]["id"] == anna_id
     assert channel.member_names("jira-developers") == {"anna@example.com", "ben@example.com"}
-    assert channel.member_names("jira-admins") == {"anna@example.com"}
+    assert channel.member_names("jira-leads") == {"anna@example.com"}
 
-    tree.add_members(tree.group_dn("jira-admins"), [ben])
-    tree.remove_members(tree.group_dn("jira-admins"), [renamed])
+    tree.add_members(tree.group_dn("jira-leads"), [ben])
+    tree.remove_members(tree.group_dn("jira-leads"), [renamed])
     moved = channel.sync()
     assert mode(moved) == "incremental"
-    assert channel.member_names("jira-admins") == {"ben@example.com"}
+    assert channel.member_names("jira-leads") == {"ben@example.com"}
     assert channel.member_names("jira-developers") == {"anna@example.com", "ben@example.com"}
 
 

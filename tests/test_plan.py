@@ -750,3 +750,42 @@ def test_adoption_sends_only_what_differs_from_the_target_and_clears_the_rest() 
     op = only(run(make([du("u1", "a", title="New")], target_users={"a": found})))
     assert dict(op.values) == {"title": "New"}
     assert op.removed == ("nickName",)
+
+
+# --- protected groups ----------------------------------------------------------------------
+
+PROTECTED = ("site-admins*", "confluence-users*")
+
+
+def test_a_protected_group_is_never_created_renamed_into_written_or_deleted() -> None:
+    inp = make(
+        [du("u1")],
+        [lu("u1")],
+        [
+            dg("g1", "Confluence-Users-acme", "u1"),  # would be created
+            dg("g2", "site-admins", "u1"),  # a linked group renamed into a protected name
+            dg("g4", "eng", "u1"),  # not protected
+        ],
+        [lg("g2", "old-name"), lg("g3", "confluence-users")],  # g3: gone from the directory
+    )
+    p = run(inp, protected_groups=PROTECTED)
+    assert actions(p) == [("create", "group", "g4"), ("add_members", "group", "g4")]
+    assert [(c.source_id, c.name) for c in p.protected] == [
+        ("g1", "Confluence-Users-acme"),
+        ("g3", "confluence-users"),
+        ("g2", "site-admins"),
+    ]
+    assert "'confluence-users*'" in p.protected[0].cause
+    assert p.conflicts == ()  # left alone is not an error
+
+
+def test_a_group_the_target_holds_under_a_protected_name_is_not_adopted() -> None:
+    inp = make(
+        [du("u1")],
+        [lu("u1")],
+        [dg("g1", "site-admins", "u1")],
+        target_groups={"site-admins": TargetRef("TG", "site-admins")},
+    )
+    assert run(inp, protected_groups=PROTECTED).operations == ()
+    adopted = run(inp)  # no patterns: protection is off
+    assert actions(adopted) == [("link", "group", "g1"), ("add_members", "group", "g1")]

@@ -393,6 +393,36 @@ _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%(?:\s+min\s+(\d+))?\s*$")
 DEFAULT_MAX_DELETIONS = "2% min 5"
 
 
+# Atlassian's default groups: those that grant product access and admin rights, created
+# with each product and named after it, often with the site's name appended
+# ("confluence-users-vitafleet", "jira-software-users-acme.com"). Writing one would change
+# who may use a product; deleting one is refused. Source: "Understand default groups",
+# https://support.atlassian.com/user-management/docs/default-groups-and-permissions/
+DEFAULT_PROTECTED_GROUPS = (
+    "site-admins*",
+    "administrators*",
+    "system-administrators*",
+    "trusted-users*",
+    "jira-users*",
+    "jira-admins*",
+    "jira-administrators*",
+    "jira-software-users*",
+    "jira-core-users*",
+    "jira-servicemanagement-users*",
+    "jira-servicedesk-users*",
+    "jira-work-management-users*",
+    "jira-product-discovery-users*",
+    "confluence-users*",
+    "confluence-admins*",
+    "confluence-administrators*",
+    "bitbucket-users*",
+    "bitbucket-admins*",
+    "opsgenie-users*",
+    "statuspage-users*",
+    "atlassian-addons-admin",
+)
+
+
 class Options(Strict):
     create_users: bool = True
     update_users: bool = True
@@ -408,6 +438,8 @@ class Options(Strict):
     # A new directory entry with the userName of a linked, deactivated user whose own entry
     # is gone takes over that account (reactivated), rather than a second one being made.
     relink_rehires: bool = True
+    # Group names (glob patterns, case-insensitive) scimsync never writes; [] turns it off.
+    protected_groups: tuple[str, ...] = DEFAULT_PROTECTED_GROUPS
     match_groups_by: Literal["displayName"] = "displayName"  # Atlassian filters groups by it only
 
     @field_validator("max_deletions", mode="before")
@@ -422,6 +454,17 @@ class Options(Strict):
         if isinstance(value, str) and _PERCENT.match(value):
             return value.strip()
         raise ValueError(f"{expected}, got {value!r}")
+
+    @field_validator("protected_groups")
+    @classmethod
+    def _globs(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            if not pattern.strip():
+                raise ValueError("an empty pattern would match no group name")
+            # fnmatch reads an unclosed "[" as itself; someone who wrote one meant a set.
+            if re.search(r"\[(?![^\]]*\])", pattern):
+                raise ValueError(f"{pattern!r}: a '[' without its ']'")
+        return patterns
 
     @property
     def deletion_limit(self) -> DeletionLimit:

@@ -12,7 +12,7 @@ import traceback
 from datetime import datetime, timedelta
 from types import FrameType
 
-from scimsync import log, memory
+from scimsync import log, memory, retry
 from scimsync.config import Config, ConfigError
 from scimsync.cycle import run as cycle_run
 from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
@@ -224,7 +224,7 @@ class Daemon:
         self.metrics.last_cycle.record(None)
         self.outage.over()
         with contextlib.suppress(StateError):  # the gauges wait for the store's return
-            failures = store.failures().values()
+            failures = [f for f in store.failures().values() if f.action != retry.PROTECTED]
             self.metrics.quarantined.set(sum(1 for f in failures if f.quarantined))
             self.metrics.pending.set(sum(1 for f in failures if not f.quarantined))
         return True

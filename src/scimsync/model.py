@@ -202,6 +202,8 @@ class Conflict:
 class Plan:
     operations: tuple[Operation, ...]
     conflicts: tuple[Conflict, ...] = ()
+    # Groups left alone by options.protected_groups: reported, not an error.
+    protected: tuple[Conflict, ...] = ()
 
     def __repr__(self) -> str:
         # A plan can hold 100,000 operations; asyncio.run on Python 3.11 reprs its
@@ -232,6 +234,7 @@ class PlanOptions:
     group_rename: Literal["in_place", "recreate"] = "in_place"
     match_users_by: MatchBy = "userName"
     user_name_changes: Literal["conflict", "update"] = "conflict"
+    protected_groups: tuple[str, ...] = ()  # glob patterns, matched case-insensitively
 
 
 MatchBy = Literal["userName", "externalId"]

@@ -32,6 +32,7 @@ It follows the rules table in design.md. Decisions beyond the table:
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -98,14 +99,23 @@ def plan(inp: PlanInput, options: PlanOptions) -> Plan:
     users.run()
     ops = list(users.ops)
     conflicts = list(users.conflicts)
+    protected: list[Conflict] = []
     if options.groups:
         groups = _GroupPlanner(inp, options, users)
         groups.run()
         ops += groups.ops
         conflicts += groups.conflicts
+        protected = groups.protected
     ops.sort(key=sort_key)
     conflicts.sort(key=lambda c: (c.kind, c.name, c.source_id))
-    return Plan(tuple(ops), tuple(conflicts))
+    protected.sort(key=lambda c: (c.name, c.source_id))
+    return Plan(tuple(ops), tuple(conflicts), tuple(protected))
+
+
+def protected_by(name: str, patterns: Iterable[str]) -> str | None:
+    """The first of options.protected_groups that the group name matches, if any."""
+    folded = name.lower()
+    return next((p for p in patterns if fnmatch.fnmatchcase(folded, p.lower())), None)
 
 
 def _duplicates(names: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -322,12 +332,14 @@ class _GroupPlanner:
         self.ours.update(users.adopted)
         self.ops: list[Operation] = []
         self.conflicts: list[Conflict] = []
+        self.protected: list[Conflict] = []
 
     def run(self) -> None:
         inp = self.inp
-        blocked = self._find_conflicts()
+        protected = self._find_protected()
+        blocked = self._find_conflicts(protected)
         for source_id, desired in inp.desired_groups.items():
-            if (Kind.GROUP, source_id) in inp.skip or source_id in blocked:
+            if (Kind.GROUP, source_id) in inp.skip or source_id in blocked | protected:
                 continue
             linked = inp.linked_groups.get(source_id)
             if linked is not None:
@@ -351,7 +363,8 @@ class _GroupPlanner:
             self._members(desired, frozenset(), inp.target_members.get(source_id))
         if inp.deprovision_missing:
             for source_id, linked in inp.linked_groups.items():
-                if source_id not in inp.desired_groups and (Kind.GROUP, source_id) not in inp.skip:
+                gone = source_id not in inp.desired_groups and source_id not in protected
+                if gone and (Kind.GROUP, source_id) not in inp.skip:
                     self.ops.append(
                         Operation(
                             Action.DELETE,
@@ -362,10 +375,31 @@ class _GroupPlanner:
                         )
                     )
 
-    def _find_conflicts(self) -> set[str]:
+    def _find_protected(self) -> set[str]:
+        """Groups named by options.protected_groups, in the directory or as linked: never
+        created, adopted, renamed into, written or deleted."""
+        patterns, found = self.options.protected_groups, set[str]()
+        if not patterns:
+            return found
+        inp = self.inp
+        for sid in inp.desired_groups.keys() | inp.linked_groups.keys():
+            names = [g.display_name for g in (inp.desired_groups.get(sid),) if g is not None]
+            names += [g.display_name for g in (inp.linked_groups.get(sid),) if g is not None]
+            for name in names:
+                pattern = protected_by(name, patterns)
+                if pattern is not None:
+                    cause = f"matches options.protected_groups {pattern!r}: left alone"
+                    self.protected.append(Conflict(Kind.GROUP, sid, name, cause))
+                    found.add(sid)
+                    break
+        return found
+
+    def _find_conflicts(self, protected: set[str]) -> set[str]:
         inp, blocked = self.inp, set[str]()
         candidates = {
-            sid: g for sid, g in inp.desired_groups.items() if (Kind.GROUP, sid) not in inp.skip
+            sid: g
+            for sid, g in inp.desired_groups.items()
+            if (Kind.GROUP, sid) not in inp.skip and sid not in protected
         }
         for sid, group in candidates.items():
             if not group.display_name:

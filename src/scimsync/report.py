@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+from scimsync import retry
 from scimsync.model import Action, Kind, Operation
 
 if TYPE_CHECKING:
@@ -43,6 +44,10 @@ def plan_json(prepared: Prepared) -> dict[str, object]:
         "conflicts": [
             {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
             for c in prepared.plan.conflicts
+        ],
+        "protected": [
+            {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
+            for c in prepared.plan.protected
         ],
         "relinked": [
             {"source_id": new, "previous_source_id": old, "name": _user_name(prepared, new)}
@@ -85,6 +90,8 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         console.print(
             f"{'conflict':<15}{conflict.kind:<6}{conflict.name}: {conflict.cause}", markup=False
         )
+    for left in the_plan.protected:
+        console.print(f"{'protected':<15}{left.kind:<6}{left.name}: {left.cause}", markup=False)
     for failure in prepared.desired.failures:
         console.print(
             f"{'unmappable':<15}{failure.kind:<6}{failure.name}: {failure.cause}", markup=False
@@ -207,15 +214,21 @@ def print_status(console: Console, store: Store) -> None:
             markup=False,
         )
     _print_intents(console, store.open_intents())
-    failures = store.failures()
-    pending = [f for f in failures.values() if not f.quarantined]
-    quarantined = [f for f in failures.values() if f.quarantined]
+    rows = store.failures().values()
+    failures = [f for f in rows if f.action != retry.PROTECTED]
+    pending = [f for f in failures if not f.quarantined]
+    quarantined = [f for f in failures if f.quarantined]
     console.print(f"pending retries: {len(pending)}; quarantined: {len(quarantined)}", markup=False)
-    for f in sorted(failures.values(), key=lambda f: (not f.quarantined, f.name)):
+    for f in sorted(failures, key=lambda f: (not f.quarantined, f.name)):
         state = "quarantined" if f.quarantined else f"retry after {_time(f.next_retry_at)}"
         console.print(
             f"  {f.kind} {f.name}: {f.cause} [{f.attempts} attempts, {state}]", markup=False
         )
+    protected = sorted((f for f in rows if f.action == retry.PROTECTED), key=lambda f: f.name)
+    if protected:
+        console.print(f"protected groups left alone: {len(protected)}", markup=False)
+        for f in protected:
+            console.print(f"  group {f.name}: {f.cause}", markup=False)
     staged = store.staged_deletions()
     if staged:
         console.print(

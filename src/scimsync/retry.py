@@ -28,7 +28,10 @@ from scimsync.fingerprint import fingerprint
 from scimsync.model import DesiredGroup, DesiredUser, Kind, Record
 
 # The actions of refusals' rows; any other action is the operation the target rejected.
-REFUSALS = frozenset({"map", "conflict"})
+# "protected": a group options.protected_groups leaves alone, on record for `status` and
+# audited once; not a failure (it neither counts as pending nor changes the exit code).
+PROTECTED = "protected"
+REFUSALS = frozenset({"map", "conflict", PROTECTED})
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=24)
 

@@ -15,12 +15,14 @@ from scimsync.model import Conflict, MappingFailure, Record
 from scimsync.state import Store
 from scimsync.state.base import MAX_CAUSE
 
-# A refused record, with its row's action: "conflict" (the planner) or "map" (the mapping).
+# A refused record, with its row's action: "conflict" (the planner), "map" (the mapping)
+# or "protected" (options.protected_groups).
 Refusal = tuple[str, Conflict | MappingFailure]
 
 
 def every_refusal(prepared: Prepared) -> list[Refusal]:
     refusals: list[Refusal] = [("conflict", c) for c in prepared.plan.conflicts]
+    refusals += [(retry.PROTECTED, c) for c in prepared.plan.protected]
     return refusals + [("map", f) for f in prepared.desired.failures]
 
 
