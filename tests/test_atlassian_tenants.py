@@ -285,3 +285,34 @@ def test_a_protected_groups_pattern_that_cannot_compile_is_one_line_naming_the_k
     assert result.returncode == 2
     line = one_line_error(result)
     assert "options.protected_groups" in line and "jira-[users" in line
+
+
+# --- 6. email conflicts --------------------------------------------------------------------
+
+
+def test_an_email_another_account_holds_names_the_email_and_the_remedy(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    ldap_tree.add_user("ann")
+    ldap_tree.add_user("ben")
+    channel = Channel(ldap_tree, emulator, tmp_path / "unused")
+    held = [{"value": "ann@example.com", "type": "work", "primary": True}]
+    channel.create_target_user("external@partner.example", emails=held)
+
+    first = cli("sync")
+    assert first.returncode == 1, first.stderr  # one record failed; the others went
+    assert "ben@example.com" in {u["userName"] for u in emulator.users()}
+    with Store.open(cli.settings["state"], "default") as store:
+        [row] = store.failures().values()
+        [event] = [a for a in store.audit_log() if not a.success]
+    remedy = "the email ann@example.com belongs to another Atlassian account"
+    for cause in (row.cause, event.cause or ""):
+        assert remedy in cause and "organization admin unlinks it" in cause
+    assert row.next_retry_at > row.last_failed_at  # backs off
+    status = cli("status")
+    assert remedy in status.stdout
+    emulator.reset_stats()
+    # In back-off: not sent again (the cycle's own exit code is clean), still in `status`.
+    assert cli("sync").returncode == 0
+    assert emulator.stats()["by_method"].get("POST", 0) == 0

@@ -48,6 +48,7 @@ TREE: dict[type[ScimsyncError], tuple[type[ScimsyncError], ExitCode]] = {
     ChannelLocked: (CYCLE, ExitCode.STATE),
     target.ScimError: (RECORD, ExitCode.UNREACHABLE),
     target.Uniqueness: (RECORD, ExitCode.UNREACHABLE),
+    target.EmailTaken: (RECORD, ExitCode.UNREACHABLE),
     target.Mutability: (RECORD, ExitCode.UNREACHABLE),
     target.RenameRefused: (RECORD, ExitCode.UNREACHABLE),
     target.InvalidFilter: (RECORD, ExitCode.UNREACHABLE),
@@ -132,3 +133,20 @@ def test_the_cli_reads_the_code_from_the_error_not_a_list_of_classes(
 def test_the_cli_leaves_other_errors_alone() -> None:
     with pytest.raises(ValueError, match="a bug"), cli.user_errors():
         raise ValueError("a bug")
+
+
+def test_a_409_for_an_email_is_an_email_taken_error_naming_it() -> None:
+    """Other 409s (a userName, a group name) stay plain Uniqueness errors."""
+
+    body = {
+        "status": "409",
+        "detail": "Resource [USER]: with email[ann@example.com] already exists.",
+    }
+    taken = target.error_from_body(409, body, request="POST /Users")
+    assert isinstance(taken, target.EmailTaken) and taken.email == "ann@example.com"
+    assert str(taken).startswith("POST /Users: target answered 409: Resource [USER]")
+    held = target.error_from_body(409, {"status": "409", "detail": "userName is taken"})
+    assert type(held) is target.Uniqueness and "Atlassian account" not in str(held)
+    unnamed = target.error_from_body(409, {"detail": "An account with this email exists"})
+    assert isinstance(unnamed, target.EmailTaken) and unnamed.email is None
+    assert "the email belongs to another Atlassian account" in str(unnamed)

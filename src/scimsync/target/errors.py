@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
 
+_EMAIL = re.compile(r"[^\s\[\]()<>\"',;:]+@[^\s\[\]()<>\"',;:]+\.[A-Za-z]{2,}")
 UNAUTHORIZED_MESSAGE = (
     "target rejected the API key (401): the directory API key is invalid or expired "
     "and must be rotated"
@@ -50,6 +52,24 @@ class ScimError(RecordError):
 
 class Uniqueness(ScimError):  # noqa: N818 - the names the executor uses
     """409: a userName, email or group name the target already holds."""
+
+
+class EmailTaken(Uniqueness):
+    """409 for an email that another account holds: no retry of ours can fix it, so the
+    cause says who must act (Atlassian KB, "email already exists" on provisioning)."""
+
+    @property
+    def email(self) -> str | None:
+        found = _EMAIL.search(self.detail)
+        return found.group(0) if found else None
+
+    def __str__(self) -> str:
+        whose = f"the email {self.email}" if self.email else "the email"
+        return (
+            f"{super().__str__().rstrip('.')}: {whose} belongs to another Atlassian account; that account "
+            "must give it up, or an organization admin unlinks it from its directory "
+            "(admin.atlassian.com), and the next retry succeeds"
+        )
 
 
 class Mutability(ScimError):  # noqa: N818 - the names the executor uses
@@ -175,7 +195,9 @@ def error_from_body(
     if secret and secret in detail:
         detail = detail.replace(secret, "***")
     cls: type[ScimError]
-    if scim_type in _BY_SCIM_TYPE:
+    if status == 409 and "email" in detail.lower():
+        cls = EmailTaken
+    elif scim_type in _BY_SCIM_TYPE:
         cls = _BY_SCIM_TYPE[scim_type]
     elif http_status in _BY_STATUS:
         cls = _BY_STATUS[http_status]
