@@ -3,17 +3,21 @@ slapd and the emulator."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from scimsync.config import TargetConfig
+from scimsync.cycle.check import token_expiry_warning
 from scimsync.emulator import RunningEmulator
 from scimsync.report import plan_json, print_plan
 from scimsync.state import Store
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel
 from tests.test_cli import Cli, one_line_error
+from tests.test_daemon import Scimsync
 
 
 @pytest.fixture
@@ -316,3 +320,80 @@ def test_an_email_another_account_holds_names_the_email_and_the_remedy(
     # In back-off: not sent again (the cycle's own exit code is clean), still in `status`.
     assert cli("sync").returncode == 0
     assert emulator.stats()["by_method"].get("POST", 0) == 0
+
+
+# --- 7. the API key's lifecycle ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("days_left", "expected"),
+    [
+        (31, None),
+        (30, "expires on {day}, in 30 days: rotate it"),
+        (1, "expires on {day}, in 1 day: rotate it"),
+        (0, "expires on {day}, today: rotate it"),
+        (-1, "expired on {day}: rotate it"),
+    ],
+)
+def test_the_key_expiry_is_warned_of_from_thirty_days_ahead(
+    days_left: int, expected: str | None
+) -> None:
+    today = date(2026, 12, 2)
+    day = today + timedelta(days=days_left)
+    target = TargetConfig(url="https://api.atlassian.com/scim", token="t", token_expires=day)
+    warning = token_expiry_warning(target, today)
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning == f"target.token_expires: the API key {expected.format(day=day)}"
+    unset = TargetConfig(url="https://api.atlassian.com/scim", token="t")
+    assert token_expiry_warning(unset, today) is None
+
+
+def test_a_rotated_key_in_the_token_file_is_used_without_a_restart(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    ldap_tree.add_user("kay")
+    token_file = tmp_path / "token"
+    token_file.write_text(emulator.token)
+    token_file.chmod(0o600)
+    expires = datetime.now(UTC).date() + timedelta(days=10)
+    runner = Scimsync(ldap_tree, emulator, tmp_path)
+    runner.settings["interval"] = 0.1
+    runner.settings["target"] = {
+        "url": emulator.url,
+        "token_file": str(token_file),
+        "token_expires": expires.isoformat(),
+    }
+    daemon = runner.start("run")
+    try:
+        daemon.health_when(lambda h: h.status_code == 200)
+        midnight = datetime.combine(expires, datetime.min.time(), tzinfo=UTC).timestamp()
+        assert daemon.metric("scimsync_token_expiry_timestamp_seconds") == midnight
+        emulator.rotate_token("rotated-" + emulator.token)  # the old key answers 401 now
+        refused = daemon.health_when(lambda h: h.status_code == 503)
+        assert "API key" in refused.text
+        token_file.write_text(emulator.token)  # the new key, as a secret manager writes it
+        daemon.health_when(lambda h: h.status_code == 200)
+        assert daemon.stop() == 0
+    finally:
+        runner.close()
+    warnings = [e for e in daemon.events() if e["event"] == "API key expiring"]
+    assert len(warnings) == 1 and "in 10 days" in warnings[0]["detail"]  # once a day
+    assert emulator.token not in daemon.stderr
+
+
+def test_check_and_status_warn_of_the_key_expiry_and_a_bad_date_is_one_line(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    soon = datetime.now(UTC).date() + timedelta(days=3)
+    cli.settings["target"]["token_expires"] = soon.isoformat()
+    for command in ("check", "status"):
+        shown = cli(command)
+        assert shown.returncode == 0, shown.stderr
+        assert f"warning: target.token_expires: the API key expires on {soon}" in shown.stdout
+    cli.settings["target"]["token_expires"] = "31/12/2026"
+    bad = cli("status")
+    assert bad.returncode == 2
+    assert "target.token_expires" in one_line_error(bad)

@@ -12,7 +12,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Literal, NoReturn
@@ -25,7 +25,7 @@ from scimsync import config as config_module
 from scimsync import log, report
 from scimsync.config import Config, ConfigError
 from scimsync.cycle import run as cycle_run
-from scimsync.cycle.check import check_directory, check_target
+from scimsync.cycle.check import check_directory, check_target, token_expiry_warning
 from scimsync.cycle.prepare import dry_run
 from scimsync.errors import ExitCode, ScimsyncError
 from scimsync.state import ChannelLocked, StateError, Store
@@ -261,7 +261,7 @@ def status() -> None:
     with user_errors():
         cfg = load_config()
         with Store.open(cfg.state, cfg.channel) as store:
-            report.print_status(out, store)
+            report.print_status(out, store, token_expiry_warning(cfg.target, date.today()))
 
 
 @app.command()

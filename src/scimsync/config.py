@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import stat
 import warnings
 from dataclasses import fields
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -349,6 +351,9 @@ class TargetConfig(Strict):
     url: str
     token: SecretStr | None = None
     token_file: Path | None = None
+    # When the API key expires (Atlassian keys have an expiry date): warned of from
+    # TOKEN_WARNING_DAYS ahead by check, status, the log and a metric.
+    token_expires: date | None = None
     timeout: Annotated[float, Field(gt=0)] = 30.0
     verify_tls: bool = True
     ca_file: Path | None = None
@@ -384,7 +389,15 @@ class TargetConfig(Strict):
 
     @property
     def bearer(self) -> str:
+        """The API key; token_file is read again each time (each cycle opens the target), so
+        a rotated key needs no restart. A file unreadable or empty for a moment (replaced
+        while it is read) leaves the key last read."""
         assert self.token is not None  # guaranteed by _resolve
+        if self.token_file is not None:
+            with contextlib.suppress(ValueError):
+                fresh = _read_secret_file(self.token_file)
+                if fresh.get_secret_value():
+                    object.__setattr__(self, "token", fresh)
         return self.token.get_secret_value()
 
 

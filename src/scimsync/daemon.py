@@ -9,12 +9,14 @@ import signal
 import threading
 import time
 import traceback
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from types import FrameType
 
 from scimsync import log, memory, retry
 from scimsync.config import Config, ConfigError
 from scimsync.cycle import run as cycle_run
+from scimsync.cycle.check import token_expiry_warning
 from scimsync.errors import ConfigurationError, CycleError, ExitCode, RecordError
 from scimsync.metrics import HealthServer, Metrics
 from scimsync.state import ChannelLocked, StateError, Store
@@ -114,6 +116,7 @@ class Daemon:
         self.outage = Outage()
         self.on_standby = False
         self.store_failed = False  # the last cycle failed for the store: take the lock anew
+        self.key_warned_on: date | None = None  # a day's first cycle warns of the key's expiry
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         logger.info("stopping after the operation in flight", signal=signal.Signals(signum).name)
@@ -129,6 +132,10 @@ class Daemon:
             # A run without its listener would be invisible to its orchestrator: refuse.
             raise ConfigError(listen_error(listen, exc)) from None
         health.start()
+        expires = self.config.target.token_expires
+        if expires is not None:
+            midnight = datetime.combine(expires, dt_time.min, tzinfo=UTC)
+            self.metrics.token_expiry.set(midnight.timestamp())
         # The bound address, not `listen`: with port 0 it is the only place the port shows.
         logger.info(
             "daemon started",
@@ -162,12 +169,23 @@ class Daemon:
                     # Outside a cycle (taking the channel, the gauges after it): the same
                     # as a failed cycle, so one bug does not stop provisioning.
                     self.failed(exc)
+                self.warn_of_key_expiry()
                 memory.release_freed()  # else RSS keeps each outage's high-water mark
                 failures = self.outage.cycles
                 # Event.wait returns early on SIGTERM: the daemon stops without waiting out
                 # the interval.
                 delay = retry_delay(self.config.interval, failures) - (time.monotonic() - started)
                 self.stopping.wait(max(0.0, delay))
+
+    def warn_of_key_expiry(self) -> None:
+        """Once a day (and at start) from 30 days before target.token_expires."""
+        today = self.clock().date()
+        if self.key_warned_on == today:
+            return
+        self.key_warned_on = today
+        warning = token_expiry_warning(self.config.target, today)
+        if warning is not None:
+            logger.warning("API key expiring", detail=warning)
 
     def take_channel(self, store: Store, holding: contextlib.ExitStack) -> bool:
         try:

@@ -190,9 +190,13 @@ def print_directory_check(console: Console, check: DirectoryCheck) -> None:
 def print_target_check(console: Console, check: TargetCheck) -> None:
     console.print(f"target      {check.url}: the API key works", markup=False)
     console.print(f"  {check.features}; {check.users} users visible", markup=False)
+    if check.key_expiry:
+        console.print(f"  warning: {check.key_expiry}", markup=False)
 
 
-def print_status(console: Console, store: Store) -> None:
+def print_status(console: Console, store: Store, key_expiry: str | None = None) -> None:
+    if key_expiry:
+        console.print(f"warning: {key_expiry}", markup=False)
     console.print(
         f"linked: {store.count_linked(Kind.USER)} users, {store.count_linked(Kind.GROUP)} groups",
         markup=False,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
-from scimsync.config import Config, ConfigError, redact_url
+from scimsync.config import Config, ConfigError, TargetConfig, redact_url
 from scimsync.cycle.desired import map_users
 from scimsync.directory import LdapDirectory, NoSuchEntry
 from scimsync.mapping import Finding, compile_rules
@@ -30,6 +31,24 @@ class TargetCheck:
     url: str
     features: str
     users: int
+    key_expiry: str | None = None  # token_expiry_warning's
+
+
+TOKEN_WARNING_DAYS = 30
+
+
+def token_expiry_warning(target: TargetConfig, today: date) -> str | None:
+    """One line from TOKEN_WARNING_DAYS before target.token_expires on; None before that."""
+    expires = target.token_expires
+    if expires is None:
+        return None
+    days = (expires - today).days
+    if days < 0:
+        return f"target.token_expires: the API key expired on {expires}: rotate it"
+    if days <= TOKEN_WARNING_DAYS:
+        when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+        return f"target.token_expires: the API key expires on {expires}, {when}: rotate it"
+    return None
 
 
 def check_directory(config: Config) -> DirectoryCheck:
@@ -83,4 +102,5 @@ async def check_target(config: Config) -> TargetCheck:
         for name in ("patch", "bulk", "filter")
     )
     shown = redact_url(config.target.url)
-    return TargetCheck(shown, features, total if isinstance(total, int) else listed)
+    users = total if isinstance(total, int) else listed
+    return TargetCheck(shown, features, users, token_expiry_warning(config.target, date.today()))

@@ -56,6 +56,14 @@ class Emulator:
         if "seed" in options and self.misbehaviour is not None:
             self.misbehaviour.reseed(options["seed"])
 
+    def rotate_token(self, token: str) -> None:
+        """A new API key, as an org admin rotates it: the old one answers 401 from now on."""
+        if not token.strip():
+            raise ValueError("the bearer token is empty")
+        self.token = token
+        if self.misbehaviour is not None:
+            self.misbehaviour.token = token
+
     def reset_modes(self) -> None:
         defaults = Settings()  # every mode but the seed, which only faults read
         self.configure(
@@ -337,6 +345,19 @@ def _control(request: Request) -> Emulator:
     return emulator
 
 
+async def rotate_token(request: Request) -> Response:
+    emulator = _control(request)
+    body = await _json(request)
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        raise invalid_value('expected {"token": "<the new API key>"}')
+    try:
+        emulator.rotate_token(token)
+    except ValueError as exc:
+        raise invalid_value(str(exc)) from None
+    return Response(status_code=204)
+
+
 async def stats(request: Request) -> Response:
     return scim_response(_control(request).stats.as_dict())
 
@@ -423,6 +444,7 @@ ROUTES = [
     Route("/_emulator/state", state, methods=["GET"]),
     Route("/_emulator/config", show_config, methods=["GET"]),
     Route("/_emulator/config", configure, methods=["POST"]),
+    Route("/_emulator/token", rotate_token, methods=["POST"]),
 ]
 
 

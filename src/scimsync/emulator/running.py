@@ -129,6 +129,7 @@ class RunningEmulator(Lifecycle):
     def __init__(self, token: str | None = None, **options: Any) -> None:
         # None picks one; "" is refused by create_app rather than silently replaced.
         self.token = secrets.token_urlsafe(24) if token is None else token
+        self._first_token = self.token
         self.app = create_app(self.token, **options)
         self._state: Emulator = self.app.state.emulator
         self._sock = bound_socket("127.0.0.1", 0)
@@ -180,8 +181,15 @@ class RunningEmulator(Lifecycle):
         assert self._state.misbehaviour is not None
         self._state.misbehaviour.clock = clock
 
+    def rotate_token(self, token: str) -> None:
+        """The API key rotated at Atlassian: clients with the old one get 401."""
+        self._state.rotate_token(token)
+        self.token = token
+
     def reset(self) -> None:
-        """Empty directory, zero counters, default modes: a fresh emulator for the next test."""
+        """Empty directory, zero counters, default modes, the first token: a fresh emulator
+        for the next test."""
+        self.rotate_token(self._first_token)
         self._state.directory.wipe()
         self._state.stats.reset()
         self._state.reset_modes()

@@ -65,9 +65,10 @@ class EmailTaken(Uniqueness):
 
     def __str__(self) -> str:
         whose = f"the email {self.email}" if self.email else "the email"
+        answer = super().__str__().rstrip(".")
         return (
-            f"{super().__str__().rstrip('.')}: {whose} belongs to another Atlassian account; that account "
-            "must give it up, or an organization admin unlinks it from its directory "
+            f"{answer}: {whose} belongs to another Atlassian account; that account must give "
+            "it up, or an organization admin unlinks it from its directory "
             "(admin.atlassian.com), and the next retry succeeds"
         )
 
