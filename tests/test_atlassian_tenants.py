@@ -11,11 +11,12 @@ from rich.console import Console
 
 from scimsync.config import TargetConfig
 from scimsync.cycle.check import token_expiry_warning
+from scimsync.daemon import mostly_failed
 from scimsync.emulator import RunningEmulator
 from scimsync.report import plan_json, print_plan
 from scimsync.state import Store
 from tests.fixtures.slapd import Tree
-from tests.harness import Channel
+from tests.harness import Channel, eventually
 from tests.test_cli import Cli, one_line_error
 from tests.test_daemon import Scimsync
 
@@ -373,8 +374,11 @@ def test_a_rotated_key_in_the_token_file_is_used_without_a_restart(
         emulator.rotate_token("rotated-" + emulator.token)  # the old key answers 401 now
         refused = daemon.health_when(lambda h: h.status_code == 503)
         assert "API key" in refused.text
+        between = "scimsync_cycle_interval_seconds"
+        assert eventually(lambda: daemon.metric(between) >= 0.4, "the back-off: 2x, 4x")
         token_file.write_text(emulator.token)  # the new key, as a secret manager writes it
         daemon.health_when(lambda h: h.status_code == 200)
+        assert eventually(lambda: daemon.metric(between) == 0.1, "the interval again")
         assert daemon.stop() == 0
     finally:
         runner.close()
@@ -397,3 +401,35 @@ def test_check_and_status_warn_of_the_key_expiry_and_a_bad_date_is_one_line(
     bad = cli("status")
     assert bad.returncode == 2
     assert "target.token_expires" in one_line_error(bad)
+
+
+# --- 8. a failing channel backs off --------------------------------------------------------
+
+
+def test_most_operations_failing_counts_as_a_failed_cycle() -> None:
+    assert not mostly_failed(applied=0, failed=3)  # too few to judge
+    assert mostly_failed(applied=1, failed=3)
+    assert not mostly_failed(applied=2, failed=2)  # half is not most
+    assert not mostly_failed(applied=10, failed=0)
+
+
+def test_a_storm_of_failed_writes_backs_the_channel_off_until_a_cycle_succeeds(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    ldap_tree.add_users(6)
+    emulator.configure(fault_rate=1.0, fault_methods="writes", seed=3)  # reads still answer
+    runner = Scimsync(ldap_tree, emulator, tmp_path)
+    runner.settings["interval"] = 0.05
+    runner.settings["target"]["max_retries"] = 0
+    daemon = runner.start("run")
+    try:
+        answer = daemon.health_when(lambda h: h.status_code == 503)
+        assert "6 of 6 operations failed: the target is failing" in answer.text
+        emulator.configure(fault_rate=0.0)
+        # The six wait for their own retry; the next cycle, with nothing due, is good.
+        daemon.health_when(lambda h: h.status_code == 200)
+        assert daemon.stop() == 0
+    finally:
+        runner.close()
+    errors = [e for e in daemon.events() if e["event"] == "cycle failed"]
+    assert len(errors) == 1 and "back off" in errors[0]["error"]

@@ -7,6 +7,7 @@ import pytest
 import typer
 
 from scimsync import cli
+from scimsync import daemon as daemon_module
 from scimsync.config import ConfigError
 from scimsync.directory import (
     DirectoryAuthError,
@@ -46,6 +47,7 @@ TREE: dict[type[ScimsyncError], tuple[type[ScimsyncError], ExitCode]] = {
     target.BrokenListing: (CYCLE, ExitCode.UNREACHABLE),
     StateError: (CYCLE, ExitCode.STATE),
     ChannelLocked: (CYCLE, ExitCode.STATE),
+    daemon_module.MostOperationsFailed: (CYCLE, ExitCode.UNREACHABLE),
     target.ScimError: (RECORD, ExitCode.UNREACHABLE),
     target.Uniqueness: (RECORD, ExitCode.UNREACHABLE),
     target.EmailTaken: (RECORD, ExitCode.UNREACHABLE),

@@ -27,7 +27,10 @@ logger = log.get(__name__)
 
 # Failed cycles are retried after interval, 2 x interval, 4 x ..., up to this (or interval,
 # if longer): an outage at `interval: 1` costs about 60 attempts an hour, not 3,600.
-MAX_RETRY_DELAY = 60.0
+MAX_RETRY_DELAY = 3600.0  # a failing channel waits at most an hour between cycles
+# A cycle whose operations mostly failed (at least this many tried) counts as failed: the
+# target is failing (a storm of 5xx), and the next cycles must not hammer it.
+MOSTLY_FAILED_MIN = 4
 
 # Audit and runs retention is applied this often; the last time is kept in the store.
 PRUNE_EVERY = timedelta(days=1)
@@ -46,6 +49,21 @@ def retry_delay(interval: float, failures_in_a_row: int) -> float:
     # The exponent is bounded: past 2**20 the cap applies anyway.
     backed_off: float = interval * 2 ** min(failures_in_a_row - 1, 20)
     return min(backed_off, max(interval, MAX_RETRY_DELAY))
+
+
+class MostOperationsFailed(CycleError):  # noqa: N818 - named for what it says
+    """Most of a cycle's operations failed: the channel backs off as after an outage."""
+
+    def __init__(self, failed: int, tried: int) -> None:
+        super().__init__(
+            f"{failed} of {tried} operations failed: the target is failing; the next cycles "
+            "back off until one succeeds"
+        )
+
+
+def mostly_failed(applied: int, failed: int) -> bool:
+    tried = applied + failed
+    return tried >= MOSTLY_FAILED_MIN and failed * 2 > tried
 
 
 def describe(exc: Exception) -> str:
@@ -174,8 +192,9 @@ class Daemon:
                 failures = self.outage.cycles
                 # Event.wait returns early on SIGTERM: the daemon stops without waiting out
                 # the interval.
-                delay = retry_delay(self.config.interval, failures) - (time.monotonic() - started)
-                self.stopping.wait(max(0.0, delay))
+                between = retry_delay(self.config.interval, failures)
+                self.metrics.cycle_interval.set(between)
+                self.stopping.wait(max(0.0, between - (time.monotonic() - started)))
 
     def warn_of_key_expiry(self) -> None:
         """Once a day (and at start) from 30 days before target.token_expires."""
@@ -236,6 +255,10 @@ class Daemon:
         finally:
             self.metrics.cycles.labels(str(exit_code)).inc()
             self.metrics.cycle_duration.observe(time.monotonic() - started)
+        if failure is None:
+            applied, rejected = sum(report.outcome.applied.values()), len(report.outcome.failed)
+            if mostly_failed(applied, rejected):
+                failure = MostOperationsFailed(rejected, applied + rejected)
         if failure is not None:
             self.failed(failure)
             return False

@@ -63,6 +63,11 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.cycle_interval = Gauge(
+            "scimsync_cycle_interval_seconds",
+            "Seconds between cycle starts now: `interval`, or up to an hour while cycles fail",
+            registry=self.registry,
+        )
         self.token_expiry = Gauge(
             "scimsync_token_expiry_timestamp_seconds",
             "Unix time the target's API key expires (target.token_expires); absent if unset",

@@ -402,6 +402,7 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
         "rate": s.rate,
         "latency_ms": s.latency_ms,
         "fault_rate": s.fault_rate,
+        "fault_methods": s.fault_methods,
         "lost_response_rate": s.lost_response_rate,
         "seed": s.seed,
     }

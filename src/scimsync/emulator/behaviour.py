@@ -41,6 +41,9 @@ class Settings:
     rate: float | None = None
     latency_ms: float = 0.0
     fault_rate: float = 0.0
+    # Which requests the faults strike: "all" (500, 503 or a dropped connection), or
+    # "writes" only, answered 500 or 503 while reads still answer, as a degraded tenant does.
+    fault_methods: str = "all"
     lost_response_rate: float = 0.0
     seed: int | None = None
 
@@ -56,6 +59,8 @@ class Settings:
             raise ValueError("user_name: expected mutable or immutable")
         if options.get("member_filter", self.member_filter) not in ("accepted", "refused"):
             raise ValueError("member_filter: expected accepted or refused")
+        if options.get("fault_methods", self.fault_methods) not in ("all", "writes"):
+            raise ValueError("fault_methods: expected all or writes")
         if not isinstance(options.get("hide_inactive", self.hide_inactive), bool):
             raise ValueError("hide_inactive: expected true or false")
         for name in ("fault_rate", "lost_response_rate"):
@@ -226,7 +231,8 @@ class Misbehaviour:
                 response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
                 await response(scope, receive, counted_send)
                 return
-        if settings.fault_rate > 0 and self.rng.random() < settings.fault_rate:
+        struck = settings.fault_methods == "all" or scope["method"] != "GET"
+        if struck and settings.fault_rate > 0 and self.rng.random() < settings.fault_rate:
             await self._fault(scope, receive, send, counted_send)
             return
         if (
@@ -239,7 +245,9 @@ class Misbehaviour:
         await self.app(scope, receive, counted_send)
 
     async def _fault(self, scope: Scope, receive: Receive, send: Send, counted: Send) -> None:
-        kind = self.rng.choice((500, 503, 0))
+        kind = self.rng.choice(
+            (500, 503) if self.settings.fault_methods == "writes" else (500, 503, 0)
+        )
         if kind == 0 and await _drop_connection(send):
             self.stats.lost()
             return
