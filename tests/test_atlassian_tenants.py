@@ -13,7 +13,8 @@ from scimsync.config import TargetConfig
 from scimsync.cycle.check import token_expiry_warning
 from scimsync.daemon import mostly_failed
 from scimsync.emulator import RunningEmulator
-from scimsync.report import plan_json, print_plan
+from scimsync.errors import ExitCode
+from scimsync.report import plan_json, print_plan, print_status
 from scimsync.state import Store
 from tests.fixtures.slapd import Tree
 from tests.harness import Channel, eventually
@@ -433,3 +434,71 @@ def test_a_storm_of_failed_writes_backs_the_channel_off_until_a_cycle_succeeds(
         runner.close()
     errors = [e for e in daemon.events() if e["event"] == "cycle failed"]
     assert len(errors) == 1 and "back off" in errors[0]["error"]
+
+
+# --- 5. email changes into unverified domains ----------------------------------------------
+
+
+def email_channel(channel: Channel) -> tuple[str, str]:
+    """anna, in `team`, with a userName that does not follow her email; returns (DN, id)."""
+    channel.mapping["userName"] = {"template": "{{ uid }}@example.com"}
+    tree = channel.tree
+    anna = tree.add_user("anna")
+    tree.add_group("team", [anna])
+    channel.emulator.configure(verified_domains=["example.com"])  # unlinks as Atlassian does
+    assert channel.sync().exit_code == 0
+    return anna, channel.users()["anna@example.com"]["id"]
+
+
+def test_without_verified_domains_an_email_change_loses_the_account(channel: Channel) -> None:
+    """Why the hold matters: the tenant unlinks the account and drops it from its groups."""
+    anna, _ = email_channel(channel)
+    channel.tree.modify(anna, mail="anna@gmail.com")
+    channel.sync()
+    assert "anna@example.com" not in channel.users()
+    assert channel.member_names("team") == set()
+
+
+def test_an_email_change_outside_the_verified_domains_is_held_until_allowed(
+    channel: Channel,
+) -> None:
+    anna, account = email_channel(channel)
+    channel.options["verified_domains"] = ["example.com"]
+    channel.tree.modify(anna, mail="anna@gmail.com")
+
+    held = channel.sync()
+    assert held.exit_code == ExitCode.HELD
+    assert [(o.action.value, o.name) for o in held.prepared.verdict.held] == [
+        ("update", "anna@example.com")
+    ]
+    assert "verified_domains" in (held.prepared.verdict.reason or "")
+    assert channel.users()["anna@example.com"]["emails"][0]["value"] == "anna@example.com"
+    assert channel.member_names("team") == {"anna@example.com"}
+    console = Console(record=True, width=200)
+    print_plan(console, channel.plan())
+    assert "held by the safety threshold: 1 operations" in console.export_text()
+    with channel.store() as store:
+        print_status(console, store)
+    assert "update user anna@example.com" in console.export_text()
+
+    released = channel.sync(allow_deletions=True)  # the admin accepts: the change goes
+    assert released.exit_code == 0
+    assert "anna@example.com" not in channel.users()  # and the tenant unlinked the account
+    assert account not in {u["id"] for u in channel.emulator.users()}
+
+
+def test_check_notes_new_users_outside_the_verified_domains(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    ldap_tree.add_user("anna")
+    ldap_tree.add_user("gus", mail="gus@gmail.com")
+    cli.settings["options"]["verified_domains"] = ["example.com"]
+    checked = cli("check")
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        "note: 1 user with an email outside options.verified_domains becomes external "
+        "Atlassian accounts: gus@gmail.com"
+    ) in checked.stdout
+    bad = cli.settings["options"]["verified_domains"] = ["not a domain"]
+    assert bad and "options.verified_domains" in one_line_error(cli("check"))

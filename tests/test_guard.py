@@ -210,3 +210,55 @@ def test_sync_under_the_default_holds_most_of_a_small_directory_and_says_which_l
         "6 disables and deletes exceed max_deletions (the default, 2% min 5: 5 for 7 linked users)"
     ) in held.stdout
     assert all(user["active"] for user in cli.emulator.users())
+
+
+# --- email changes into unverified domains ------------------------------------------------
+
+VERIFIED = ("example.com", "corp.example.org")
+
+
+def email_update(sid: str, email: str) -> Operation:
+    return op(Action.UPDATE, sid=sid, values={"emails.work": email, "title": "x"})
+
+
+def test_an_email_change_outside_the_verified_domains_is_held_like_a_deletion() -> None:
+    away = email_update("u1", "ann@gmail.com")
+    the_plan = Plan(
+        (
+            away,
+            email_update("u2", "ben@EXAMPLE.com"),  # verified, whatever the case
+            email_update("u3", "cy@sub.example.com"),  # a subdomain is a domain of its own
+            op(Action.CREATE, sid="new", values={"emails.work": "dee@gmail.com"}),
+            op(Action.UPDATE, sid="u4", values={"title": "y"}),
+        )
+    )
+    verdict = guard(
+        the_plan, limit(), linked_users=100, source_users=100, verified_domains=VERIFIED
+    )
+    assert [o.source_id for o in verdict.held] == ["u1", "u3"]
+    assert [o.source_id for o in verdict.allowed.operations] == ["u2", "new", "u4"]
+    assert verdict.reason == (
+        "2 email changes into a domain outside options.verified_domains "
+        "(Atlassian unlinks such an account)"
+    )
+    off = guard(the_plan, limit(), linked_users=100, source_users=100)
+    assert not off.blocked and off.allowed == the_plan
+
+
+def test_both_holds_give_both_reasons_and_keep_the_protected_groups() -> None:
+    protected = (Conflict(Kind.GROUP, "g1", "site-admins", "left alone"),)
+    the_plan = Plan((*disables(3), email_update("u9", "x@gmail.com")), (), protected)
+    verdict = guard(
+        the_plan, limit(1), linked_users=100, source_users=97, verified_domains=VERIFIED
+    )
+    assert len(verdict.held) == 4
+    assert verdict.reason is not None
+    assert "exceed max_deletions" in verdict.reason and "verified_domains" in verdict.reason
+    assert verdict.allowed.protected == protected
+
+
+def test_verified_domains_must_be_domain_names() -> None:
+    assert Options(verified_domains=["Example.COM"]).verified_domains == ("example.com",)
+    for bad in ("example", "@example.com", "exa mple.com", "*.example.com"):
+        with pytest.raises(ValidationError, match="is not a domain name"):
+            Options(verified_domains=[bad])

@@ -401,6 +401,7 @@ class TargetConfig(Strict):
         return self.token.get_secret_value()
 
 
+_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%(?:\s+min\s+(\d+))?\s*$")
 # 2 % of linked users, at least 5: see docs/design.md, "Safety threshold".
 DEFAULT_MAX_DELETIONS = "2% min 5"
@@ -453,6 +454,9 @@ class Options(Strict):
     relink_rehires: bool = True
     # Group names (glob patterns, case-insensitive) scimsync never writes; [] turns it off.
     protected_groups: tuple[str, ...] = DEFAULT_PROTECTED_GROUPS
+    # The organisation's verified domains; a linked user's email change into another
+    # domain is held like a deletion. Empty: off.
+    verified_domains: tuple[str, ...] = ()
     match_groups_by: Literal["displayName"] = "displayName"  # Atlassian filters groups by it only
 
     @field_validator("max_deletions", mode="before")
@@ -478,6 +482,14 @@ class Options(Strict):
             if re.search(r"\[(?![^\]]*\])", pattern):
                 raise ValueError(f"{pattern!r}: a '[' without its ']'")
         return patterns
+
+    @field_validator("verified_domains")
+    @classmethod
+    def _domains(cls, domains: tuple[str, ...]) -> tuple[str, ...]:
+        for domain in domains:
+            if not _DOMAIN.fullmatch(domain):
+                raise ValueError(f"{domain!r} is not a domain name such as example.com")
+        return tuple(d.lower() for d in domains)
 
     @property
     def deletion_limit(self) -> DeletionLimit:

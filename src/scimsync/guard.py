@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from scimsync.model import DEPROVISIONING, Action, DeletionLimit, Operation, Plan
+from scimsync.model import DEPROVISIONING, Action, DeletionLimit, Kind, Operation, Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,20 @@ def describe(limit: DeletionLimit, linked_users: int) -> str:
 
 
 def guard(
+    plan: Plan,
+    limit: DeletionLimit,
+    *,
+    linked_users: int,
+    source_users: int | None,
+    verified_domains: Collection[str] = (),
+) -> GuardVerdict:
+    """The deprovisioning guard (`hold_deprovisioning`), then the unsafe email changes'
+    (`hold_unverified_emails`): both wait for `sync --allow-deletions`."""
+    verdict = hold_deprovisioning(plan, limit, linked_users=linked_users, source_users=source_users)
+    return hold_unverified_emails(verdict, verified_domains)
+
+
+def hold_deprovisioning(
     plan: Plan, limit: DeletionLimit, *, linked_users: int, source_users: int | None
 ) -> GuardVerdict:
     """Hold every disable and delete (users and groups) when there are too many of them.
@@ -88,4 +103,40 @@ def _hold(plan: Plan, reason: str, *, hold_all_member_removals: bool) -> GuardVe
                 allowed.append(replace(op, members=keep))
         else:
             allowed.append(op)
-    return GuardVerdict(Plan(tuple(allowed), plan.conflicts), tuple(held), reason)
+    return GuardVerdict(replace(plan, operations=tuple(allowed)), tuple(held), reason)
+
+
+def unverified_email(op: Operation, verified_domains: Collection[str]) -> str | None:
+    """The email a linked user's update moves into a domain outside verified_domains."""
+    if op.kind != Kind.USER or op.action is not Action.UPDATE:
+        return None
+    for key, value in op.values.items():
+        is_email = key.startswith("emails") and isinstance(value, str) and "@" in value
+        if is_email and str(value).rsplit("@", 1)[1].lower() not in verified_domains:
+            return str(value)
+    return None
+
+
+def hold_unverified_emails(
+    verdict: GuardVerdict, verified_domains: Collection[str]
+) -> GuardVerdict:
+    """Hold each linked user's email change into a domain outside verified_domains (off when
+    empty): Atlassian unlinks an external account whose email changes and drops it from its
+    groups (ACCESS-1396), which takes its product access away as a disable would."""
+    domains = {d.lower() for d in verified_domains}
+    if not domains:
+        return verdict
+    ops = verdict.allowed.operations
+    unsafe = [op for op in ops if unverified_email(op, domains) is not None]
+    if not unsafe:
+        return verdict
+    held = {id(op) for op in unsafe}
+    because = (
+        f"{len(unsafe)} email change{'s' if len(unsafe) != 1 else ''} into a domain outside "
+        "options.verified_domains (Atlassian unlinks such an account)"
+    )
+    return GuardVerdict(
+        replace(verdict.allowed, operations=tuple(op for op in ops if id(op) not in held)),
+        verdict.held + tuple(unsafe),
+        because if verdict.reason is None else f"{verdict.reason}; {because}",
+    )

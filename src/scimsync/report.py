@@ -175,6 +175,16 @@ def print_directory_check(console: Console, check: DirectoryCheck) -> None:
     console.print(f"  changes: {check.change_detection}", markup=False)
     if check.change_warning:
         console.print(f"  warning: {check.change_warning}", markup=False)
+    if check.external_users:
+        count = len(check.external_users)
+        console.print(
+            f"  note: {count} user{'s' if count != 1 else ''} with an email outside "
+            f"options.verified_domains {'become' if count != 1 else 'becomes'} external "
+            "Atlassian accounts: "
+            + ", ".join(check.external_users[:10])
+            + (", ..." if count > 10 else ""),
+            markup=False,
+        )
     for finding in check.template_findings:
         console.print(f"  warning: {finding}", markup=False)
     for failure in check.unmappable[:10]:

@@ -24,6 +24,9 @@ class DirectoryCheck:
     template_findings: tuple[Finding, ...] = ()  # per rule, over every user in scope
     change_detection: str = ""  # how incremental cycles see changes, and what it costs
     change_warning: str | None = None
+    # Users in scope whose email is outside options.verified_domains: Atlassian makes
+    # them external accounts (created all the same).
+    external_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,10 @@ class TargetCheck:
 
 
 TOKEN_WARNING_DAYS = 30
+
+
+def _outside(value: object, domains: tuple[str, ...]) -> bool:
+    return isinstance(value, str) and value.rsplit("@", 1)[-1].lower() not in domains
 
 
 def token_expiry_warning(target: TargetConfig, today: date) -> str | None:
@@ -65,7 +72,16 @@ def check_directory(config: Config) -> DirectoryCheck:
         detection, detection_warning = directory.change_detection()
         snapshot = directory.read()
     # Every template runs against every user in scope: the read is complete already.
-    _, failures = map_users(snapshot.users.values(), mapper, log_warnings=False)
+    users, failures = map_users(snapshot.users.values(), mapper, log_warnings=False)
+    domains = config.options.verified_domains
+    external = tuple(
+        sorted(
+            user.user_name
+            for user in users.values()
+            if domains
+            and any(_outside(v, domains) for k, v in user.values.items() if k.startswith("emails"))
+        )
+    )
     memberships = sum(
         len(group.member_guids & snapshot.users.keys()) for group in snapshot.groups.values()
     )
@@ -78,6 +94,7 @@ def check_directory(config: Config) -> DirectoryCheck:
         unmappable=failures,
         template_findings=tuple(mapper.findings()),
         change_detection=detection,
+        external_users=external,
         change_warning=detection_warning,
     )
 

@@ -92,6 +92,7 @@ async def prepare(
             config.options.deletion_limit,
             linked_users=store.count_linked(Kind.USER),
             source_users=view.desired.source_user_count,
+            verified_domains=config.options.verified_domains,
         )
     return Prepared(view, the_plan, verdict, failures, inputs.linked_users, skip)
 

@@ -198,7 +198,9 @@ async def put_user(request: Request) -> Response:
     before = emulator.directory.user(user_id)  # 404 before 400 for a missing user
     _check_user_name(emulator, before, body)
     user = emulator.directory.replace_user(user_id, clean_user(body))
-    return scim_response(render_user(emulator, user, _base(request)))
+    body = render_user(emulator, user, _base(request))
+    _unlink_if_external(emulator, before, user)
+    return scim_response(body)
 
 
 async def patch_user(request: Request) -> Response:
@@ -211,7 +213,23 @@ async def patch_user(request: Request) -> Response:
         patched = patched_user(before, body)
         _check_user_name(emulator, before, patched)
         user = directory.replace_user(user_id, clean_user(patched))
-    return scim_response(render_user(emulator, user, _base(request)))
+        body = render_user(emulator, user, _base(request))
+        _unlink_if_external(emulator, before, user)
+    return scim_response(body)
+
+
+def _unlink_if_external(emulator: Emulator, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """With `verified_domains` set: an email changed into another domain makes the account
+    external, and Atlassian unlinks it from the directory, its groups with it (ACCESS-1396).
+    The answer still shows the write; the account is gone from the directory after it."""
+    domains = emulator.settings.verified_domains
+    if domains is None:
+        return
+    emails = {str(e["value"]).lower() for e in after.get("emails", [])}
+    if emails == {str(e["value"]).lower() for e in before.get("emails", [])}:
+        return
+    if any(email.rsplit("@", 1)[-1] not in domains for email in emails):
+        emulator.directory.delete_user(after["id"])
 
 
 async def delete_user(request: Request) -> Response:
@@ -399,6 +417,7 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
         "user_name": s.user_name,
         "member_filter": s.member_filter,
         "hide_inactive": s.hide_inactive,
+        "verified_domains": s.verified_domains,
         "rate": s.rate,
         "latency_ms": s.latency_ms,
         "fault_rate": s.fault_rate,

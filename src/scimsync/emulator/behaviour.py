@@ -38,6 +38,9 @@ class Settings:
     # Some tenants leave deactivated users out of GET /Users listings and filter results
     # (ACCESS-1293, "won't fix"); GET /Users/{id} still answers for them.
     hide_inactive: bool = False
+    # The org's verified domains; None: off. A user whose email changes into another
+    # domain is unlinked from the directory, as Atlassian does to external accounts.
+    verified_domains: list[str] | None = None
     rate: float | None = None
     latency_ms: float = 0.0
     fault_rate: float = 0.0
@@ -61,6 +64,11 @@ class Settings:
             raise ValueError("member_filter: expected accepted or refused")
         if options.get("fault_methods", self.fault_methods) not in ("all", "writes"):
             raise ValueError("fault_methods: expected all or writes")
+        domains = options.get("verified_domains", self.verified_domains)
+        if domains is not None and not (
+            isinstance(domains, list) and all(isinstance(d, str) for d in domains)
+        ):
+            raise ValueError("verified_domains: expected a list of domains, or null")
         if not isinstance(options.get("hide_inactive", self.hide_inactive), bool):
             raise ValueError("hide_inactive: expected true or false")
         for name in ("fault_rate", "lost_response_rate"):
