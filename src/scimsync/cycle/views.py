@@ -274,34 +274,26 @@ def read_view(
     """This cycle's view: one user's, incremental from the watermark, or full; with the
     rehires' links re-keyed to their new entries."""
     with LdapDirectory(config.source, mapper.ldap_attributes()) as directory:
-        view = _read_view(directory, config, store, mapper, only_user, failures, now, rekeyed)
-        return with_rehires(view, store, find_rehires(directory, store, view, config))
 
+        def rehired(view: View) -> View:
+            return with_rehires(view, store, find_rehires(directory, store, view, config))
 
-def _read_view(
-    directory: LdapDirectory,
-    config: Config,
-    store: Store,
-    mapper: Mapper,
-    only_user: str | None,
-    failures: Failures,
-    now: datetime,
-    rekeyed: Mapping[str, str] | None,
-) -> View:
-    if only_user is not None:
-        return user_view(directory, mapper, config, store, only_user, rekeyed)
-    mode = choose_mode(store, config, now)
-    if mode == "incremental":
-        watermark = store.watermark(WATERMARK)
-        assert watermark is not None
-        # Read at most once a cycle, by change detection or by the view, whichever asks.
-        # Only users in scope: one who left it and comes back must be seen entering.
-        user_ids = cache(partial(store.linked_ids, Kind.USER, in_scope=True))
-        try:
-            changes = directory.changes(watermark, user_ids, partial(store.linked_ids, Kind.GROUP))
-        except WatermarkLost as exc:
-            logger.info("watermark lost: full reconciliation", reason=str(exc))
-        else:
-            changes = revisit(directory, changes, failures, now)
-            return incremental_view(changes, mapper, config, store, user_ids)
-    return full_view(directory, mapper, config, store, rekeyed)
+        if only_user is not None:
+            return rehired(user_view(directory, mapper, config, store, only_user, rekeyed))
+        mode = choose_mode(store, config, now)
+        if mode == "incremental":
+            watermark = store.watermark(WATERMARK)
+            assert watermark is not None
+            # Read at most once a cycle, by change detection or by the view, whichever asks.
+            # Only users in scope: one who left it and comes back must be seen entering.
+            user_ids = cache(partial(store.linked_ids, Kind.USER, in_scope=True))
+            try:
+                changes = directory.changes(
+                    watermark, user_ids, partial(store.linked_ids, Kind.GROUP)
+                )
+            except WatermarkLost as exc:
+                logger.info("watermark lost: full reconciliation", reason=str(exc))
+            else:
+                changes = revisit(directory, changes, failures, now)
+                return rehired(incremental_view(changes, mapper, config, store, user_ids))
+        return rehired(full_view(directory, mapper, config, store, rekeyed))
