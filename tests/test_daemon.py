@@ -314,10 +314,11 @@ def test_a_directory_outage_shows_as_503_logs_once_backs_off_and_logs_its_end(
 
 def test_failed_cycles_are_retried_further_and_further_apart_up_to_a_cap() -> None:
     retry_delay = daemon_module.retry_delay
-    delays = [retry_delay(1.0, failures) for failures in range(10)]
+    delays = [retry_delay(1.0, failures) for failures in range(14)]
     assert delays[:4] == [1.0, 1.0, 2.0, 4.0]
-    assert delays == sorted(delays) and delays[-1] == daemon_module.MAX_RETRY_DELAY
-    assert retry_delay(300.0, 5) == 300.0  # never more often than the interval
+    assert delays == sorted(delays) and delays[-1] == daemon_module.MAX_RETRY_DELAY == 3600
+    assert retry_delay(300.0, 5) == 3600.0  # 2x, 4x, ... up to an hour
+    assert retry_delay(7200.0, 5) == 7200.0  # never more often than the interval
 
 
 # --- item 13 and the held part of item 11: approving while run holds the channel ------

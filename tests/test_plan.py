@@ -787,5 +787,6 @@ def test_a_group_the_target_holds_under_a_protected_name_is_not_adopted() -> Non
         target_groups={"site-admins": TargetRef("TG", "site-admins")},
     )
     assert run(inp, protected_groups=PROTECTED).operations == ()
-    adopted = run(inp)  # no patterns: protection is off
+    assert run(inp).operations == ()  # the default protects site-admins too
+    adopted = run(inp, protected_groups=())  # no patterns: protection is off
     assert actions(adopted) == [("link", "group", "g1"), ("add_members", "group", "g1")]

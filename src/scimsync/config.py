@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from scimsync.errors import ConfigurationError
-from scimsync.model import DeletionLimit, PlanOptions
+from scimsync.model import DEFAULT_PROTECTED_GROUPS, DeletionLimit, PlanOptions
 
 DEFAULT_CONFIG_NAME = "scimsync.yaml"
 CONFIG_ENV = "SCIMSYNC_CONFIG"
@@ -405,36 +405,6 @@ _DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%(?:\s+min\s+(\d+))?\s*$")
 # 2 % of linked users, at least 5: see docs/design.md, "Safety threshold".
 DEFAULT_MAX_DELETIONS = "2% min 5"
-
-
-# Atlassian's default groups: those that grant product access and admin rights, created
-# with each product and named after it, often with the site's name appended
-# ("confluence-users-vitafleet", "jira-software-users-acme.com"). Writing one would change
-# who may use a product; deleting one is refused. Source: "Understand default groups",
-# https://support.atlassian.com/user-management/docs/default-groups-and-permissions/
-DEFAULT_PROTECTED_GROUPS = (
-    "site-admins*",
-    "administrators*",
-    "system-administrators*",
-    "trusted-users*",
-    "jira-users*",
-    "jira-admins*",
-    "jira-administrators*",
-    "jira-software-users*",
-    "jira-core-users*",
-    "jira-servicemanagement-users*",
-    "jira-servicedesk-users*",
-    "jira-work-management-users*",
-    "jira-product-discovery-users*",
-    "confluence-users*",
-    "confluence-admins*",
-    "confluence-administrators*",
-    "bitbucket-users*",
-    "bitbucket-admins*",
-    "opsgenie-users*",
-    "statuspage-users*",
-    "atlassian-addons-admin",
-)
 
 
 class Options(Strict):

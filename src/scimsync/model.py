@@ -221,6 +221,36 @@ class Plan:
         return tuple(op for op in self.operations if op.action in DEPROVISIONING)
 
 
+# Atlassian's default groups: those that grant product access and admin rights, created
+# with each product and named after it, often with the site's name appended
+# ("confluence-users-vitafleet", "jira-software-users-acme.com"). Writing one would change
+# who may use a product; deleting one is refused. Source: "Understand default groups",
+# https://support.atlassian.com/user-management/docs/default-groups-and-permissions/
+DEFAULT_PROTECTED_GROUPS = (
+    "site-admins*",
+    "administrators*",
+    "system-administrators*",
+    "trusted-users*",
+    "jira-users*",
+    "jira-admins*",
+    "jira-administrators*",
+    "jira-software-users*",
+    "jira-core-users*",
+    "jira-servicemanagement-users*",
+    "jira-servicedesk-users*",
+    "jira-work-management-users*",
+    "jira-product-discovery-users*",
+    "confluence-users*",
+    "confluence-admins*",
+    "confluence-administrators*",
+    "bitbucket-users*",
+    "bitbucket-admins*",
+    "opsgenie-users*",
+    "statuspage-users*",
+    "atlassian-addons-admin",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PlanOptions:
     """What the planner may do: the `options` it reads, frozen and free of the config."""
@@ -234,7 +264,7 @@ class PlanOptions:
     group_rename: Literal["in_place", "recreate"] = "in_place"
     match_users_by: MatchBy = "userName"
     user_name_changes: Literal["conflict", "update"] = "conflict"
-    protected_groups: tuple[str, ...] = ()  # glob patterns, matched case-insensitively
+    protected_groups: tuple[str, ...] = DEFAULT_PROTECTED_GROUPS  # globs, case-insensitive
 
 
 MatchBy = Literal["userName", "externalId"]
