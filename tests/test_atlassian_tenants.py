@@ -3,6 +3,7 @@ slapd and the emulator."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -502,3 +503,30 @@ def test_check_notes_new_users_outside_the_verified_domains(
     ) in checked.stdout
     bad = cli.settings["options"]["verified_domains"] = ["not a domain"]
     assert bad and "options.verified_domains" in one_line_error(cli("check"))
+
+
+def test_the_cli_holds_an_unverified_email_change_with_exit_3_until_allowed(
+    ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    cli = Cli(ldap_tree, emulator, tmp_path)
+    cli.settings["mapping"] = {
+        "userName": {"template": "{{ uid }}@example.com"},
+        "emails.work": "mail",
+        "displayName": "cn",
+    }
+    cli.settings["options"]["verified_domains"] = ["example.com"]
+    anna = ldap_tree.add_user("anna")
+    assert cli("sync").returncode == 0
+    ldap_tree.modify(anna, mail="anna@gmail.com")
+
+    held = cli("sync")
+    assert held.returncode == 3, held.stdout + held.stderr
+    assert "verified_domains" in held.stdout
+    assert json.loads(cli("plan", "--json").stdout)["held"][0]["name"] == "anna@example.com"
+    assert "update user anna@example.com" in cli("status").stdout
+    [account] = emulator.users()
+    assert account["emails"][0]["value"] == "anna@example.com"
+    allowed = cli("sync", "--allow-deletions")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    [account] = emulator.users()
+    assert account["emails"][0]["value"] == "anna@gmail.com"
