@@ -199,7 +199,8 @@ def test_a_rehire_takes_over_the_deactivated_account(channel: Channel, hidden: b
     assert len(channel.users()) == 2
     assert channel.member_names("team") == {"kim@example.com", "warm@example.com"}
     with channel.store() as store:
-        assert store.linked_user_named("kim@example.com").source_id == new  # type: ignore[union-attr]
+        relinked = store.linked_user_named("kim@example.com")
+        assert relinked is not None and (relinked.source_id, relinked.in_scope) == (new, True)
         [event] = [a for a in store.audit_log() if a.event == "relinked"]
     assert (event.source_id, event.target_id, event.success) == (new, account, True)
     assert event.cause is not None and old in event.cause

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from scimsync import retry
@@ -14,6 +15,9 @@ ANN = DesiredUser("u1", "ann@example.com", True, {"userName": "ann@example.com"}
 ENG = DesiredGroup("g1", "Eng", frozenset({"u1"}))
 
 
+ANN_FAILING = retry.Attempt(Kind.USER, "u1", "ann@example.com", "update", "HTTP 500", "fp1")
+
+
 def fail(
     previous: FailureRecord | None,
     now: datetime,
@@ -22,36 +26,14 @@ def fail(
     max_retries: int = 3,
     action: str = "update",
 ) -> FailureRecord:
-    return retry.failed(
-        previous,
-        retry.Attempt(
-            kind=Kind.USER,
-            source_id="u1",
-            name="ann@example.com",
-            action=action,
-            cause="HTTP 500",
-            source_fingerprint=source_fingerprint,
-        ),
-        now=now,
-        max_retries=max_retries,
-    )
+    attempt = replace(ANN_FAILING, action=action, source_fingerprint=source_fingerprint)
+    return retry.failed(previous, attempt, now=now, max_retries=max_retries)
 
 
 def group_failure(source_fingerprint: str = "fp") -> FailureRecord:
     """Eng's create failed once at T0."""
-    return retry.failed(
-        None,
-        retry.Attempt(
-            kind=Kind.GROUP,
-            source_id="g1",
-            name="Eng",
-            action="create",
-            cause="HTTP 500",
-            source_fingerprint=source_fingerprint,
-        ),
-        now=T0,
-        max_retries=3,
-    )
+    eng = retry.Attempt(Kind.GROUP, "g1", "Eng", "create", "HTTP 500", source_fingerprint)
+    return retry.failed(None, eng, now=T0, max_retries=3)
 
 
 def failures(*rows: FailureRecord) -> dict[Record, FailureRecord]:
@@ -156,19 +138,9 @@ def test_a_user_and_a_group_with_one_source_id_are_apart() -> None:
 
 
 def refusal(action: str = "conflict", cause: str = "userName is held") -> FailureRecord:
-    return retry.failed(
-        None,
-        retry.Attempt(
-            kind=Kind.USER,
-            source_id="u1",
-            name="ann@example.com",
-            action=action,
-            cause=cause,
-            source_fingerprint=retry.refusal_fingerprint(cause),
-        ),
-        now=T0,
-        max_retries=5,
-    )
+    fingerprint = retry.refusal_fingerprint(cause)
+    attempt = replace(ANN_FAILING, action=action, cause=cause, source_fingerprint=fingerprint)
+    return retry.failed(None, attempt, now=T0, max_retries=5)
 
 
 def test_a_refusal_is_revisited_at_every_cycle_a_failure_when_due() -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from scimsync.model import DEPROVISIONING, Action, DeletionLimit, Kind, Operation, Plan
+from scimsync.model import (
+    DEPROVISIONING,
+    Action,
+    DeletionLimit,
+    Kind,
+    Operation,
+    Plan,
+    ScimValues,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +114,21 @@ def _hold(plan: Plan, reason: str, *, hold_all_member_removals: bool) -> GuardVe
     return GuardVerdict(replace(plan, operations=tuple(allowed)), tuple(held), reason)
 
 
+def unverified_address(values: ScimValues, verified_domains: Collection[str]) -> str | None:
+    """The first email among these SCIM values whose domain is not a verified one."""
+    for key, value in values.items():
+        if not (key.startswith("emails") and isinstance(value, str) and "@" in value):
+            continue
+        if value.rsplit("@", 1)[1].lower() not in verified_domains:
+            return value
+    return None
+
+
 def unverified_email(op: Operation, verified_domains: Collection[str]) -> str | None:
     """The email a linked user's update moves into a domain outside verified_domains."""
     if op.kind != Kind.USER or op.action is not Action.UPDATE:
         return None
-    for key, value in op.values.items():
-        is_email = key.startswith("emails") and isinstance(value, str) and "@" in value
-        if is_email and str(value).rsplit("@", 1)[1].lower() not in verified_domains:
-            return str(value)
-    return None
+    return unverified_address(op.values, verified_domains)
 
 
 def hold_unverified_emails(

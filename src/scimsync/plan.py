@@ -383,9 +383,8 @@ class _GroupPlanner:
             return found
         inp = self.inp
         for sid in inp.desired_groups.keys() | inp.linked_groups.keys():
-            names = [g.display_name for g in (inp.desired_groups.get(sid),) if g is not None]
-            names += [g.display_name for g in (inp.linked_groups.get(sid),) if g is not None]
-            for name in names:
+            groups = (inp.desired_groups.get(sid), inp.linked_groups.get(sid))
+            for name in (group.display_name for group in groups if group is not None):
                 pattern = protected_by(name, patterns)
                 if pattern is not None:
                     cause = f"matches options.protected_groups {pattern!r}: left alone"

@@ -8,6 +8,7 @@ from datetime import date
 from scimsync.config import Config, ConfigError, TargetConfig, redact_url
 from scimsync.cycle.desired import map_users
 from scimsync.directory import LdapDirectory, NoSuchEntry
+from scimsync.guard import unverified_address
 from scimsync.mapping import Finding, compile_rules
 from scimsync.model import MappingFailure
 from scimsync.target import open_target
@@ -40,10 +41,6 @@ class TargetCheck:
 TOKEN_WARNING_DAYS = 30
 
 
-def _outside(value: object, domains: tuple[str, ...]) -> bool:
-    return isinstance(value, str) and value.rsplit("@", 1)[-1].lower() not in domains
-
-
 def token_expiry_warning(target: TargetConfig, today: date) -> str | None:
     """One line from TOKEN_WARNING_DAYS before target.token_expires on; None before that."""
     expires = target.token_expires
@@ -74,13 +71,8 @@ def check_directory(config: Config) -> DirectoryCheck:
     # Every template runs against every user in scope: the read is complete already.
     users, failures = map_users(snapshot.users.values(), mapper, log_warnings=False)
     domains = config.options.verified_domains
-    external = tuple(
-        sorted(
-            user.user_name
-            for user in users.values()
-            if domains
-            and any(_outside(v, domains) for k, v in user.values.items() if k.startswith("emails"))
-        )
+    external = sorted(
+        u.user_name for u in users.values() if domains and unverified_address(u.values, domains)
     )
     memberships = sum(
         len(group.member_guids & snapshot.users.keys()) for group in snapshot.groups.values()
@@ -94,7 +86,7 @@ def check_directory(config: Config) -> DirectoryCheck:
         unmappable=failures,
         template_findings=tuple(mapper.findings()),
         change_detection=detection,
-        external_users=external,
+        external_users=tuple(external),
         change_warning=detection_warning,
     )
 

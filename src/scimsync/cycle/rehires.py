@@ -46,10 +46,9 @@ def find_rehires(
     if not names:
         return {}
     if view.mode == "full":  # every link is in the view
-        held = {
-            link.user_name.lower(): link for link in view.linked_users.values() if not link.active
-        }
-        held = {name: link for name, link in held.items() if name in names}
+        links = view.linked_users.values()
+        held = {u.user_name.lower(): u for u in links if not u.active}
+        held = {name: held[name] for name in names & held.keys()}
     else:
         held = store.deactivated_users_named(names)
     held = {n: link for n, link in held.items() if link.source_id not in view.desired.users}

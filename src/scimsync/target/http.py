@@ -62,7 +62,7 @@ class ScimHttp:
         self.timeout = config.timeout  # each attempt's deadline, from sending to the last byte
         self.max_response_bytes = config.max_response_bytes
         self.request_counts: Counter[str] = Counter()
-        self._secret = config.bearer
+        self._secret = config.bearer  # read once: with token_file, each read is a file read
         self._sleep = sleep
         self._clock = clock
         self._bucket = (
@@ -75,7 +75,7 @@ class ScimHttp:
             verify = ssl.create_default_context(cafile=str(config.ca_file))
         self._client = httpx2.AsyncClient(
             base_url=config.url + "/",
-            headers={"Authorization": f"Bearer {config.bearer}", "Accept": SCIM_JSON},
+            headers={"Authorization": f"Bearer {self._secret}", "Accept": SCIM_JSON},
             # Per connect, read and write; the deadline in _exchange bounds the whole attempt.
             timeout=httpx2.Timeout(config.timeout),
             verify=verify,
