@@ -531,3 +531,18 @@ def test_the_cli_holds_an_unverified_email_change_with_exit_3_until_allowed(
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     [account] = emulator.users()
     assert account["emails"][0]["value"] == "anna@gmail.com"
+
+
+def test_two_new_entries_under_a_leavers_name_are_a_conflict_not_a_rehire(
+    channel: Channel,
+) -> None:
+    tree = channel.tree
+    tree.add_user("warm")
+    tree.add_user("kim")
+    assert channel.sync().exit_code == 0
+    leave(channel, "kim")
+    tree.add_user("kim")
+    tree.add_user("kim2", mail="kim@example.com")
+    report = channel.sync()
+    assert report.prepared.view.rehires == {}
+    assert {c.name for c in report.prepared.plan.conflicts} == {"kim@example.com"}
