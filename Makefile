@@ -28,10 +28,10 @@ test: lint pytest
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Mutation testing (slow; not in `make test`): MUTATE_ARGS go to `mutmut run`, e.g.
-# MUTATE_ARGS="scimsync.guard*"; MUTATE_AD=0 skips the pass against Samba AD.
+# Mutation testing (slow; not in `make test`), one pass per layer: MUTATE_PASSES names some,
+# e.g. MUTATE_PASSES="core store" (passes: core store executor changes changes-ad).
 mutate: setup-ad
-	@scripts/mutate $(MUTATE_ARGS)
+	@scripts/mutate $(MUTATE_PASSES)
 
 # Regenerate requirements/*.txt (pinned, with hashes) after changing pyproject.toml's
 # dependencies or requirements/*.in; LOCK_ARGS=--upgrade moves every pin to the newest release.
@@ -39,4 +39,4 @@ lock:
 	@scripts/lock $(LOCK_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache mutants build/mutate-ad
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache mutants build/mutate
