@@ -79,13 +79,19 @@ def test_member_removals_of_users_being_deleted_are_held_with_the_deletion() -> 
 
 def test_an_empty_directory_read_while_users_are_linked_is_held_whatever_the_limit() -> None:
     removal = op(Action.REMOVE_MEMBERS, "group", "g1", members=("u1",))
+    # u7 is not being deprovisioned: only an empty read holds its removal too.
+    other_removal = op(Action.REMOVE_MEMBERS, "group", "g3", members=("u7",))
     rename = op(Action.RENAME, "group", "g2")
-    the_plan = Plan((rename, removal, *disables(2)))
+    the_plan = Plan((rename, removal, other_removal, *disables(2)))
     verdict = guard(the_plan, limit(1000), linked_users=2, source_users=0)
     assert verdict.blocked
     assert verdict.reason == "directory returned no users while 2 are linked"
     assert verdict.allowed.operations == (rename,)
-    assert verdict.held == (removal, *disables(2))
+    assert verdict.held == (removal, other_removal, *disables(2))
+    # One linked user is enough; over the limit alone, other users' removals go ahead.
+    assert guard(the_plan, limit(1000), linked_users=1, source_users=0).blocked
+    over = guard(the_plan, limit(1), linked_users=100, source_users=98)
+    assert over.allowed.operations == (rename, other_removal)
 
 
 def test_an_empty_directory_on_a_first_run_is_fine() -> None:
@@ -243,6 +249,29 @@ def test_an_email_change_outside_the_verified_domains_is_held_like_a_deletion() 
     )
     off = guard(the_plan, limit(), linked_users=100, source_users=100)
     assert not off.blocked and off.allowed == the_plan
+
+
+def test_the_email_hold_reads_the_domain_after_the_last_at_and_only_email_values() -> None:
+    def held(values: dict[str, str | bool]) -> bool:
+        update = op(Action.UPDATE, values=values)
+        return guard(
+            Plan((update,)), limit(), linked_users=9, source_users=9, verified_domains=VERIFIED
+        ).blocked
+
+    # A quoted local part may hold an "@" (RFC 5321 4.1.2): the domain follows the last one.
+    assert held({"emails.work": '"ann@example.com"@gmail.com'})
+    assert not held({"emails.work": '"ann@gmail.com"@example.com'})
+    # Only emails count, whatever the other values hold, and wherever they come.
+    assert not held({"title": "on call @ night", "nickName": "ann@gmail.com"})
+    assert held({"title": "x", "active": True, "emails.work": "ann@gmail.com"})
+    one = guard(
+        Plan((email_update("u1", "ann@gmail.com"),)),
+        limit(),
+        linked_users=9,
+        source_users=9,
+        verified_domains=VERIFIED,
+    )
+    assert one.reason is not None and one.reason.startswith("1 email change into a domain")
 
 
 def test_both_holds_give_both_reasons_and_keep_the_protected_groups() -> None:

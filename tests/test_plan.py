@@ -155,6 +155,11 @@ def test_update_sends_only_changed_attributes_and_removals() -> None:
     assert op.target_id == "t-u1"
 
 
+def test_a_changed_value_alone_is_an_update() -> None:
+    op = only(run(make([du("u1", title="CEO")], [lu("u1", title="CFO")])))
+    assert (op.action, op.values, op.removed, op.active) == (A.UPDATE, {"title": "CEO"}, (), None)
+
+
 def test_unchanged_user_needs_nothing() -> None:
     assert run(make([du("u1", title="CFO")], [lu("u1", title="CFO")])).operations == ()
 
@@ -188,14 +193,33 @@ def test_username_case_change_is_ignored_but_a_real_change_is_a_conflict() -> No
     assert "write-once" in p.conflicts[0].cause
 
 
+def test_with_user_name_changes_update_a_new_username_is_sent() -> None:
+    op = only(run(make([du("u1", "janet")], [lu("u1", "jsmith")]), user_name_changes="update"))
+    assert (op.action, op.name, op.target_id) == (A.UPDATE, "janet", "t-u1")
+    assert op.values == {"userName": "janet", "emails.work": "janet@example.com"}
+
+
+def test_the_username_and_active_are_never_sent_as_values_or_removed() -> None:
+    """userName changes only by its own rule; active only through op.active."""
+    linked = LinkedUser("u1", "t-u1", "ann", True, {"userName": "old", "active": False})
+    desired = DesiredUser("u1", "ann", True, {"userName": "ann", "active": True})
+    assert run(make([desired], [linked])).operations == ()
+
+
 @pytest.mark.parametrize(("remove", "expected"), [("disable", A.DISABLE), ("delete", A.DELETE)])
 @pytest.mark.parametrize("trigger", ["deleted or left scope", "disabled"])
 def test_deprovision_follows_remove_user_action(
     remove: str, expected: Action, trigger: str
 ) -> None:
     users = [du("u1", active=False)] if trigger == "disabled" else []
-    op = only(run(make(users, [lu("u1")]), remove_user_action=remove))
-    assert (op.action, op.kind, op.source_id, op.target_id) == (expected, "user", "u1", "t-u1")
+    op = only(run(make(users, [lu("u1", "ann")]), remove_user_action=remove))
+    assert (op.action, op.kind, op.source_id, op.name, op.target_id) == (
+        expected,
+        "user",
+        "u1",
+        "ann",
+        "t-u1",
+    )
 
 
 def test_user_already_inactive_at_target_is_not_disabled_again() -> None:
@@ -322,7 +346,34 @@ def test_rename_onto_a_name_taken_at_the_target_is_a_conflict() -> None:
     )
     p = run(inp)
     assert p.operations == ()
-    assert [c.source_id for c in p.conflicts] == ["g1"]
+    [conflict] = p.conflicts
+    assert (conflict.kind, conflict.source_id, conflict.name) == (Kind.GROUP, "g1", "Finance")
+    assert conflict.cause == (
+        "cannot rename from 'Accounting': the target holds another group of that name that "
+        "scimsync does not manage"
+    )
+
+
+def test_a_group_whose_rename_is_refused_still_gets_its_members_under_its_old_name() -> None:
+    inp = make(
+        [du("u1")],
+        [lu("u1")],
+        groups=[dg("g1", "Finance", "u1")],
+        linked_groups=[lg("g1", "Accounting")],
+        target_groups={"finance": TargetRef("G9", "Finance")},
+    )
+    add = only(run(inp))
+    assert (add.action, add.name, add.target_id, add.members) == (
+        A.ADD_MEMBERS,
+        "Accounting",
+        "t-g1",
+        ("u1",),
+    )
+    renamed = run(make([du("u1")], [lu("u1")], [dg("g1", "Finance", "u1")], [lg("g1", "Acc")]))
+    assert [(o.action, o.name, o.target_id) for o in renamed.operations] == [
+        (A.RENAME, "Finance", "t-g1"),
+        (A.ADD_MEMBERS, "Finance", "t-g1"),
+    ]
 
 
 def test_membership_changes_add_and_remove() -> None:
@@ -397,6 +448,8 @@ def test_group_deleted_or_out_of_scope_is_deleted_only_when_missing_means_gone(
 ) -> None:
     p = run(make(linked_groups=[lg("g1", "Eng")], deprovision_missing=deprovision_missing))
     assert actions(p) == ([("delete", "group", "g1")] if deprovision_missing else [])
+    if deprovision_missing:
+        assert (p.operations[0].name, p.operations[0].target_id) == ("Eng", "t-g1")
 
 
 def test_groups_off_touches_no_group() -> None:
@@ -413,6 +466,39 @@ def test_skipped_records_get_no_operations() -> None:
         skip=frozenset({("user", "u1"), ("user", "u2"), ("user", "u3"), ("group", "g2")}),
     )
     assert actions(run(inp)) == [("create", "group", "g1")]
+
+
+def test_a_skipped_group_does_not_stop_the_groups_after_it() -> None:
+    inp = make(groups=[dg("g1", "Skipped"), dg("g2", "New")], skip=frozenset({(Kind.GROUP, "g1")}))
+    assert actions(run(inp)) == [("create", "group", "g2")]
+
+
+def test_a_user_adopted_this_cycle_already_in_a_linked_group_at_the_target_stays() -> None:
+    inp = make(
+        [du("u1", "ann")],
+        groups=[dg("g1", "Eng", "u1")],
+        linked_groups=[lg("g1", "Eng")],
+        target_users={"ann": TargetRef("T-ANN", "ann")},
+        target_members={"g1": frozenset({"T-ANN"})},
+    )
+    # Not an extra to remove, and not a member to add: the adoption makes it ours.
+    assert actions(run(inp)) == [("link", "user", "u1")]
+
+
+def test_linked_groups_membership_operations_name_the_group_at_the_target() -> None:
+    inp = make(
+        [du("u1"), du("u2")],
+        [lu("u1"), lu("u2")],
+        [dg("g1", "Eng", "u1")],
+        [lg("g1", "Eng", "u2")],
+        target_members={"g1": frozenset({"t-u2", "HAND"})},
+    )
+    p = run(inp)
+    assert [(o.action, o.name, o.target_id) for o in p.operations] == [
+        (A.ADD_MEMBERS, "Eng", "t-g1"),
+        (A.REMOVE_MEMBERS, "Eng", "t-g1"),
+    ]
+    assert (p.operations[1].members, p.operations[1].target_members) == (("u2",), ("HAND",))
 
 
 def test_order_is_deterministic_whatever_the_input_order() -> None:
@@ -777,6 +863,14 @@ def test_a_protected_group_is_never_created_renamed_into_written_or_deleted() ->
     ]
     assert "'confluence-users*'" in p.protected[0].cause
     assert p.conflicts == ()  # left alone is not an error
+    assert {c.kind for c in p.protected} == {Kind.GROUP}
+
+
+def test_a_protected_group_takes_no_part_in_name_conflicts() -> None:
+    # g1 is protected by its linked name; its new name clashing with g2's is not g2's problem.
+    inp = make(groups=[dg("g1", "Eng"), dg("g2", "eng")], linked_groups=[lg("g1", "site-admins")])
+    p = run(inp, protected_groups=PROTECTED)
+    assert (p.conflicts, actions(p)) == ((), [("create", "group", "g2")])
 
 
 def test_a_group_the_target_holds_under_a_protected_name_is_not_adopted() -> None:
@@ -790,3 +884,62 @@ def test_a_group_the_target_holds_under_a_protected_name_is_not_adopted() -> Non
     assert run(inp).operations == ()  # the default protects site-admins too
     adopted = run(inp, protected_groups=())  # no patterns: protection is off
     assert actions(adopted) == [("link", "group", "g1"), ("add_members", "group", "g1")]
+
+
+def test_every_conflict_names_its_record_and_why() -> None:
+    """The causes are what `plan` and `status` print: each says which rule and which others."""
+    users = [
+        du("u1", "ann"),
+        du("u2", "Ann"),
+        du("u3", "ANN"),  # three share a userName, whatever the case
+        du("u4", "bo", externalId="E1"),
+        du("u5", "cy", externalId="e1"),  # only under match_users_by: externalId
+        du("u6", "dee-new"),  # renamed: write-once
+        du("u7", "eve"),  # held by u8's link
+        du("u9", "Straße"),  # not the same name as STRASSE: case-folding is lower()
+        du("u10", "STRASSE"),
+    ]
+    linked = [lu("u6", "dee"), lu("u8", "EVE")]
+    groups = [dg("g1", ""), dg("g2", ""), dg("g3", "Ops"), dg("g4", "ops"), dg("g5", "OPS")]
+    groups += [dg("g6", "Sales"), dg("g8", "Straße"), dg("g9", "STRASSE")]
+    linked_groups = [lg("g7", "sales")]
+    conflicts = run(
+        make(users, linked, groups, linked_groups), match_users_by="externalId"
+    ).conflicts
+    assert sorted((c.kind, c.source_id, c.name, c.cause) for c in conflicts) == [
+        (Kind.GROUP, "g1", "", "the group has no name"),
+        (Kind.GROUP, "g2", "", "the group has no name"),
+        (Kind.GROUP, "g3", "Ops", "displayName is also used by g4, g5"),
+        (Kind.GROUP, "g4", "ops", "displayName is also used by g3, g5"),
+        (Kind.GROUP, "g5", "OPS", "displayName is also used by g3, g4"),
+        (Kind.GROUP, "g6", "Sales", "displayName is held by the group linked to g7"),
+        (Kind.USER, "u1", "ann", "userName is also mapped from u2, u3"),
+        (Kind.USER, "u2", "Ann", "userName is also mapped from u1, u3"),
+        (Kind.USER, "u3", "ANN", "userName is also mapped from u1, u2"),
+        (Kind.USER, "u4", "bo", "externalId is also mapped from u5"),
+        (Kind.USER, "u5", "cy", "externalId is also mapped from u4"),
+        (
+            Kind.USER,
+            "u6",
+            "dee-new",
+            "userName changed from 'dee'; userName is write-once at the target "
+            "(options.user_name_changes: conflict)",
+        ),
+        (Kind.USER, "u7", "eve", "userName is held by the account linked to u8"),
+    ]
+    by_user_name = run(make(users, linked, groups, linked_groups)).conflicts
+    assert "u4" not in {c.source_id for c in by_user_name}
+
+
+def test_a_conflicting_or_skipped_linked_user_keeps_its_groups() -> None:
+    renamed, skipped = lu("u1", "ann"), lu("u2", "bo", active=False)
+    inp = make(
+        [du("u1", "ann-new"), du("u2", "bo", active=False)],
+        [renamed, skipped],
+        [dg("g1", "Eng", "u1", "u2")],
+        [lg("g1", "Eng", "u1", "u2")],
+        skip=frozenset({(Kind.USER, "u2")}),
+    )
+    p = run(inp, provision_disabled_users=True)
+    assert p.operations == ()  # no removal from g1, no disable of the skipped u2
+    assert [c.source_id for c in p.conflicts] == ["u1"]

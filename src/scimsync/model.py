@@ -277,6 +277,11 @@ def user_match_key(user_name: str, values: ScimValues, match_by: MatchBy) -> str
     return str(key).lower()
 
 
+def user_name_key(user_name: str) -> str:
+    """A userName as the target compares it: RFC 7643 4.1 defines it caseExact false."""
+    return user_name.lower()
+
+
 def group_match_key(display_name: str) -> str:
     return display_name.lower()
 

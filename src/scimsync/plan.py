@@ -50,6 +50,7 @@ from scimsync.model import (
     TargetRef,
     group_match_key,
     user_match_key,
+    user_name_key,
 )
 
 
@@ -170,7 +171,7 @@ class _UserPlanner:
         candidates = {
             sid: d for sid, d in inp.desired_users.items() if (Kind.USER, sid) not in inp.skip
         }
-        names = _duplicates((sid, d.user_name.lower()) for sid, d in candidates.items())
+        names = _duplicates((sid, user_name_key(d.user_name)) for sid, d in candidates.items())
         for sid, others in names.items():
             self._conflict(candidates[sid], f"userName is also mapped from {', '.join(others)}")
             blocked.add(sid)
@@ -183,12 +184,15 @@ class _UserPlanner:
                     )
                     blocked.add(sid)
         holders = dict(inp.taken_user_names)
-        holders.update((link.user_name.lower(), sid) for sid, link in inp.linked_users.items())
+        holders.update(
+            (user_name_key(link.user_name), sid) for sid, link in inp.linked_users.items()
+        )
         for sid, desired in candidates.items():
             if sid in blocked:
                 continue
             linked = inp.linked_users.get(sid)
-            renamed = linked is not None and linked.user_name.lower() != desired.user_name.lower()
+            name = user_name_key(desired.user_name)
+            renamed = linked is not None and user_name_key(linked.user_name) != name
             if renamed and self.options.user_name_changes == "conflict":
                 assert linked is not None
                 self._conflict(
@@ -198,7 +202,7 @@ class _UserPlanner:
                 )
                 blocked.add(sid)
                 continue
-            holder = holders.get(desired.user_name.lower())
+            holder = holders.get(name)
             if holder is not None and holder != sid:
                 self._conflict(desired, f"userName is held by the account linked to {holder}")
                 blocked.add(sid)
@@ -284,7 +288,9 @@ class _UserPlanner:
             k: v for k, v in desired.values.items() if k not in fixed and linked.values.get(k) != v
         }
         removed = tuple(sorted(k for k in linked.values if k not in fixed | desired.values.keys()))
-        if linked.user_name.lower() != desired.user_name.lower():  # user_name_changes: update
+        if user_name_key(linked.user_name) != user_name_key(
+            desired.user_name
+        ):  # user_name_changes: update
             values["userName"] = desired.user_name
         active = True if desired.active and not linked.active else None
         if values or removed or active is not None:
@@ -405,15 +411,19 @@ class _GroupPlanner:
                 self._conflict(group, "the group has no name")
                 blocked.add(sid)
         names = _duplicates(
-            (sid, g.display_name.lower()) for sid, g in candidates.items() if sid not in blocked
+            (sid, group_match_key(g.display_name))
+            for sid, g in candidates.items()
+            if sid not in blocked
         )
         for sid, others in names.items():
             self._conflict(candidates[sid], f"displayName is also used by {', '.join(others)}")
             blocked.add(sid)
         holders = dict(inp.taken_group_names)
-        holders.update((link.display_name.lower(), sid) for sid, link in inp.linked_groups.items())
+        holders.update(
+            (group_match_key(link.display_name), sid) for sid, link in inp.linked_groups.items()
+        )
         for sid, group in candidates.items():
-            holder = holders.get(group.display_name.lower())
+            holder = holders.get(group_match_key(group.display_name))
             if sid not in blocked and holder is not None and holder != sid:
                 self._conflict(group, f"displayName is held by the group linked to {holder}")
                 blocked.add(sid)
