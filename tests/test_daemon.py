@@ -496,32 +496,6 @@ def test_audit_filters_by_user_and_group_name_in_any_case_or_source_id(
     assert "quiet since" in status and "(2 cycles)" in status, status
 
 
-def test_store_counts_repeated_cycles_into_one_run_and_filters_audit_by_name(
-    store_url: str,
-) -> None:
-    with Store.open(store_url, "main") as store:
-        quiet, new = store.count_cycle("quiet", "ok")
-        assert new and store.count_cycle("quiet", "ok") == (quiet, False)
-        refused, new = store.count_cycle("full", "failed", "key refused")
-        assert new and store.count_cycle("full", "failed", "key refused") == (refused, False)
-        other, new = store.count_cycle("full", "failed", "another cause")
-        assert new and other != refused
-        runs = [(r.cycle_id, r.result, r.cycles, r.cause) for r in store.runs()]
-        assert runs == [
-            (other, "failed", 1, "another cause"),
-            (refused, "failed", 2, "key refused"),
-            (quiet, "ok", 2, None),
-        ]
-        store.audit(quiet, "create", Kind.USER, "u1", "t1", True, name="Ann@Example.com")
-        store.audit(quiet, "create", Kind.GROUP, "g1", "t2", True, name="crew")
-        store.audit(quiet, "key_refused", "cycle", "", None, False, "401", name="https://x")
-        assert [a.source_id for a in store.audit_log(user="ann@example.COM")] == ["u1"]
-        assert [a.source_id for a in store.audit_log(user="u1")] == ["u1"]
-        assert [a.source_id for a in store.audit_log(group="CREW")] == ["g1"]
-        assert store.audit_log(user="crew") == []  # a group's name is not a user's
-        assert len(store.audit_log(user="u1", group="g1")) == 2
-
-
 # --- issue 12, item 3: an unexpected error fails one cycle, not the daemon -------------
 
 
