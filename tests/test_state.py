@@ -442,7 +442,9 @@ def test_prune_deletes_old_audit_and_runs_and_keeps_what_is_read(
     on_day(100 - 1 / 24)
     last_old = finished_run(store)
     store.audit(last_old, "update", Kind.USER, "u2", "t2", False, cause="HTTP 500")
+    ends_at_cutoff = store.begin_run("full")  # began before the cutoff, finished at it
     on_day(100)  # at the cutoff, not older
+    store.finish_run(ends_at_cutoff, "ok", {})
     boundary = finished_run(store)
     store.audit(boundary, "update", Kind.USER, "u3", "t3", True)
     on_day(500)
@@ -458,8 +460,8 @@ def test_prune_deletes_old_audit_and_runs_and_keeps_what_is_read(
     assert [a.source_id for a in kept_window] == ["u3", "g1"]
     kept = {r.cycle_id for r in store.runs(limit=100)}
     assert {old, last_old} & kept == set()
-    assert {crashed, held, interrupted, spanning, boundary} <= kept
-    assert len(kept) == 6
+    assert {crashed, held, interrupted, spanning, ends_at_cutoff, boundary} <= kept
+    assert len(kept) == 7
     assert store.prune(cutoff) == (0, 0)  # nothing left to do, and nothing else goes
 
 
@@ -505,6 +507,60 @@ def test_prune_keeps_other_channels_rows(store_url: str, clock: Clock) -> None:
         clock.advance(days=500)
         assert prod.prune(clock.now - RETENTION) == (1, 1)
         assert len(test.audit_log()) == 1 and len(test.runs()) == 2
+
+
+def test_prune_chunks_count_this_channel_s_rows_only(
+    store_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "PRUNE_CHUNK", 2)
+    with (
+        Store.open(store_url, "prod", clock=clock) as prod,
+        Store.open(store_url, "test", clock=clock) as test,
+    ):
+        for i in range(3):  # test's old entries come first
+            test.audit("c", "update", Kind.USER, f"t{i}", None, True)
+            clock.advance(minutes=1)
+        prod.audit("c", "update", Kind.USER, "p", None, True)
+        clock.advance(days=500)
+        assert prod.prune(clock.now - RETENTION) == (1, 0)
+        assert len(test.audit_log()) == 3
+
+
+def test_runs_are_the_newest_ten_unless_asked_and_carry_their_counts(
+    store: Store, clock: Clock
+) -> None:
+    cycles = []
+    for _ in range(12):
+        cycles.append(finished_run(store))
+        clock.advance(minutes=1)
+    assert [r.cycle_id for r in store.runs()] == cycles[::-1][:10]
+    assert len(store.runs(limit=12)) == 12
+    quiet, _ = store.count_cycle("quiet", "ok")
+    store.count_cycle("quiet", "ok")
+    assert (store.runs(1)[0].cycle_id, store.runs(1)[0].cycles) == (quiet, 2)
+
+
+def test_deactivated_users_named_finds_only_inactive_links_of_this_channel(
+    store_url: str,
+) -> None:
+    with Store.open(store_url, "prod") as prod, Store.open(store_url, "test") as test:
+        prod.save_users([user("u1", "Ann@X.com", active=False, title="t"), user("u2", "bo@x.com")])
+        test.save_users([user("u3", "cy@x.com", active=False)])
+        found = prod.deactivated_users_named(["ann@x.com", "bo@x.com", "cy@x.com", "zed@x.com"])
+        assert found == {"ann@x.com": LinkedUser("u1", "t-u1", "Ann@X.com", False, {})}
+        assert prod.deactivated_users_named([]) == {}
+
+
+def test_clearing_watermarks_keeps_the_ones_asked_for(store: Store) -> None:
+    for key in ("users", "groups", "approval"):
+        store.set_watermark(key, "w")
+    store.clear_watermarks(keep=("approval",))
+    assert [store.watermark(k) for k in ("users", "groups", "approval")] == [None, None, "w"]
+
+
+def test_a_failure_with_no_cause_is_stored_with_an_empty_one(store: Store) -> None:
+    store.record_failure(Attempt(Kind.USER, "u1", "a", "create", "", "fp"), now=T0, max_retries=5)
+    assert store.failures()[(Kind.USER, "u1")].cause == ""
 
 
 def test_times_must_carry_a_zone(store: Store) -> None:
@@ -727,6 +783,9 @@ def test_channels_in_one_database_are_isolated(store_url: str) -> None:
         test.save_group(LinkedGroup("g1", "other", "G", frozenset()))
         test.reset()
         test.forget_intents()
+        test.clear_failure(Kind.USER, "u9")
+        test.clear_watermarks()
+        assert set(prod.failures()) == {(Kind.USER, "u9")}
         assert prod.linked_groups()["g1"].member_source_ids == {"u1"}
         assert prod.watermark("users") == "w1"
         assert len(prod.open_intents()) == 1
@@ -833,6 +892,8 @@ def test_a_driver_complaint_is_its_first_line_without_the_password() -> None:
     # A driver error without a message is named by its class.
     silent = sa.exc.OperationalError(None, None, psycopg.OperationalError())
     assert base.describe(silent, url) == "OperationalError"
+    # Not every error reaching it comes from SQLAlchemy (no `orig`): a lock file's, say.
+    assert base.describe(PermissionError("lock: denied"), url) == "lock: denied"
 
 
 @pytest.mark.postgres
