@@ -551,6 +551,28 @@ def test_deactivated_users_named_finds_only_inactive_links_of_this_channel(
         assert prod.deactivated_users_named([]) == {}
 
 
+def test_done_drops_only_the_intent_of_that_action_in_this_channel(store_url: str) -> None:
+    with Store.open(store_url, "prod") as prod, Store.open(store_url, "test") as test:
+        for store in (prod, test):
+            store.intend_many(
+                "c", [("create", Kind.USER, "u1", "a"), ("update", Kind.USER, "u1", "a")]
+            )
+        prod.done_many("c", [("create", Kind.USER, "u1")])
+        assert [i.action for i in prod.open_intents()] == ["update"]
+        assert len(test.open_intents()) == 2
+
+
+def test_the_audit_log_of_one_cycle_newest_last(store: Store, clock: Clock) -> None:
+    first, second = store.begin_run("full"), store.begin_run("full")
+    store.audit(second, "create", Kind.USER, "late", None, True)
+    clock.advance(minutes=-5)  # an entry written later may carry an earlier time
+    store.audit(first, "create", Kind.USER, "early", None, True)
+    clock.advance(minutes=10)
+    store.audit(second, "update", Kind.USER, "late", None, True)
+    assert [a.event for a in store.audit_log(cycle_id=second)] == ["create", "update"]
+    assert [a.source_id for a in store.audit_log()] == ["early", "late", "late"]
+
+
 def test_clearing_watermarks_keeps_the_ones_asked_for(store: Store) -> None:
     for key in ("users", "groups", "approval"):
         store.set_watermark(key, "w")
@@ -565,7 +587,7 @@ def test_a_failure_with_no_cause_is_stored_with_an_empty_one(store: Store) -> No
 
 def test_times_must_carry_a_zone(store: Store) -> None:
     naive = datetime(2026, 1, 1)  # the point of the test
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match=r"^the state store takes timezone-aware datetimes only$"):
         store.audit_log(since=naive)
     with pytest.raises(ValueError, match="timezone-aware"):
         store.record_failure(
