@@ -134,6 +134,22 @@ def test_a_409_record_fails_alone_backs_off_quarantines_and_is_released(
     record = failures(channel)[(Kind.USER, bob)]
     assert "409" in record.cause and "uniqueness" in record.cause
     assert (record.attempts, record.quarantined) == (1, False)
+    assert (record.kind, record.source_id, record.name, record.action) == (
+        Kind.USER,
+        bob,
+        BOB,
+        "create",
+    )
+    assert record.first_failed_at == clock.moment and record.source_fingerprint
+    with channel.store() as store:
+        [audited] = [a for a in store.audit_log() if not a.success]
+    assert (audited.event, audited.kind, audited.source_id, audited.name) == (
+        "create",
+        "user",
+        bob,
+        BOB,
+    )
+    assert (audited.target_id, audited.cause, audited.at) == (None, record.cause, clock.moment)
 
     # Before its back-off has passed the record is left alone.
     clock.advance(timedelta(seconds=30))
