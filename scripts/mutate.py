@@ -1,6 +1,9 @@
 """`make mutate`'s passes: each layer's mutants against the tests of that layer.
 
-Usage: mutate.py [PASS ...]   (default: every pass, then the score)
+Usage: mutate.py [--retest] [PASS ...]   (default: every pass, then the score)
+
+--retest runs again the mutants that survived the pass's last run (after tests were added:
+mutmut keeps a verdict until the mutated function changes, not when the tests do).
 
 A pass mutates some modules and runs, for each mutant, the tests of its selection that
 cover the mutated function (mutmut's own test selection). Narrowing the selection to the
@@ -20,6 +23,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from mutation_score import KILLED, results  # scripts/, this script's own directory
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "mutate"
@@ -98,7 +103,17 @@ def config(chosen: Pass) -> str:
     )
 
 
-def run(chosen: Pass) -> None:
+def survivors(where: Path) -> list[str]:
+    """The mutants of a pass's last run that no test noticed (or no test ran)."""
+    return sorted(
+        name
+        for codes in results([where / "mutants"]).values()
+        for name, code in codes.items()
+        if code is not None and code not in KILLED
+    )
+
+
+def run(chosen: Pass, *, retest: bool = False) -> None:
     where = BUILD / chosen.name
     where.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -108,7 +123,13 @@ def run(chosen: Pass) -> None:
     )
     (where / "pyproject.toml").write_text(config(chosen))
     command = [str(MUTMUT), "run", "--max-children", str(chosen.workers or os.cpu_count() or 2)]
-    if chosen.mutants:
+    if retest:
+        again = survivors(where)
+        if not again:
+            print(f"{chosen.name}: no survivors to retest")
+            return
+        command += again
+    elif chosen.mutants:
         command.append(chosen.mutants)
     log = BUILD / f"{chosen.name}.log"
     with log.open("w") as out:
@@ -121,13 +142,15 @@ def run(chosen: Pass) -> None:
         sys.exit(f"mutmut failed in pass {chosen.name!r}; its log: {log}")
 
 
-def main(names: list[str]) -> int:
+def main(args: list[str]) -> int:
+    retest = "--retest" in args
+    names = [arg for arg in args if arg != "--retest"]
     known = {chosen.name: chosen for chosen in PASSES}
     unknown = [name for name in names if name not in known]
     if unknown:
         sys.exit(f"no such pass: {', '.join(unknown)} (passes: {', '.join(known)})")
     for name in names or list(known):
-        run(known[name])
+        run(known[name], retest=retest)
     dirs = [str(BUILD / chosen.name / "mutants") for chosen in PASSES]
     score = [sys.executable, str(ROOT / "scripts" / "mutation_score.py"), *dirs]
     return subprocess.run(score, check=False).returncode
