@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -571,6 +572,54 @@ def test_the_audit_log_of_one_cycle_newest_last(store: Store, clock: Clock) -> N
     store.audit(second, "update", Kind.USER, "late", None, True)
     assert [a.event for a in store.audit_log(cycle_id=second)] == ["create", "update"]
     assert [a.source_id for a in store.audit_log()] == ["early", "late", "late"]
+
+
+def test_lookups_by_more_ids_than_a_statement_may_bind_are_chunked(store: Store) -> None:
+    """PostgreSQL binds at most 65,535 parameters a statement (its wire protocol's 16-bit
+    count): a directory of 70,000 users looked up at once must be split, never refused."""
+    store.save_users([user("u1")])
+    store.save_group(LinkedGroup("g1", "tg1", "G", frozenset({"u1"})))
+    many = [f"x{i}" for i in range(70_000)]
+    assert store.linked_users_by_ids([*many, "u1"]).keys() == {"u1"}
+    assert store.linked_groups_by_ids([*many, "g1"]).keys() == {"g1"}
+    assert store.linked_to(Kind.USER, [*many, "t-u1"]) == {"t-u1": "u1"}
+    assert store.groups_holding([*many, "u1"]) == {"g1"}
+    assert store.deactivated_users_named(many) == {}
+    store.set_in_scope([*many, "u1"], False)
+    assert store.linked_ids(Kind.USER, in_scope=False) == {"u1"}
+
+
+def test_a_user_s_scope_flag_is_stored_per_user_and_channel(store_url: str) -> None:
+    with Store.open(store_url, "prod") as prod, Store.open(store_url, "test") as test:
+        for store in (prod, test):
+            store.save_users([user("u1"), user("u2")])
+            store.save_group(LinkedGroup("u1", "tg", "G", frozenset()))  # a group, same id
+        prod.set_in_scope(["u1"], False)
+        assert prod.linked_users()["u1"].in_scope is False
+        assert prod.linked_users()["u2"].in_scope is True
+        assert test.linked_ids(Kind.USER, in_scope=False) == set()
+        prod.save_users([replace(user("u3"), in_scope=False)])
+        assert prod.linked_users_by_ids(["u3"])["u3"].in_scope is False
+        assert prod.linked_users(with_values=False)["u3"].in_scope is False
+
+
+def test_saving_several_groups_at_once_keeps_each_one_s_removals(store: Store) -> None:
+    store.save_groups(
+        [
+            LinkedGroup("g1", "t1", "A", frozenset({"u1", "u2"})),
+            LinkedGroup("g2", "t2", "B", frozenset({"u3", "u4"})),
+        ]
+    )
+    store.save_groups(
+        [
+            LinkedGroup("g1", "t1", "A", frozenset({"u1"})),
+            LinkedGroup("g2", "t2", "B", frozenset({"u3"})),
+        ]
+    )
+    assert {sid: g.member_source_ids for sid, g in store.linked_groups().items()} == {
+        "g1": {"u1"},
+        "g2": {"u3"},
+    }
 
 
 def test_clearing_watermarks_keeps_the_ones_asked_for(store: Store) -> None:
