@@ -894,10 +894,13 @@ def test_every_conflict_names_its_record_and_why() -> None:
         du("u3", "ANN"),  # three share a userName, whatever the case
         du("u4", "bo", externalId="E1"),
         du("u5", "cy", externalId="e1"),  # only under match_users_by: externalId
+        du("u14", "fay", externalId="E1"),
         du("u6", "dee-new"),  # renamed: write-once
         du("u7", "eve"),  # held by u8's link
         du("u9", "Straße"),  # not the same name as STRASSE: case-folding is lower()
         du("u10", "STRASSE"),
+        du("u12", "zed"),
+        du("u13", "Zed"),  # a second shared name: its conflicts name only its own
     ]
     linked = [lu("u6", "dee"), lu("u8", "EVE")]
     groups = [dg("g1", ""), dg("g2", ""), dg("g3", "Ops"), dg("g4", "ops"), dg("g5", "OPS")]
@@ -906,29 +909,60 @@ def test_every_conflict_names_its_record_and_why() -> None:
     conflicts = run(
         make(users, linked, groups, linked_groups), match_users_by="externalId"
     ).conflicts
-    assert sorted((c.kind, c.source_id, c.name, c.cause) for c in conflicts) == [
-        (Kind.GROUP, "g1", "", "the group has no name"),
-        (Kind.GROUP, "g2", "", "the group has no name"),
-        (Kind.GROUP, "g3", "Ops", "displayName is also used by g4, g5"),
-        (Kind.GROUP, "g4", "ops", "displayName is also used by g3, g5"),
-        (Kind.GROUP, "g5", "OPS", "displayName is also used by g3, g4"),
-        (Kind.GROUP, "g6", "Sales", "displayName is held by the group linked to g7"),
-        (Kind.USER, "u1", "ann", "userName is also mapped from u2, u3"),
-        (Kind.USER, "u2", "Ann", "userName is also mapped from u1, u3"),
-        (Kind.USER, "u3", "ANN", "userName is also mapped from u1, u2"),
-        (Kind.USER, "u4", "bo", "externalId is also mapped from u5"),
-        (Kind.USER, "u5", "cy", "externalId is also mapped from u4"),
-        (
-            Kind.USER,
-            "u6",
-            "dee-new",
-            "userName changed from 'dee'; userName is write-once at the target "
-            "(options.user_name_changes: conflict)",
-        ),
-        (Kind.USER, "u7", "eve", "userName is held by the account linked to u8"),
-    ]
+    assert sorted((c.kind, c.source_id, c.name, c.cause) for c in conflicts) == sorted(
+        [
+            (Kind.GROUP, "g1", "", "the group has no name"),
+            (Kind.GROUP, "g2", "", "the group has no name"),
+            (Kind.GROUP, "g3", "Ops", "displayName is also used by g4, g5"),
+            (Kind.GROUP, "g4", "ops", "displayName is also used by g3, g5"),
+            (Kind.GROUP, "g5", "OPS", "displayName is also used by g3, g4"),
+            (Kind.GROUP, "g6", "Sales", "displayName is held by the group linked to g7"),
+            (Kind.USER, "u1", "ann", "userName is also mapped from u2, u3"),
+            (Kind.USER, "u2", "Ann", "userName is also mapped from u1, u3"),
+            (Kind.USER, "u3", "ANN", "userName is also mapped from u1, u2"),
+            (Kind.USER, "u12", "zed", "userName is also mapped from u13"),
+            (Kind.USER, "u13", "Zed", "userName is also mapped from u12"),
+            (Kind.USER, "u14", "fay", "externalId is also mapped from u4, u5"),
+            (Kind.USER, "u4", "bo", "externalId is also mapped from u5, u14"),
+            (Kind.USER, "u5", "cy", "externalId is also mapped from u4, u14"),
+            (
+                Kind.USER,
+                "u6",
+                "dee-new",
+                "userName changed from 'dee'; userName is write-once at the target "
+                "(options.user_name_changes: conflict)",
+            ),
+            (Kind.USER, "u7", "eve", "userName is held by the account linked to u8"),
+        ]
+    )
+    by_external_id = run(make(users, linked, groups, linked_groups), match_users_by="externalId")
+    planned = {op.source_id for op in by_external_id.operations}
+    assert planned & {c.source_id for c in conflicts} == set()  # a conflict is never written
     by_user_name = run(make(users, linked, groups, linked_groups)).conflicts
     assert "u4" not in {c.source_id for c in by_user_name}
+
+
+def test_without_an_external_id_a_user_is_never_matched_by_one() -> None:
+    # An account at the target with no externalId has the empty key; so has this user.
+    inp = make([du("u1", "ann")], target_users={"": TargetRef("T-NONE", "someone")})
+    assert actions(run(inp, match_users_by="externalId")) == [("create", "user", "u1")]
+
+
+def test_a_linked_user_in_conflict_is_still_added_to_its_groups() -> None:
+    # Its userName changed (a conflict); the account it is linked to stays ours.
+    inp = make([du("u1", "ann-new")], [lu("u1", "ann")], [dg("g1", "Eng", "u1")], [lg("g1", "Eng")])
+    p = run(inp)
+    add = only(p)
+    assert (add.action, add.members, [c.source_id for c in p.conflicts]) == (
+        A.ADD_MEMBERS,
+        ("u1",),
+        ["u1"],
+    )
+
+
+def test_a_linked_group_does_not_stop_the_groups_after_it() -> None:
+    inp = make(groups=[dg("g1", "Eng"), dg("g2", "New")], linked_groups=[lg("g1", "Eng")])
+    assert actions(run(inp)) == [("create", "group", "g2")]
 
 
 def test_a_conflicting_or_skipped_linked_user_keeps_its_groups() -> None:
