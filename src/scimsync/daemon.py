@@ -265,7 +265,7 @@ class Daemon:
         self.metrics.last_cycle.record(None)
         self.outage.over()
         with contextlib.suppress(StateError):  # the gauges wait for the store's return
-            failures = [f for f in store.failures().values() if f.action != retry.PROTECTED]
+            failures = list(filter(retry.is_failure, store.failures().values()))
             self.metrics.quarantined.set(sum(1 for f in failures if f.quarantined))
             self.metrics.pending.set(sum(1 for f in failures if not f.quarantined))
         return True

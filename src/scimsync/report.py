@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, Tim
 from rich.progress import Progress as RichProgress
 
 from scimsync import retry
-from scimsync.model import Action, Kind, Operation
+from scimsync.model import Action, Conflict, Kind, MappingFailure, Operation
 
 if TYPE_CHECKING:
     from scimsync.apply import Progress
@@ -41,23 +41,24 @@ def plan_json(prepared: Prepared) -> dict[str, object]:
         "summary": prepared.plan.summary(),
         "held": [op.to_json() for op in verdict.held],
         "held_reason": verdict.reason,
-        "conflicts": [
-            {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
-            for c in prepared.plan.conflicts
-        ],
-        "protected": [
-            {"kind": c.kind, "source_id": c.source_id, "name": c.name, "cause": c.cause}
-            for c in prepared.plan.protected
-        ],
+        "conflicts": [_refusal_json(c) for c in prepared.plan.conflicts],
+        "protected": [_refusal_json(c) for c in prepared.plan.protected],
         "relinked": [
             {"source_id": new, "previous_source_id": old, "name": _user_name(prepared, new)}
             for old, new in prepared.view.rehires.items()
         ],
         "user_absent": prepared.view.absent,
-        "mapping_failures": [
-            {"kind": f.kind, "source_id": f.source_id, "name": f.name, "cause": f.cause}
-            for f in prepared.desired.failures
-        ],
+        "mapping_failures": [_refusal_json(f) for f in prepared.desired.failures],
+    }
+
+
+def _refusal_json(refused: Conflict | MappingFailure) -> dict[str, object]:
+    """A record the plan leaves out, and why."""
+    return {
+        "kind": refused.kind,
+        "source_id": refused.source_id,
+        "name": refused.name,
+        "cause": refused.cause,
     }
 
 
@@ -229,7 +230,7 @@ def print_status(console: Console, store: Store, key_expiry: str | None = None) 
         )
     _print_intents(console, store.open_intents())
     rows = store.failures().values()
-    failures = [f for f in rows if f.action != retry.PROTECTED]
+    failures = list(filter(retry.is_failure, rows))
     pending = [f for f in failures if not f.quarantined]
     quarantined = [f for f in failures if f.quarantined]
     console.print(f"pending retries: {len(pending)}; quarantined: {len(quarantined)}", markup=False)
@@ -238,7 +239,7 @@ def print_status(console: Console, store: Store, key_expiry: str | None = None) 
         console.print(
             f"  {f.kind} {f.name}: {f.cause} [{f.attempts} attempts, {state}]", markup=False
         )
-    protected = sorted((f for f in rows if f.action == retry.PROTECTED), key=lambda f: f.name)
+    protected = sorted((f for f in rows if not retry.is_failure(f)), key=lambda f: f.name)
     if protected:
         console.print(f"protected groups left alone: {len(protected)}", markup=False)
         for f in protected:

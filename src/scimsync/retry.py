@@ -32,6 +32,14 @@ from scimsync.model import DesiredGroup, DesiredUser, Kind, Record
 # audited once; not a failure (it neither counts as pending nor changes the exit code).
 PROTECTED = "protected"
 REFUSALS = frozenset({"map", "conflict", PROTECTED})
+
+
+def is_failure(row: FailureRecord) -> bool:
+    """Whether a failure row counts as one (pending or quarantined): a protected group's
+    row is on record for `status`, not a failure."""
+    return row.action != PROTECTED
+
+
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=24)
 

@@ -20,6 +20,7 @@ from scimsync.model import (
     TargetRef,
     group_match_key,
     user_match_key,
+    user_name_key,
 )
 from scimsync.plan import PlanInput
 from scimsync.state import Store
@@ -195,12 +196,12 @@ async def observe_unlinked(target: Target, view: View, config: Config, store: St
         deprovision_missing=view.mode != "user",
         other_members=view.other_members,
         taken_user_names={
-            r.name.lower(): user_holders[r.target_id]
+            user_name_key(r.name): user_holders[r.target_id]
             for r in users_by_key.values()
             if r.target_id in user_holders
         },
         taken_group_names={
-            r.name.lower(): group_holders[r.target_id]
+            group_match_key(r.name): group_holders[r.target_id]
             for r in groups_by_key.values()
             if r.target_id in group_holders
         },

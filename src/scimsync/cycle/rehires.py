@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from scimsync import log, rekey
 from scimsync.config import Config
 from scimsync.directory import LdapDirectory
-from scimsync.model import Kind, LinkedUser
+from scimsync.model import Kind, LinkedUser, user_name_key
 from scimsync.state import Store
 
 if TYPE_CHECKING:  # views applies the rehires to the views it builds
@@ -41,13 +41,13 @@ def find_rehires(
     if not options.relink_rehires or options.match_users_by != "userName":
         return {}
     unlinked = [u for sid, u in view.desired.users.items() if sid not in view.linked_users]
-    counts = Counter(u.user_name.lower() for u in unlinked)
+    counts = Counter(user_name_key(u.user_name) for u in unlinked)
     names = {name for name, count in counts.items() if count == 1}  # two: a conflict
     if not names:
         return {}
     if view.mode == "full":  # every link is in the view
         links = view.linked_users.values()
-        held = {u.user_name.lower(): u for u in links if not u.active}
+        held = {user_name_key(u.user_name): u for u in links if not u.active}
         held = {name: held[name] for name in names & held.keys()}
     else:
         held = store.deactivated_users_named(names)
@@ -57,7 +57,7 @@ def find_rehires(
     present = directory.present_guids({link.source_id for link in held.values()})
     rehires: dict[str, str] = {}
     for user in unlinked:
-        old = held.get(user.user_name.lower())
+        old = held.get(user_name_key(user.user_name))
         if old is not None and old.source_id not in present:
             rehires[old.source_id] = user.source_id
     return rehires

@@ -27,6 +27,7 @@ from scimsync.model import (
     Record,
     SourceGroup,
     SourceUser,
+    user_name_key,
 )
 from scimsync.retry import Failures
 from scimsync.state import Store
@@ -187,7 +188,8 @@ def user_view(
     `rekeyed`: a dry run's pending re-key (old source id -> new), applied to the links."""
     snapshot = directory.read()
     users, failures = map_users(snapshot.users.values(), mapper)
-    wanted = {sid: u for sid, u in users.items() if u.user_name.lower() == user_name.lower()}
+    asked = user_name_key(user_name)
+    wanted = {sid: u for sid, u in users.items() if user_name_key(u.user_name) == asked}
     linked_groups_all = store.linked_groups()
     if rekeyed:
         linked_groups_all = rekey.groups_rekeyed(linked_groups_all, rekeyed)
@@ -203,7 +205,7 @@ def user_view(
             if link is not None:
                 linked_groups[sid] = link
             groups[sid] = replace(group, member_source_ids=members)
-    mine = tuple(f for f in failures if f.name.lower() == user_name.lower())
+    mine = tuple(f for f in failures if user_name_key(f.name) == asked)
     desired = Desired(wanted, groups, mine, None)
     if rekeyed:
         old_ids = {new: old for old, new in rekeyed.items()}

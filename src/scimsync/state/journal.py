@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -63,12 +63,7 @@ class Journal(StoreBase):
         c = t.runs.c
         now = self._clock()
         cause = _clip(cause)
-        newest = (
-            sa.select(c.cycle_id, c.mode, c.result, c.cause)
-            .where(c.channel_id == self._channel_id)
-            .order_by(c.started_at.desc(), c.cycle_id)
-            .limit(1)
-        )
+        newest = self._runs_newest_first(c.cycle_id, c.mode, c.result, c.cause).limit(1)
         with self._write() as conn:
             row = conn.execute(newest).first()
             if row is not None and (row.mode, row.result, row.cause) == (mode, result, cause):
@@ -87,14 +82,19 @@ class Journal(StoreBase):
             )  # fmt: skip
             return cycle_id, True
 
+    def _runs_newest_first(self, *columns: Any) -> sa.Select[Any]:
+        """This channel's runs, newest first: what `status` lists, quiet cycles are counted
+        into and pruning keeps. Runs started at the same instant go by cycle id."""
+        c = t.runs.c
+        return (
+            sa.select(*columns)
+            .where(c.channel_id == self._channel_id)
+            .order_by(c.started_at.desc(), c.cycle_id)
+        )
+
     def runs(self, limit: int = 10) -> list[RunRecord]:
         """The newest runs first."""
-        query = (
-            sa.select(t.runs)
-            .where(t.runs.c.channel_id == self._channel_id)
-            .order_by(t.runs.c.started_at.desc(), t.runs.c.cycle_id)
-            .limit(limit)
-        )
+        query = self._runs_newest_first(t.runs).limit(limit)
         with self._read() as conn:
             return [
                 RunRecord(
@@ -208,12 +208,7 @@ class Journal(StoreBase):
         """
         _aware(before)
         a, r = t.audit.c, t.runs.c
-        newest = (
-            sa.select(r.cycle_id)
-            .where(r.channel_id == self._channel_id)
-            .order_by(r.started_at.desc(), r.cycle_id)
-            .limit(1)
-        )
+        newest = self._runs_newest_first(r.cycle_id).limit(1)
         in_use = [
             sa.select(table.c.cycle_id).where(table.c.channel_id == self._channel_id)
             for table in (t.intents, t.staged_deletions)
