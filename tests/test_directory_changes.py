@@ -257,6 +257,23 @@ def test_syncrepl_cookie_beyond_the_session_log_is_lost(org: Tree) -> None:
             watcher.directory.changes(ancient, set)
 
 
+def test_an_unreadable_watermark_of_this_scope_says_what_it_holds(
+    org: Tree, mechanism: Mechanism
+) -> None:
+    """The message quotes the stored state (clipped), so the log shows what was wrong."""
+    for watcher in watch(org, mechanism):
+        name, tag, _ = watcher.mark.split(":", 2)
+        state = "x" * 39 + "yz|seen"
+        expected = (
+            f"timestamp watermark {'x' * 39 + 'y'!r} is unreadable"
+            if mechanism == "timestamp"
+            else f"syncrepl cookie {state!r} is not an OpenLDAP cookie"
+        )
+        with pytest.raises(WatermarkLost) as lost:
+            watcher.directory.changes(f"{name}:{tag}:{state}", set)
+        assert str(lost.value) == expected
+
+
 def test_default_mechanism_on_openldap_is_syncrepl(org: Tree) -> None:
     with LdapDirectory(org.config(), ATTRS) as directory:
         assert directory.position().startswith("syncrepl:")

@@ -85,10 +85,11 @@ class Delta:
     changed: dict[str, Changed] = field(default_factory=dict)  # by normalised DN
     deleted_users: set[str] = field(default_factory=set)  # GUIDs; kind unknown goes in both
     deleted_groups: set[str] = field(default_factory=set)
-    # Polling only: every group in the poll's window, already-seen ones included. A deletion
-    # makes refint edit its groups without a new entryCSN, within a second the dedupe may
-    # already hold; the reader reports these groups again once it finds something gone.
-    recent_groups: dict[str, Changed] = field(default_factory=dict)
+    # Polling only: the normalised DNs of every group in the poll's window, already-seen ones
+    # included. A deletion makes refint edit its groups without a new entryCSN, within a
+    # second the dedupe may already hold; the reader reports these groups again once it
+    # finds something gone.
+    recent_groups: set[str] = field(default_factory=set)
 
     @property
     def deletions(self) -> bool:
@@ -241,11 +242,11 @@ class TimestampTracker(_Watching):
                 stamp += "/" + version.decode("ascii", "replace")
             key = f"{guid}@{stamp}"
             stamps.append((key, moment))
-            found = Changed(dn, guid, _is_group(entry, self._group_classes))
+            found, ndn = Changed(dn, guid, _is_group(entry, self._group_classes)), normalize_dn(dn)
             if found.is_group:
-                delta.recent_groups[normalize_dn(dn)] = found
+                delta.recent_groups.add(ndn)
             if key not in seen:
-                delta.changed[normalize_dn(dn)] = found
+                delta.changed[ndn] = found
         keep = [key for key, moment in stamps if moment >= newest - OVERLAP][:MAX_SEEN]
         delta.state = _format_time(newest) + "|" + ",".join(sorted(keep))
         return delta

@@ -268,7 +268,7 @@ class LdapDirectory:
             groups, gone = self._changed_groups(
                 changed_groups, delta, reshaped, polls, users, known_groups
             )
-            recent = delta.recent_groups.keys() - changed_groups
+            recent = delta.recent_groups - changed_groups
             if (gone or gone_groups) and recent:
                 # A group went: the groups that held it were edited, perhaps invisibly to
                 # the poll's dedupe (see Delta.recent_groups), and a parent's flattened
