@@ -14,6 +14,7 @@ from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
 from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
 from tests.fixtures.samba import GROUPS, NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _group, _user
 from tests.fixtures.slapd import Tree
+from tests.harness import eventually
 
 ATTRS = ("uid", "mail", "cn")
 MECHANISMS: list[Mechanism] = ["syncrepl", "timestamp"]
@@ -272,6 +273,34 @@ def test_an_unreadable_watermark_of_this_scope_says_what_it_holds(
         with pytest.raises(WatermarkLost) as lost:
             watcher.directory.changes(f"{name}:{tag}:{state}", set)
         assert str(lost.value) == expected
+
+
+def test_timestamp_polling_starts_from_the_server_s_clock_not_the_newest_entry_in_scope(
+    org: Tree,
+) -> None:
+    """The first watermark is the server's time (OpenLDAP: contextCSN, its last write), so
+    a write in scope between the position and the full read is never older than it. The
+    newest entry in scope would do only if nothing else were ever written."""
+    admin = org.server.admin()
+
+    def newest(base: str, scope: int) -> str:
+        found = admin.search_s(base, scope, "(objectClass=*)", ["modifyTimestamp"])
+        return str(max(entry["modifyTimestamp"][0].decode()[:14] for _, entry in found))
+
+    in_scope = newest(org.base_dn, ldap.SCOPE_SUBTREE)
+    elsewhere = Tree(org.server, f"other{uuid.uuid4().hex[:8]}")
+
+    def written_later() -> str | None:
+        elsewhere.modify(elsewhere.people, description=uuid.uuid4().hex)
+        stamp = newest(elsewhere.people, ldap.SCOPE_BASE)
+        return stamp if stamp > in_scope else None
+
+    # Writes outside this subtree, until one lands in a later second than everything in it.
+    last_write = eventually(written_later, "a write outside the scope in a later second")
+    for watcher in watch(org, "timestamp"):
+        state = watcher.mark.split(":", 2)[2]
+        assert state.partition("|")[0] == last_write + "Z"
+    admin.unbind_s()
 
 
 def test_default_mechanism_on_openldap_is_syncrepl(org: Tree) -> None:
