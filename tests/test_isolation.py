@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 import yaml
 
 from scimsync.cycle.run import CycleReport, sync
@@ -94,6 +95,54 @@ def cli(channel: Channel, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+class Recorded:
+    """A progress display that keeps what the executor tells it."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.advanced: list[tuple[str, str, bool]] = []
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, op: Operation, ok: bool) -> None:
+        self.advanced.append((op.action.value, op.name, ok))
+
+    def finish(self) -> None:
+        pass
+
+
+def test_a_cycle_with_a_failure_tells_progress_the_log_and_the_audit_what_happened(
+    channel: Channel, clock: Clock
+) -> None:
+    channel.create_target_user(
+        "someone.else@example.com", emails=[{"value": BOB, "type": "work", "primary": True}]
+    )
+    channel.tree.add_user("alice")
+    channel.tree.add_user("bob")
+    progress = Recorded()
+    config = channel.config()
+    with (
+        Store.open(config.state, config.channel, clock=clock) as store,
+        structlog.testing.capture_logs() as logs,
+    ):
+        asyncio.run(sync(config, store, now=clock, progress=progress))
+        audit = {a.name: a for a in store.audit_log() if a.kind == "user"}
+    assert progress.total == 2
+    assert sorted(progress.advanced) == [
+        ("create", "alice@example.com", True),
+        ("create", BOB, False),
+    ]
+    [failed] = [e for e in logs if e["event"] == "operation failed"]
+    assert (failed["action"], failed["kind"], failed["name"]) == ("create", "user", BOB)
+    assert "409" in failed["cause"] and failed["log_level"] == "warning"
+    alice = channel.users()["alice@example.com"]
+    assert (audit["alice@example.com"].target_id, audit["alice@example.com"].success) == (
+        alice["id"],
+        True,
     )
 
 
