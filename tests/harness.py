@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
+import pytest
 
 from scimsync.config import Config
 from scimsync.cycle.prepare import Prepared, dry_run
 from scimsync.cycle.run import CycleReport, sync
+from scimsync.directory import LdapDirectory
 from scimsync.emulator import RunningEmulator
 from scimsync.state import Store
 from tests.fixtures.samba import AdTree
@@ -39,9 +41,28 @@ def source_settings(tree: Tree, password: str | None = None) -> dict[str, Any]:
         "bind_dn": tree.server.bind_dn,
         "bind_password": tree.server.password if password is None else password,
         "base_dn": tree.base_dn,
+        "directory": tree.directory,
         "users": {"filter": "(objectClass=inetOrgPerson)"},
         "groups": {"filter": "(objectClass=groupOfNames)"},
     }
+
+
+class SearchCounter:
+    """Counts the search requests a directory sends (one per page of a paged search)."""
+
+    def __init__(self, directory: LdapDirectory, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        ldap_object = directory._conn._conn  # the python-ldap connection: real searches
+        for method in ("search_ext", "search_ext_s"):
+            real = getattr(ldap_object, method)
+            monkeypatch.setattr(ldap_object, method, self._counting(real))
+
+    def _counting(self, real: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return real(*args, **kwargs)
+
+        return counted
 
 
 class Channel:

@@ -11,10 +11,11 @@ import ldap
 import pytest
 
 from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
+from scimsync.directory.changes import take_census
 from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
 from tests.fixtures.samba import GROUPS, NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _group, _user
 from tests.fixtures.slapd import Tree
-from tests.harness import eventually
+from tests.harness import SearchCounter, eventually
 
 ATTRS = ("uid", "mail", "cn")
 MECHANISMS: list[Mechanism] = ["syncrepl", "timestamp"]
@@ -65,7 +66,8 @@ def org(ldap_tree: Tree) -> Tree:
     return t
 
 
-def watch(tree: Tree, mechanism: Mechanism, **overrides: Any) -> Iterator[Watcher]:
+def watch(tree: Tree, mechanism: Mechanism | None, **overrides: Any) -> Iterator[Watcher]:
+    """None: the mechanism the directory flavour chooses."""
     settings: dict[str, Any] = {
         "users": {"filter": "(departmentNumber=42)"},
         "groups": {"filter": "(objectClass=groupOfNames)", "nested": True},
@@ -298,9 +300,18 @@ def test_timestamp_polling_starts_from_the_server_s_clock_not_the_newest_entry_i
     # Writes outside this subtree, until one lands in a later second than everything in it.
     last_write = eventually(written_later, "a write outside the scope in a later second")
     for watcher in watch(org, "timestamp"):
-        state = watcher.mark.split(":", 2)[2]
+        state = watcher.mark.rsplit(":", 1)[1]  # after the census tally
         assert state.partition("|")[0] == last_write + "Z"
     admin.unbind_s()
+
+
+def test_a_quiet_syncrepl_cycle_is_one_search(
+    scoped: Watcher, mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh with the cookie, and nothing else; polling adds the census."""
+    counter = SearchCounter(scoped.directory, monkeypatch)
+    assert scoped.next().empty
+    assert counter.count == (1 if mechanism == "syncrepl" else 2)
 
 
 def test_default_mechanism_on_openldap_is_syncrepl(org: Tree) -> None:
@@ -454,3 +465,53 @@ def test_a_change_to_a_big_group_resolves_all_its_members(w: Watcher, org: Tree)
     other = next(g for g in change.groups.values() if g.name == "other")
     assert len(other.member_guids) == LOOKUP_OR_SCAN + 101
     assert org.guid(many[-1]) in other.member_guids
+
+
+# --- the census: what polling trackers know of deletions ----------------------------------
+
+
+def test_a_census_tally_tells_one_entry_replaced_by_another_apart(org: Tree) -> None:
+    """Equal counts are not enough: a deletion hidden by an add changes the digest."""
+    config = org.config()
+    with LdapDirectory(config, ATTRS) as directory:
+        conn, guid = directory._conn, config.guid_attribute or ""
+        before = take_census(conn, org.base_dn, guid, ())
+        assert take_census(conn, org.base_dn, guid, ()).tally == before.tally
+        org.delete(org.user_dn("dave"))
+        org.add_user("erin")
+        after = take_census(conn, org.base_dn, guid, [org.guid(org.user_dn("erin")), "nobody"])
+    assert after.tally.split("-")[0] == before.tally.split("-")[0]  # as many entries
+    assert after.tally != before.tally
+    assert after.missing == {"nobody"}
+
+
+def _with_tally(mark: str, tally: str) -> str:
+    name, tag, census, state = mark.split(":", 3)
+    assert census.startswith("census=")
+    return f"{name}:{tag}:census={tally}:{state}"
+
+
+def test_a_poll_whose_census_changed_reconciles_the_scope(org: Tree) -> None:
+    """Something left base_dn unseen by the poll: the scope is computed again, so a record
+    held as in scope that no longer is comes out gone, though nothing about it changed."""
+    for watcher in watch(org, "timestamp"):
+        outsider = org.guid(org.user_dn("dave"))
+        org.modify(org.user_dn("dave"), departmentNumber="7")
+        watcher.next()  # dave leaves scope; the engine forgets him
+        held = {*watcher.known, outsider}  # as if the engine still held him
+        same = watcher.directory.changes(watcher.mark, held.copy)
+        assert outsider not in same.gone_users  # the census matched: only the poll counts
+        moved = watcher.directory.changes(_with_tally(watcher.mark, "0-0"), held.copy)
+        assert outsider in moved.gone_users
+
+
+def test_a_held_record_that_no_entry_has_any_more_is_gone_though_the_census_matched(
+    org: Tree,
+) -> None:
+    """A scope group's member outside base_dn is not in the census: a GUID it lacks makes
+    the cycle reconcile the scope."""
+    for watcher in watch(org, "timestamp"):
+        watcher.next()
+        held = {*watcher.known, "a-member-outside-base-dn"}
+        change = watcher.directory.changes(watcher.mark, held.copy)
+        assert change.gone_users == {"a-member-outside-base-dn"}

@@ -277,7 +277,7 @@ def test_a_signal_during_a_search_does_not_fail_the_read(ldap_tree: Tree) -> Non
     restarts the wait (OPT_RESTART) it reports the directory down, and the stop logs a
     failed cycle that never was."""
     ldap_tree.add_user("ann")
-    server, main = ldap_tree.server, threading.get_native_id()
+    server, main = ldap_tree.slapd, threading.get_native_id()
     interrupted = threading.Event()
 
     def interrupt_the_wait() -> None:
@@ -308,19 +308,19 @@ def test_a_signal_during_a_search_does_not_fail_the_read(ldap_tree: Tree) -> Non
 
 
 def test_ldaps_with_ca_file(org: Tree) -> None:
-    snapshot = read(org, url=org.server.ldaps_url, ca_file=org.server.ca_file)
+    snapshot = read(org, url=org.slapd.ldaps_url, ca_file=org.slapd.ca_file)
     assert "alice" in uids(snapshot)
 
 
 def test_start_tls_with_ca_file(org: Tree) -> None:
-    snapshot = read(org, start_tls=True, ca_file=org.server.ca_file)
+    snapshot = read(org, start_tls=True, ca_file=org.slapd.ca_file)
     assert "alice" in uids(snapshot)
 
 
 @pytest.mark.parametrize("mode", ["ldaps", "start_tls"])
 def test_tls_without_the_ca_fails_verification(org: Tree, mode: str) -> None:
     settings: dict[str, object] = (
-        {"url": org.server.ldaps_url} if mode == "ldaps" else {"start_tls": True}
+        {"url": org.slapd.ldaps_url} if mode == "ldaps" else {"start_tls": True}
     )
     with pytest.raises(DirectoryUnreachable) as caught:
         read(org, **settings)
@@ -334,7 +334,7 @@ def test_tls_without_the_ca_fails_verification(org: Tree, mode: str) -> None:
 
 
 def test_tls_verification_can_be_turned_off(org: Tree) -> None:
-    assert "alice" in uids(read(org, url=org.server.ldaps_url, verify_tls=False))
+    assert "alice" in uids(read(org, url=org.slapd.ldaps_url, verify_tls=False))
 
 
 # --- errors -----------------------------------------------------------------------------

@@ -8,13 +8,13 @@ import pytest
 
 from scimsync.emulator import RunningEmulator
 from scimsync.model import Action
-from tests.fixtures.slapd import Tree
+from tests.fixtures.channels import flavoured_channel
 from tests.harness import Channel
 
 
-@pytest.fixture
-def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Channel:
-    return Channel(ldap_tree, emulator, tmp_path)
+@pytest.fixture(params=["openldap", "389ds"])
+def channel(request: pytest.FixtureRequest, emulator: RunningEmulator, tmp_path: Path) -> Channel:
+    return flavoured_channel(request, request.param, emulator, tmp_path)
 
 
 def actions(report_or_prepared: object) -> dict[str, int]:

@@ -10,13 +10,13 @@ import pytest
 from scimsync.cycle.mode import WATERMARK
 from scimsync.cycle.run import CycleReport
 from scimsync.emulator import RunningEmulator
-from tests.fixtures.slapd import Tree
+from tests.fixtures.channels import flavoured_channel
 from tests.harness import Channel
 
 
-@pytest.fixture
-def channel(ldap_tree: Tree, emulator: RunningEmulator, tmp_path: Path) -> Channel:
-    return Channel(ldap_tree, emulator, tmp_path)
+@pytest.fixture(params=["openldap", "389ds"])
+def channel(request: pytest.FixtureRequest, emulator: RunningEmulator, tmp_path: Path) -> Channel:
+    return flavoured_channel(request, request.param, emulator, tmp_path)
 
 
 def mode(report: CycleReport) -> str:

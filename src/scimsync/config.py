@@ -52,6 +52,7 @@ class Strict(BaseModel):
 class Flavour(StrEnum):
     OPENLDAP = "openldap"
     ACTIVE_DIRECTORY = "active_directory"
+    DS389 = "389ds"  # 389 Directory Server, Red Hat Directory Server
     GENERIC = "generic"
 
 
@@ -288,6 +289,21 @@ def _read_secret_file(path: Path) -> SecretStr:
         raise ValueError(f"{path} is not UTF-8 text") from None
 
 
+# The flavour defaults. 389-ds: nsUniqueId is on every entry (entryUUID only where its plugin
+# ran when the entry was made); `dsidm account lock` sets nsAccountLock: true.
+_GUID_ATTRIBUTE = {
+    Flavour.OPENLDAP: "entryUUID",
+    Flavour.ACTIVE_DIRECTORY: "objectGUID",
+    Flavour.DS389: "nsUniqueId",
+    Flavour.GENERIC: "entryUUID",
+}
+_ACCOUNT_STATUS = {
+    # userAccountControl flag ACCOUNTDISABLE (MS-ADTS 2.2.16)
+    Flavour.ACTIVE_DIRECTORY: AccountStatus(attribute="userAccountControl", ad_bitmask=True),
+    Flavour.DS389: AccountStatus(attribute="nsAccountLock", disabled_value="true"),
+}
+
+
 class SourceConfig(Strict):
     url: str
     bind_dn: str | None = None
@@ -317,23 +333,12 @@ class SourceConfig(Strict):
             raise ValueError("expected bind_password or bind_password_file, not both")
         if self.bind_password_file is not None:
             object.__setattr__(self, "bind_password", _read_secret_file(self.bind_password_file))
-        ad = self.directory is Flavour.ACTIVE_DIRECTORY
         if self.guid_attribute is None:
-            object.__setattr__(
-                self,
-                "guid_attribute",
-                {"openldap": "entryUUID", "active_directory": "objectGUID"}.get(
-                    self.directory, "entryUUID"
-                ),
-            )
+            object.__setattr__(self, "guid_attribute", _GUID_ATTRIBUTE[self.directory])
         if self.member_attribute is None:
             object.__setattr__(self, "member_attribute", "member")
-        if self.account_status is None and ad:
-            object.__setattr__(
-                self,
-                "account_status",
-                AccountStatus(attribute="userAccountControl", ad_bitmask=True),
-            )
+        if self.account_status is None:
+            object.__setattr__(self, "account_status", _ACCOUNT_STATUS.get(self.directory))
         return self
 
     @property
@@ -547,6 +552,7 @@ DEFAULT_MAPPING: dict[Flavour, dict[str, str]] = {
         "displayName": "displayName",
     },
 }
+DEFAULT_MAPPING[Flavour.DS389] = DEFAULT_MAPPING[Flavour.OPENLDAP]
 DEFAULT_MAPPING[Flavour.GENERIC] = DEFAULT_MAPPING[Flavour.OPENLDAP]
 
 

@@ -4,12 +4,14 @@ Mechanisms (the watermark string starts with the name, so a switch is a lost wat
 - `syncrepl`: OpenLDAP with syncprov, an RFC 4533 refreshOnly search with the cookie.
 - `usn`: Active Directory, uSNChanged plus tombstones (show-deleted control), per DC.
 - `timestamp`: any LDAP server, modifyTimestamp/createTimestamp polling; deletions are
-  invisible to it, so the reader compares a GUID-only scan of the scope instead.
+  invisible to it, so the reader takes a census (one GUID-only scan of the base) instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -34,7 +36,8 @@ OVERLAP = timedelta(seconds=2)
 # The dedupe list kept in a timestamp watermark; past this, re-reads are merely redundant.
 MAX_SEEN = 1000
 _STAMPS = ("modifyTimestamp", "createTimestamp")
-_VERSIONS = ("entryCSN", "uSNChanged")  # finer than a second, where the server has one
+# Finer than a second, where the server has one: OpenLDAP, AD, 389-ds with its USN plugin.
+_VERSIONS = ("entryCSN", "uSNChanged", "entryusn")
 
 _COOKIE = re.compile(r"rid=\d{3}(,sid=[0-9a-fA-F]{3})?,csn=[0-9.Z#a-fA-F;]+")
 _GENERALIZED = re.compile(r"^(\d{14})")
@@ -388,9 +391,41 @@ class UsnTracker(_Watching):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Census:
+    """Who is under a base now, for trackers that cannot see deletions."""
+
+    tally: str  # how many entries, and an order-free digest of their GUIDs
+    missing: frozenset[str]  # the GUIDs asked about that no entry has
+
+
+def take_census(conn: Connection, base: str, guid_attr: str, wanted: Collection[str]) -> Census:
+    """One GUID-only paged scan of `base`. Two equal tallies mean that no entry left the base
+    (deleted or moved out) between them unless as many came in, which a poll sees."""
+    missing = set(wanted)
+    count = total = 0
+    for _, entry in conn.paged(base, "(objectClass=*)", [guid_attr]):
+        values = get(entry, guid_attr)
+        if not values:
+            continue
+        guid = guid_text(guid_attr, values[0])
+        missing.discard(guid)
+        count += 1
+        # A sum of per-GUID hashes does not depend on the order the server sends them in.
+        total += int.from_bytes(hashlib.blake2b(guid.encode(), digest_size=8).digest(), "big")
+    return Census(f"{count}-{total % 2**64:016x}", frozenset(missing))
+
+
 def supports_syncrepl(conn: Connection) -> bool:
-    controls = get(conn.root_dse(["supportedControl"]), "supportedControl") or ()
-    return any(value.decode("ascii", "replace") == SYNC_CONTROL_OID for value in controls)
+    """OpenLDAP with syncprov. 389-ds's Content Sync advertises the same control, but its
+    cookie is opaque and bound to the search's base and filter: there we poll instead."""
+    dse = conn.root_dse(["supportedControl", "objectClass"])
+    controls = get(dse, "supportedControl") or ()
+    classes = get(dse, "objectClass") or ()
+    openldap = any(value.lower() == b"openldaprootdse" for value in classes)
+    return openldap and any(
+        value.decode("ascii", "replace") == SYNC_CONTROL_OID for value in controls
+    )
 
 
 def empty_change_set(watermark: str) -> ChangeSet:
@@ -398,6 +433,7 @@ def empty_change_set(watermark: str) -> ChangeSet:
 
 
 __all__ = [
+    "Census",
     "ChangeSet",
     "Changed",
     "Delta",
@@ -408,4 +444,5 @@ __all__ = [
     "WatermarkLost",
     "empty_change_set",
     "supports_syncrepl",
+    "take_census",
 ]

@@ -13,6 +13,7 @@ from ldap.filter import escape_filter_chars
 
 from scimsync.config import Flavour, SourceConfig
 from scimsync.directory.changes import (
+    Census,
     Changed,
     ChangeSet,
     Delta,
@@ -23,6 +24,7 @@ from scimsync.directory.changes import (
     WatermarkLost,
     empty_change_set,
     supports_syncrepl,
+    take_census,
 )
 from scimsync.directory.connection import Connection
 from scimsync.directory.errors import DirectoryError
@@ -46,8 +48,9 @@ MEMBER_ATTRIBUTES = ("member", "uniqueMember")
 DEFAULT_USER_FILTER = {
     Flavour.ACTIVE_DIRECTORY: "(&(objectCategory=person)(objectClass=user))",
     Flavour.OPENLDAP: "(|(objectClass=person)(objectClass=posixAccount)(objectClass=account))",
-    Flavour.GENERIC: "(|(objectClass=person)(objectClass=posixAccount)(objectClass=account))",
 }
+DEFAULT_USER_FILTER[Flavour.DS389] = DEFAULT_USER_FILTER[Flavour.OPENLDAP]
+DEFAULT_USER_FILTER[Flavour.GENERIC] = DEFAULT_USER_FILTER[Flavour.OPENLDAP]
 
 
 def _any_of_classes(classes: Iterable[str]) -> str:
@@ -58,6 +61,7 @@ GROUP_FILTER = _any_of_classes(GROUP_CLASSES)
 GROUP_CLASS_NAMES = frozenset(c.lower() for c in GROUP_CLASSES)
 
 Mechanism = Literal["syncrepl", "usn", "timestamp"]
+CENSUS = "census="  # in a watermark, before the tracker's state: the last census's tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,22 +204,33 @@ class LdapDirectory:
         if isinstance(tracker, UsnTracker):
             if tracker.reads_tombstones():
                 return "uSNChanged; deletions as tombstones (CN=Deleted Objects)", None
-            return "uSNChanged; deletions by a GUID scan of the user scope every cycle", (
+            return "uSNChanged; deletions by a GUID scan of base_dn every cycle", (
                 f"the bind account {self._config.bind_dn or '(anonymous)'} cannot read "
                 "deleted objects (CN=Deleted Objects): incremental cycles find deletions by "
-                "scanning the whole user scope every cycle instead of reading tombstones; "
-                "give it the right to list deleted objects (see the README) to make quiet "
-                "cycles one search"
+                "scanning the GUIDs of everything under base_dn every cycle instead of "
+                "reading tombstones; give it the right to list deleted objects (see the "
+                "README) to make quiet cycles one search"
             )
         if isinstance(tracker, SyncreplTracker):
             return "syncrepl (RFC 4533) with a cookie; deletions reported by the server", None
-        return "modifyTimestamp polling; deletions by a GUID scan of the scope every cycle", None
+        polling = "modifyTimestamp polling; deletions by a GUID scan of base_dn every cycle"
+        dse = self._conn.root_dse(["vendorName", "lastusn"])
+        vendor = b" ".join(get(dse, "vendorName") or ()).decode("utf-8", "replace")
+        # 389-ds publishes lastusn;BACKEND once its USN plugin runs.
+        if "389" in vendor and not any(name.lower().startswith("lastusn") for name in dse):
+            return polling, (
+                f"{vendor} at {self._conn.url} has no USN plugin (entryusn): a second edit of "
+                "an entry within the second of a cycle waits for its next edit or the next "
+                "full reconciliation; enable it (dsconf ... plugin usn enable) and restart"
+            )
+        return polling, None
 
     def position(self) -> str:
         """The current watermark. Take it BEFORE a full read(), so that changes made during
         the read are seen by the next changes()."""
         tracker = self._change_tracker()
-        return self._stamp(tracker, tracker.position())
+        census = self._census(lambda: ()) if tracker.polls else None
+        return self._stamp(tracker, tracker.position(), census)
 
     def changes(
         self,
@@ -231,17 +246,30 @@ class LdapDirectory:
         timestamp polling, wait for the next full reconciliation.
         Raises WatermarkLost when the caller must run a full reconciliation instead."""
         tracker = self._change_tracker()
-        delta = tracker.delta(self._unstamp(tracker, watermark))
-        mark = self._stamp(tracker, delta.state)
-        if not delta.changed and not delta.deletions and not tracker.polls:
+        state, tally = self._unstamp(tracker, watermark)
+        census = None
+        if tracker.polls:
+            # Before the poll: an entry that goes after the census changes the next one.
+            census = self._census(
+                lambda: {*known_users(), *(known_groups() if known_groups else ())}
+            )
+        delta = tracker.delta(state)
+        mark = self._stamp(tracker, delta.state, census)
+        # A poll cannot see deletions; the census can: when nothing left base_dn since the
+        # last one and every record we hold is still there, the poll's changes are all.
+        blind = census is not None and (census.tally != tally or bool(census.missing))
+        if not delta.changed and not delta.deletions and not blind:
             return empty_change_set(mark)  # nothing read, no index rebuilt
         self._forget()
-        return self._change_set(delta, tracker.polls, known_users, known_groups, mark)
+        return self._change_set(delta, blind, known_users, known_groups, mark)
+
+    def _census(self, wanted: Callable[[], Collection[str]]) -> Census:
+        return take_census(self._conn, self._config.base_dn, self._guid_attr, wanted())
 
     def _change_set(
         self,
         delta: Delta,
-        polls: bool,
+        blind: bool,
         known_users: Callable[[], Collection[str]],
         known_groups: Callable[[], Collection[str]] | None,
         mark: str,
@@ -255,18 +283,18 @@ class LdapDirectory:
             for dn, c in delta.changed.items()
             if dn not in changed_groups and within(dn, base)
         }
-        # Deletions are explicit except under polling, but a deleted group below a scope
-        # group takes its members out of scope without touching them.
-        reshaped = polls or delta.deletions
+        # Deletions are explicit unless the tracker is blind to them, but a deleted group
+        # below a scope group takes its members out of scope without touching them.
+        reshaped = blind or delta.deletions
         users, gone_users = self._changed_users(
-            others, changed_groups, reshaped, polls, known_users
+            others, changed_groups, reshaped, blind, known_users
         )
         gone_users |= delta.deleted_users
         groups: dict[str, SourceGroup] = {}
         gone_groups = set(delta.deleted_groups)
         if config.groups is not None:
             groups, gone = self._changed_groups(
-                changed_groups, delta, reshaped, polls, users, known_groups
+                changed_groups, delta, reshaped, blind, users, known_groups
             )
             recent = delta.recent_groups - changed_groups
             if (gone or gone_groups) and recent:
@@ -275,7 +303,7 @@ class LdapDirectory:
                 # members change with it. (A deleted user's groups the engine derives from
                 # the links that hold him.)
                 groups, gone = self._changed_groups(
-                    changed_groups | recent, delta, reshaped, polls, users, known_groups
+                    changed_groups | recent, delta, reshaped, blind, users, known_groups
                 )
             gone_groups |= gone
         return ChangeSet(
@@ -336,7 +364,7 @@ class LdapDirectory:
         candidates: dict[str, Changed],
         changed_groups: set[str],
         reshaped: bool,
-        polls: bool,
+        blind: bool,
         known_users: Callable[[], Collection[str]],
     ) -> tuple[dict[str, SourceUser], set[str]]:
         scope = self._config.users
@@ -347,7 +375,7 @@ class LdapDirectory:
             scope_groups = {normalize_dn(root.dn)} | (below if scope.nested else set())
             reshaped = reshaped or bool(scope_groups & changed_groups)
         else:
-            reshaped = polls  # a filter scope changes only through changed entries
+            reshaped = blind  # a filter scope changes only through changed entries
         wanted = [c.dn for dn, c in candidates.items() if leaves is None or dn in leaves]
         users = {user.guid: user for user in self._read_users(wanted)}
         gone = {c.guid for c in candidates.values()} - users.keys()
@@ -366,7 +394,7 @@ class LdapDirectory:
         changed_groups: set[str],
         delta: Delta,
         reshaped: bool,
-        polls: bool,
+        blind: bool,
         users: dict[str, SourceUser],
         known_groups: Callable[[], Collection[str]] | None,
     ) -> tuple[dict[str, SourceGroup], set[str]]:
@@ -382,7 +410,7 @@ class LdapDirectory:
                 shaping |= self._walk(container, True)[0]
             reshaped = reshaped or bool(shaping & changed_groups)
         else:
-            reshaped = polls
+            reshaped = blind
         user_dns = {normalize_dn(user.dn) for user in users.values()}
         report: set[str] = set()
         self._prefetch_for(selected, scope.nested)
@@ -450,12 +478,17 @@ class LdapDirectory:
         shape += [c.users.model_dump_json(), c.groups.model_dump_json() if c.groups else ""]
         return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:8]
 
-    def _stamp(self, tracker: Tracker, state: str) -> str:
-        return f"{tracker.name}:{self._scope_tag()}:{state}"
+    def _stamp(self, tracker: Tracker, state: str, census: Census | None = None) -> str:
+        tally = f"{CENSUS}{census.tally}:" if census else ""
+        return f"{tracker.name}:{self._scope_tag()}:{tally}{state}"
 
-    def _unstamp(self, tracker: Tracker, watermark: str) -> str:
+    def _unstamp(self, tracker: Tracker, watermark: str) -> tuple[str, str | None]:
+        """The tracker's state and the census tally in a watermark (None: it has none)."""
         name, _, rest = watermark.partition(":")
         tag, _, state = rest.partition(":")
+        tally = None
+        if state.startswith(CENSUS):
+            tally, _, state = state.removeprefix(CENSUS).partition(":")
         if name != tracker.name:
             raise WatermarkLost(
                 f"watermark is for change detection by {name[:20]!r}, "
@@ -463,7 +496,7 @@ class LdapDirectory:
             )
         if tag != self._scope_tag() or not state:
             raise WatermarkLost("watermark was taken for another source scope configuration")
-        return state
+        return state, tally
 
     # --- users ------------------------------------------------------------------------
 

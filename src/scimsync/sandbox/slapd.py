@@ -11,16 +11,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Self
 
 import ldap
 import ldap.modlist
-from ldif import LDIFRecordList  # type: ignore[import-untyped]  # part of python-ldap
 
 from scimsync.sandbox.lifecycle import Lifecycle, terminate
+from scimsync.sandbox.loading import Loadable
 from scimsync.sandbox.ports import NotListeningError, hold_port, wait_listening
 
 SUFFIX = "dc=example,dc=com"
@@ -108,7 +108,7 @@ class SlapdError(RuntimeError):
     """slapd could not be configured or started."""
 
 
-class Slapd(Lifecycle):
+class Slapd(Lifecycle, Loadable):
     """Start with `start()` or `with Slapd() as server:`; `stop()` waits for the process to exit.
 
     Its ports (`port`, `tls_port`, and so `url`, `ldaps_url`) are known from the first
@@ -117,6 +117,8 @@ class Slapd(Lifecycle):
     """
 
     base_dn = SUFFIX
+    directory = "openldap"  # the source.directory flavour that reads it, and its GUID
+    guid_attribute = "entryUUID"
     admin_dn = ADMIN_DN
     admin_password = ADMIN_PASSWORD
     bind_dn = READER_DN  # what a scimsync config binds as: read-only and size-limited
@@ -187,48 +189,6 @@ class Slapd(Lifecycle):
         terminate(process, timeout)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    # --- loading data -----------------------------------------------------------------
-
-    def admin(self) -> ldap.ldapobject.LDAPObject:
-        """A connection bound as the rootdn (unlimited, may write)."""
-        conn = ldap.initialize(self.url)
-        conn.protocol_version = 3
-        conn.simple_bind_s(ADMIN_DN, ADMIN_PASSWORD)
-        return conn
-
-    def add_entries(self, entries: Iterable[tuple[str, Mapping[str, Sequence[bytes]]]]) -> int:
-        """Add entries (dn, {attr: [bytes]}) in order, pipelined; returns how many."""
-        conn = self.admin()
-        try:
-            pending: list[int] = []
-            pending_dns: set[str] = set()
-            count = 0
-
-            def flush() -> None:
-                for msgid in pending:
-                    conn.result3(msgid)
-                pending.clear()
-                pending_dns.clear()
-
-            for dn, attrs in entries:
-                # slapd runs pipelined adds concurrently: a child must wait for its parent.
-                parent = dn.split(",", 1)[-1].lower()
-                if parent in pending_dns or len(pending) >= 200:
-                    flush()
-                pending.append(conn.add_ext(dn, ldap.modlist.addModlist(dict(attrs))))
-                pending_dns.add(dn.lower())
-                count += 1
-            flush()
-            return count
-        finally:
-            conn.unbind_s()
-
-    def load_ldif(self, path: Path | str) -> int:
-        with Path(path).open("rb") as stream:
-            parser = LDIFRecordList(stream)
-            parser.parse()
-        return self.add_entries(parser.all_records)
 
     # --- internals --------------------------------------------------------------------
 
