@@ -10,7 +10,7 @@ from typing import Any
 import ldap
 import pytest
 
-from scimsync.directory import ChangeSet, LdapDirectory, WatermarkLost
+from scimsync.directory import ChangeSet, DirectoryError, LdapDirectory, WatermarkLost
 from scimsync.directory.changes import take_census
 from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
 from tests.fixtures.samba import GROUPS, NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _group, _user
@@ -256,8 +256,31 @@ def test_syncrepl_cookie_beyond_the_session_log_is_lost(org: Tree) -> None:
     for watcher in watch(org, "syncrepl"):
         name, tag, _ = watcher.mark.split(":", 2)
         ancient = f"{name}:{tag}:rid=000,csn=19700101000000.000000Z#000000#000#000000"
-        with pytest.raises(WatermarkLost, match="session log"):
+        with pytest.raises(WatermarkLost) as lost:
             watcher.directory.changes(ancient, set)
+        assert str(lost.value) == "syncrepl cookie is older than the server's session log"
+
+
+def test_more_syncrepl_changes_than_the_size_limit_lose_the_watermark(org: Tree) -> None:
+    """A refresh cut at the size limit would miss changes: a full reconciliation instead."""
+    for watcher in watch(org, "syncrepl"):
+        org.add_users(org.server.size_limit + 10, prefix="m")
+        with pytest.raises(WatermarkLost) as lost:
+            watcher.next()
+        assert str(lost.value) == (
+            f"more entries changed under {org.base_dn} than the server's size limit "
+            "returns in one syncrepl refresh"
+        )
+
+
+def test_active_directory_flavour_on_another_server_says_so(org: Tree) -> None:
+    config = org.config(directory="active_directory")
+    with LdapDirectory(config, ATTRS) as directory, pytest.raises(DirectoryError) as wrong:
+        directory.position()
+    assert str(wrong.value) == (
+        f"LDAP server {org.server.url} does not publish highestCommittedUSN; "
+        "is it Active Directory (source.directory)?"
+    )
 
 
 def test_an_unreadable_watermark_of_this_scope_says_what_it_holds(
@@ -266,11 +289,11 @@ def test_an_unreadable_watermark_of_this_scope_says_what_it_holds(
     """The message quotes the stored state (clipped), so the log shows what was wrong."""
     for watcher in watch(org, mechanism):
         name, tag, _ = watcher.mark.split(":", 2)
-        state = "x" * 39 + "yz|seen"
+        state = "x" * 39 + "y" + "z" * 20 + "clipped|seen"
         expected = (
             f"timestamp watermark {'x' * 39 + 'y'!r} is unreadable"
             if mechanism == "timestamp"
-            else f"syncrepl cookie {state!r} is not an OpenLDAP cookie"
+            else f"syncrepl cookie {state[:60]!r} is not an OpenLDAP cookie"
         )
         with pytest.raises(WatermarkLost) as lost:
             watcher.directory.changes(f"{name}:{tag}:{state}", set)
@@ -515,3 +538,46 @@ def test_a_held_record_that_no_entry_has_any_more_is_gone_though_the_census_matc
         held = {*watcher.known, "a-member-outside-base-dn"}
         change = watcher.directory.changes(watcher.mark, held.copy)
         assert change.gone_users == {"a-member-outside-base-dn"}
+
+
+@pytest.mark.ad
+def test_ad_a_user_edited_out_of_the_filter_is_gone_by_its_guid(samba_ad: AdSeed) -> None:
+    config = samba_ad.config(
+        users={"filter": "(&(objectCategory=person)(objectClass=user)(!(description=left)))"}
+    )
+    dave = samba_ad.users["dave"]
+    with LdapDirectory(config, AD_ATTRS) as directory:
+        watcher = Watcher(directory)
+        watcher.start()
+        try:
+            _ad_modify(samba_ad, dave, description="left")
+            change = watcher.next()
+        finally:
+            conn = samba_ad.dc.admin()
+            try:
+                conn.modify_s(dave, [(ldap.MOD_DELETE, "description", None)])
+            finally:
+                conn.unbind_s()
+    assert change.gone_users == {_ad_guid(samba_ad, dave)}
+    assert not change.users
+
+
+@pytest.mark.ad
+def test_ad_timestamp_polling_starts_from_the_dc_s_current_time(samba_ad: AdSeed) -> None:
+    """AD has no contextCSN: its root DSE's currentTime is the server's clock."""
+
+    def current_time() -> str:
+        conn = samba_ad.dc.admin()
+        try:
+            [(_, dse)] = conn.search_s("", ldap.SCOPE_BASE, "(objectClass=*)", ["currentTime"])
+        finally:
+            conn.unbind_s()
+        return str(dse["currentTime"][0].decode()[:14])
+
+    config = samba_ad.config(users={"filter": "(objectClass=user)"})
+    before = current_time()
+    with LdapDirectory(config, AD_ATTRS, change_mechanism="timestamp") as directory:
+        mark = directory.position()
+    after = current_time()
+    stamp = mark.rsplit(":", 1)[1].partition("|")[0]
+    assert before + "Z" <= stamp <= after + "Z"
