@@ -18,6 +18,7 @@ from tests.harness import SearchCounter, eventually
 from tests.test_directory_changes import (  # noqa: F401 - collected again, on 389-ds
     ATTRS,
     Watcher,
+    populated,
     scoped,
     test_a_change_to_a_big_group_resolves_all_its_members,
     test_added_user_in_scope,
@@ -47,15 +48,7 @@ def mechanism() -> Mechanism:
 
 @pytest.fixture
 def org(ds389_tree: Tree) -> Tree:
-    """As test_directory_changes's: alice, bob in `app`; carol in `sub` (nested in `app`);
-    dave outside any group."""
-    t = ds389_tree
-    for uid in ("alice", "bob", "carol", "dave"):
-        t.add_user(uid, departmentNumber="42")
-    sub = t.add_group("sub", [t.user_dn("carol")])
-    t.add_group("app", [t.user_dn("alice"), t.user_dn("bob"), sub])
-    t.add_group("other", [t.user_dn("dave")])
-    return t
+    return populated(ds389_tree)
 
 
 def operational(tree: Tree, dn: str, *attrs: str) -> dict[str, str]:

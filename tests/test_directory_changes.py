@@ -56,8 +56,11 @@ def mechanism(request: pytest.FixtureRequest) -> Mechanism:
 
 @pytest.fixture
 def org(ldap_tree: Tree) -> Tree:
+    return populated(ldap_tree)
+
+
+def populated(t: Tree) -> Tree:
     """alice, bob in `app`; carol in `sub` (nested in `app`); dave outside any group."""
-    t = ldap_tree
     for uid in ("alice", "bob", "carol", "dave"):
         t.add_user(uid, departmentNumber="42")
     sub = t.add_group("sub", [t.user_dn("carol")])
