@@ -41,7 +41,7 @@ def source_settings(tree: Tree, password: str | None = None) -> dict[str, Any]:
         "bind_dn": tree.server.bind_dn,
         "bind_password": tree.server.password if password is None else password,
         "base_dn": tree.base_dn,
-        "directory": tree.directory,
+        "directory": tree.server.directory,
         "users": {"filter": "(objectClass=inetOrgPerson)"},
         "groups": {"filter": "(objectClass=groupOfNames)"},
     }

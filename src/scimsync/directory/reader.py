@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from types import TracebackType
 from typing import Literal, Self
 
@@ -229,7 +230,7 @@ class LdapDirectory:
         """The current watermark. Take it BEFORE a full read(), so that changes made during
         the read are seen by the next changes()."""
         tracker = self._change_tracker()
-        census = self._census(lambda: ()) if tracker.polls else None
+        census = self._census(()) if tracker.polls else None
         return self._stamp(tracker, tracker.position(), census)
 
     def changes(
@@ -247,12 +248,13 @@ class LdapDirectory:
         Raises WatermarkLost when the caller must run a full reconciliation instead."""
         tracker = self._change_tracker()
         state, tally = self._unstamp(tracker, watermark)
+        # The census and the scope's recomputation both ask: read the store once a cycle.
+        known_users = cache(known_users)
+        known_groups = cache(known_groups) if known_groups else None
         census = None
         if tracker.polls:
             # Before the poll: an entry that goes after the census changes the next one.
-            census = self._census(
-                lambda: {*known_users(), *(known_groups() if known_groups else ())}
-            )
+            census = self._census({*known_users(), *(known_groups() if known_groups else ())})
         delta = tracker.delta(state)
         mark = self._stamp(tracker, delta.state, census)
         # A poll cannot see deletions; the census can: when nothing left base_dn since the
@@ -263,8 +265,8 @@ class LdapDirectory:
         self._forget()
         return self._change_set(delta, blind, known_users, known_groups, mark)
 
-    def _census(self, wanted: Callable[[], Collection[str]]) -> Census:
-        return take_census(self._conn, self._config.base_dn, self._guid_attr, wanted())
+    def _census(self, wanted: Collection[str]) -> Census:
+        return take_census(self._conn, self._config.base_dn, self._guid_attr, wanted)
 
     def _change_set(
         self,

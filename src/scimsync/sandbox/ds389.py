@@ -62,19 +62,19 @@ class Ds389(Lifecycle, Loadable):
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
-    @property
-    def errors_log(self) -> Path:
-        return Path(f"/var/log/dirsrv/slapd-{self.name}/errors")
-
     def start(self) -> Self:
         if shutil.which("ns-slapd", path="/usr/sbin:/usr/bin") is None:
             raise Ds389Error("ns-slapd not found: install 389-ds-base")
         # Held until ns-slapd listens (it binds with SO_REUSEADDR): nobody else gets it.
         with hold_port() as held:
             self._port = held.getsockname()[1]
-            self._helper(
-                "create", self.name, str(self._port), SUFFIX, self.admin_password, *self.plugins
-            )
+            try:
+                self._helper(
+                    "create", self.name, str(self._port), SUFFIX, self.admin_password, *self.plugins
+                )
+            except Ds389Error:
+                self.stop()  # a half-made instance is removed, not left under /etc/dirsrv
+                raise
         self._add_reader()
         return self
 
