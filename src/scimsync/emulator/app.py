@@ -29,7 +29,7 @@ from scimsync.emulator.behaviour import (
     authorized,
 )
 from scimsync.emulator.errors import EmulatorError, invalid_value
-from scimsync.emulator.patch import GroupState, patched_group, patched_user
+from scimsync.emulator.patch import GroupState, filters_members, patched_group, patched_user
 from scimsync.emulator.query import list_response, page, parse_filter, project, returns
 from scimsync.emulator.responses import scim_response
 from scimsync.emulator.schema import CORE_GROUP, clean_user, group_name, member_ids, require_schema
@@ -83,6 +83,15 @@ async def _json(request: Request) -> Any:
         return json.loads(await request.body())
     except ValueError:
         raise EmulatorError(400, "the request body is not valid JSON", "invalidSyntax") from None
+
+
+def _minimal(emulator: Emulator) -> bool:
+    return emulator.settings.schema == "minimal"
+
+
+def _filter(emulator: Emulator, params: Mapping[str, str]) -> str | None:
+    """The request's filter, or None where the `filter: ignored` mode ignores it."""
+    return params.get("filter") if emulator.settings.filter == "supported" else None
 
 
 def _emulator(request: Request) -> Emulator:
@@ -160,7 +169,7 @@ def render_group(
 async def list_users(request: Request) -> Response:
     emulator = _emulator(request)
     params = request.query_params
-    attribute, value = parse_filter(params.get("filter"), ("userName", "externalId"))
+    attribute, value = parse_filter(_filter(emulator, params), ("userName", "externalId"))
     found = emulator.directory.find_users(attribute, value)
     if emulator.settings.hide_inactive:
         found = [user for user in found if user.get("active", True) is not False]
@@ -172,7 +181,9 @@ async def list_users(request: Request) -> Response:
 
 async def create_user(request: Request) -> Response:
     emulator = _emulator(request)
-    user = emulator.directory.create_user(clean_user(await _json(request)))
+    user = emulator.directory.create_user(
+        clean_user(await _json(request), minimal=_minimal(emulator))
+    )
     body = render_user(emulator, user, _base(request))
     response = scim_response(body, 201)
     response.headers["Location"] = body["meta"]["location"]
@@ -197,7 +208,7 @@ async def put_user(request: Request) -> Response:
     user_id = request.path_params["id"]
     before = emulator.directory.user(user_id)  # 404 before 400 for a missing user
     _check_user_name(emulator, before, body)
-    user = emulator.directory.replace_user(user_id, clean_user(body))
+    user = emulator.directory.replace_user(user_id, clean_user(body, minimal=_minimal(emulator)))
     body = render_user(emulator, user, _base(request))
     _unlink_if_external(emulator, before, user)
     return scim_response(body)
@@ -212,7 +223,7 @@ async def patch_user(request: Request) -> Response:
         before = directory.user(user_id)
         patched = patched_user(before, body)
         _check_user_name(emulator, before, patched)
-        user = directory.replace_user(user_id, clean_user(patched))
+        user = directory.replace_user(user_id, clean_user(patched, minimal=_minimal(emulator)))
         body = render_user(emulator, user, _base(request))
         _unlink_if_external(emulator, before, user)
     return scim_response(body)
@@ -243,7 +254,7 @@ async def delete_user(request: Request) -> Response:
 async def list_groups(request: Request) -> Response:
     emulator = _emulator(request)
     params = request.query_params
-    _, name = parse_filter(params.get("filter"), ("displayName",))
+    _, name = parse_filter(_filter(emulator, params), ("displayName",))
     found = emulator.directory.find_groups(name)
     start, items = page(params, found)
     base = _base(request)
@@ -257,6 +268,8 @@ async def create_group(request: Request) -> Response:
     external_id = body.get("externalId")
     if external_id is not None and not isinstance(external_id, str):
         raise invalid_value("externalId must be a string")
+    if _minimal(emulator) and "members" not in body:
+        raise invalid_value("members is required")
     group = emulator.directory.create_group(
         group_name(body.get("displayName")), external_id, member_ids(body.get("members"))
     )
@@ -297,6 +310,8 @@ async def patch_group(request: Request) -> Response:
     emulator = _emulator(request)
     body = await _json(request)
     directory = emulator.directory
+    if emulator.settings.member_filter == "failing" and filters_members(body):
+        raise EmulatorError(500, "internal error evaluating the member filter")
     with directory.lock:
         group = directory.group(request.path_params["id"])
         new = patched_group(
@@ -326,7 +341,8 @@ async def delete_group(request: Request) -> Response:
 
 
 async def service_provider_config(request: Request) -> Response:
-    return scim_response(discovery.service_provider_config(_base(request)))
+    filtering = _emulator(request).settings.filter == "supported"
+    return scim_response(discovery.service_provider_config(_base(request), filtering=filtering))
 
 
 async def list_resource_types(request: Request) -> Response:
@@ -342,12 +358,12 @@ async def get_resource_type(request: Request) -> Response:
 
 
 async def list_schemas(request: Request) -> Response:
-    bodies = discovery.schemas(_base(request))
+    bodies = discovery.schemas(_base(request), minimal=_minimal(_emulator(request)))
     return scim_response(list_response(len(bodies), 1, bodies))
 
 
 async def get_schema(request: Request) -> Response:
-    for body in discovery.schemas(_base(request)):
+    for body in discovery.schemas(_base(request), minimal=_minimal(_emulator(request))):
         if body["id"] == request.path_params["id"]:
             return scim_response(body)
     raise EmulatorError(404, f"no schema {request.path_params['id']}")
@@ -416,6 +432,8 @@ def _settings(emulator: Emulator) -> dict[str, Any]:
         "rename": s.rename,
         "user_name": s.user_name,
         "member_filter": s.member_filter,
+        "filter": s.filter,
+        "schema": s.schema,
         "hide_inactive": s.hide_inactive,
         "verified_domains": s.verified_domains,
         "rate": s.rate,

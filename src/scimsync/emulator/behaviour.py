@@ -20,7 +20,9 @@ from scimsync.emulator.responses import scim_response
 
 RenameMode = Literal["allowed", "immutable"]
 UserNameMode = Literal["mutable", "immutable"]
-MemberFilterMode = Literal["accepted", "refused"]
+MemberFilterMode = Literal["accepted", "refused", "failing"]
+FilterMode = Literal["supported", "ignored"]
+SchemaMode = Literal["atlassian", "minimal"]
 CONTROL_PREFIX = "/_emulator/"
 
 
@@ -33,8 +35,15 @@ class Settings:
     # section 2): `immutable` refuses it, so both of scimsync's paths can be tested.
     user_name: UserNameMode = "mutable"
     # Whether Atlassian takes `members[value eq "..."]` in a PATCH remove is unconfirmed
-    # (section 4): `refused` answers 400 invalidPath, so the client's fallback meets a server.
+    # (section 4): `refused` answers 400 invalidPath, so the client's fallback meets a server;
+    # `failing` answers 500, as some servers do for a filtered path they cannot evaluate.
     member_filter: MemberFilterMode = "accepted"
+    # The generic profile's servers, beyond Atlassian: `ignored` says filter.supported
+    # false in /ServiceProviderConfig and answers every object whatever `filter=` says.
+    filter: FilterMode = "supported"
+    # `minimal` serves a /Schemas whose emails have no type or primary (refused if sent),
+    # with no nickName, and which require name.formatted of a user and members of a group.
+    schema: SchemaMode = "atlassian"
     # Some tenants leave deactivated users out of GET /Users listings and filter results
     # (ACCESS-1293, "won't fix"); GET /Users/{id} still answers for them.
     hide_inactive: bool = False
@@ -60,8 +69,16 @@ class Settings:
             raise ValueError("rename: expected allowed or immutable")
         if options.get("user_name", self.user_name) not in ("mutable", "immutable"):
             raise ValueError("user_name: expected mutable or immutable")
-        if options.get("member_filter", self.member_filter) not in ("accepted", "refused"):
-            raise ValueError("member_filter: expected accepted or refused")
+        if options.get("member_filter", self.member_filter) not in (
+            "accepted",
+            "refused",
+            "failing",
+        ):
+            raise ValueError("member_filter: expected accepted, refused or failing")
+        if options.get("filter", self.filter) not in ("supported", "ignored"):
+            raise ValueError("filter: expected supported or ignored")
+        if options.get("schema", self.schema) not in ("atlassian", "minimal"):
+            raise ValueError("schema: expected atlassian or minimal")
         if options.get("fault_methods", self.fault_methods) not in ("all", "writes"):
             raise ValueError("fault_methods: expected all or writes")
         domains = options.get("verified_domains", self.verified_domains)

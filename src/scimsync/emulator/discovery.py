@@ -30,15 +30,16 @@ _USER_ATTRIBUTES = (
 )
 
 
-def service_provider_config(base: str) -> dict[str, Any]:
+def service_provider_config(base: str, *, filtering: bool = True) -> dict[str, Any]:
     # Patch yes; bulk, sort, etag, password change no; filter with 100 per page
-    # (atlassian-scim-api.md sections 1, 5 and 6).
+    # (atlassian-scim-api.md sections 1, 5 and 6). `filtering` False: the `filter: ignored`
+    # mode's server, which says so.
     return {
         "schemas": [CONFIG_SCHEMA],
         "documentationUri": "https://developer.atlassian.com/cloud/admin/user-provisioning/rest/",
         "patch": {"supported": True},
         "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
-        "filter": {"supported": True, "maxResults": MAX_PAGE},
+        "filter": {"supported": filtering, "maxResults": MAX_PAGE},
         "changePassword": {"supported": False},
         "sort": {"supported": False},
         "etag": {"supported": False},
@@ -82,15 +83,23 @@ def resource_types(base: str) -> list[dict[str, Any]]:
 
 
 @functools.cache
-def _schema_bodies() -> tuple[dict[str, Any], ...]:
+def _schema_bodies(minimal: bool = False) -> tuple[dict[str, Any], ...]:
     user = User.to_schema().model_dump(mode="json", exclude_none=True)
-    user["attributes"] = [a for a in user["attributes"] if a["name"] in _USER_ATTRIBUTES]
+    kept = set(_USER_ATTRIBUTES) - ({"nickName"} if minimal else set())
+    user["attributes"] = [a for a in user["attributes"] if a["name"] in kept]
     for attribute in user["attributes"]:
         if attribute["name"] == "emails":
             attribute["required"] = True  # required on create and modify (section 2)
         if attribute["name"] in ("emails", "phoneNumbers"):
             for sub in attribute["subAttributes"]:  # a value-less email or phone means nothing
                 sub["required"] = sub["name"] == "value"
+        if minimal and attribute["name"] == "emails":
+            attribute["subAttributes"] = [
+                s for s in attribute["subAttributes"] if s["name"] == "value"
+            ]
+        if minimal and attribute["name"] == "name":
+            for sub in attribute["subAttributes"]:
+                sub["required"] = sub["name"] == "formatted"
     enterprise = EnterpriseUser.to_schema().model_dump(mode="json", exclude_none=True)
     enterprise["attributes"] = [
         a for a in enterprise["attributes"] if a["name"] in ("organization", "department")
@@ -102,11 +111,14 @@ def _schema_bodies() -> tuple[dict[str, Any], ...]:
     for attribute in group["attributes"]:
         if attribute["name"] == "displayName":
             attribute["uniqueness"] = "server"  # POST with an existing name is a 409 (section 4)
+        if minimal and attribute["name"] == "members":
+            attribute["required"] = True
     return user, enterprise, group
 
 
-def schemas(base: str) -> list[dict[str, Any]]:
+def schemas(base: str, *, minimal: bool = False) -> list[dict[str, Any]]:
+    """The /Schemas bodies; `minimal`: the `schema: minimal` mode's (see Settings)."""
     return [
         {**body, "meta": {"resourceType": "Schema", "location": f"{base}/Schemas/{body['id']}"}}
-        for body in _schema_bodies()
+        for body in _schema_bodies(minimal)
     ]

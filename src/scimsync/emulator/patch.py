@@ -261,6 +261,13 @@ def _apply_group(
         raise invalid_path(path)
 
 
+def filters_members(body: Any) -> bool:
+    """Whether a PATCH body holds a `members[value eq ...]` path."""
+    return any(
+        path is not None and _MEMBER_FILTER.match(path.strip()) for _, path, _ in operations(body)
+    )
+
+
 def patched_group(state: GroupState, body: Any, member_filter: bool = True) -> GroupState:
     """The group after `body`; `member_filter=False` refuses `members[value eq ...]` paths."""
     new = GroupState(state.display_name, state.external_id, dict(state.members))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scimsync.emulator.errors import invalid_value
+from scimsync.emulator.errors import EmulatorError, invalid_value
 
 CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -84,8 +84,12 @@ def _multi_values(name: str, value: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
-def clean_user(body: Any) -> dict[str, Any]:
-    """A stored user from a POST, PUT or patched body: validated, unknown keys dropped."""
+def clean_user(body: Any, *, minimal: bool = False) -> dict[str, Any]:
+    """A stored user from a POST, PUT or patched body: validated, unknown keys dropped.
+
+    `minimal`: the emulator's `schema: minimal` server, whose emails hold a value only
+    and whose users need name.formatted (its /Schemas say so).
+    """
     body = require_schema(body, CORE_USER)
     source = canonical_keys(body, USER_ATTRIBUTES)
     user: dict[str, Any] = {}
@@ -110,7 +114,9 @@ def clean_user(body: Any) -> dict[str, Any]:
     emails = _multi_values("emails", source.get("emails") or [])
     if not emails:
         raise invalid_value("emails is required")
-    if sum(1 for email in emails if email.get("primary") is True) != 1:
+    if minimal:
+        _require_minimal(user, emails)
+    elif sum(1 for email in emails if email.get("primary") is True) != 1:
         raise invalid_value("emails must have exactly one primary value")
     user["emails"] = emails
     if source.get("phoneNumbers"):
@@ -125,6 +131,17 @@ def clean_user(body: Any) -> dict[str, Any]:
             user[ENTERPRISE] = cleaned
     user["schemas"] = [CORE_USER, ENTERPRISE] if ENTERPRISE in user else [CORE_USER]
     return user
+
+
+def _require_minimal(user: dict[str, Any], emails: list[dict[str, Any]]) -> None:
+    for email in emails:
+        undefined = sorted(set(email) - {"value"})
+        if undefined:
+            raise EmulatorError(
+                400, f"emails.{undefined[0]} is not defined by the User schema", "invalidSyntax"
+            )
+    if not user.get("name", {}).get("formatted"):
+        raise invalid_value("name.formatted is required")
 
 
 def member_ids(value: Any) -> list[str]:
