@@ -79,17 +79,14 @@ class Channel:
             "displayName": "cn",
             "title": "title",
         }
+        self.target: dict[str, Any] = {"type": "atlassian"}  # the profile and its settings
 
     def config(self) -> Config:
         return Config.model_validate(
             {
                 "state": self.state_url,
                 "source": self.source,
-                "target": {
-                    "type": "atlassian",
-                    "url": self.emulator.url,
-                    "token": self.emulator.token,
-                },
+                "target": {"url": self.emulator.url, "token": self.emulator.token, **self.target},
                 "options": self.options,
                 "mapping": self.mapping,
             }
@@ -177,3 +174,4 @@ class AdChannel(Channel):
         self.source = tree.source()
         self.options = {}
         self.mapping = {}
+        self.target = {"type": "atlassian"}

@@ -179,7 +179,9 @@ async def test_wrong_token_is_one_line_without_the_token(scim2: Scim2Tenant) -> 
     async with open_target(scim2.config(token=secret, max_retries=5)) as target:
         with pytest.raises(Unauthorized) as caught:
             await target.find_user("a@example.com")
-        assert target.request_counts["GET"] == 1  # a 401 is never retried
+        # The ServiceProviderConfig, which needs no credential (RFC 7644 4), then the
+        # lookup's one attempt: a 401 is never retried.
+        assert target.request_counts["GET"] == 2
     message = str(caught.value)
     assert message == (
         "target rejected the API key (401): the directory API key is invalid or expired "

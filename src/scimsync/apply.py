@@ -114,6 +114,10 @@ class Executor:
         self.stored_members: dict[str, frozenset[str]] = {}  # as the store holds them now
         self.pending_audit: list[AuditRecord] = []
         self.failing = set(failing)  # a failure recorded this cycle leaves it
+        # A new group's planned members go in its POST (some targets require members);
+        # those the target then holds are not added again in the memberships phase.
+        self.first_members: dict[str, tuple[str, ...]] = {}
+        self.created_with: dict[str, frozenset[str]] = {}
         self.chunk = max(64, 16 * max_concurrency)
 
     async def apply(self, plan: Plan) -> Outcome:
@@ -126,14 +130,22 @@ class Executor:
         phases: dict[Phase, list[Operation]] = {phase: [] for phase in Phase}
         for op in plan.operations:
             phases[op.phase].append(op)
+        created = {op.source_id for op in phases[Phase.GROUP_WRITES] if op.action is Action.CREATE}
+        self.first_members = {
+            op.source_id: op.members
+            for op in phases[Phase.MEMBERSHIPS]
+            if op.action is Action.ADD_MEMBERS and op.source_id in created
+        }
         if self.progress:
             self.progress.start(len(plan.operations))
         try:
             for phase, ops in phases.items():
                 units: list[Unit] = [(op,) for op in ops]
                 if phase is Phase.MEMBERSHIPS:
-                    self._load_member_links(ops)
+                    self._load_member_links(m for op in ops for m in op.members)
                     units = by_group(ops)
+                elif phase is Phase.GROUP_WRITES:
+                    self._load_member_links(m for ms in self.first_members.values() for m in ms)
                 for start in range(0, len(units), self.chunk):
                     if self.should_stop():
                         return self.outcome
@@ -143,8 +155,8 @@ class Executor:
                 self.progress.finish()
         return self.outcome
 
-    def _load_member_links(self, ops: Sequence[Operation]) -> None:
-        wanted = {m for op in ops for m in op.members if m not in self.users}
+    def _load_member_links(self, members: Iterable[str]) -> None:
+        wanted = {m for m in members if m not in self.users}
         if wanted:  # only their target ids are needed
             self.users.update(self.store.linked_users_by_ids(wanted, with_values=False))
             self._by_target = None
@@ -186,10 +198,11 @@ class Executor:
             return
         target_id = first.target_id
         try:
-            if len(unit) == 1:
-                target_id = await _HANDLERS[(first.kind, first.action)](self, first)
-            else:
-                target_id = await self._change_members(unit[0], unit[1])
+            with self.target.retries_for((first.kind, first.source_id)):
+                if len(unit) == 1:
+                    target_id = await _HANDLERS[(first.kind, first.action)](self, first)
+                else:
+                    target_id = await self._change_members(unit[0], unit[1])
         except CycleError:
             raise  # e.g. the key is wrong for every record (a 401 is a RecordError too)
         except RecordError as exc:
@@ -379,10 +392,14 @@ class Executor:
         return link.target_id
 
     async def _create_group(self, op: Operation) -> str:
-        remote = await self.target.create_group(op.name)
+        # Members whose own create failed this cycle have no account: they follow later.
+        first = [m for m in self.first_members.get(op.source_id, ()) if m in self.users]
+        remote = await self.target.create_group(op.name, [self.users[m].target_id for m in first])
         # What the target holds, not what was asked: a create whose answer was lost is
         # found again by name, and may hold members by then.
-        self._save_group(LinkedGroup(op.source_id, remote.id, op.name, self._ours(remote)))
+        members = self._ours(remote)
+        self.created_with[op.source_id] = members
+        self._save_group(LinkedGroup(op.source_id, remote.id, op.name, members))
         return remote.id
 
     def _ours(self, remote: RemoteGroup) -> frozenset[str]:
@@ -427,7 +444,8 @@ class Executor:
         link = self.groups[group.source_id]
         # A member whose own create failed (its failure is recorded) has no account yet:
         # the others go in now; it follows when the group is planned again after its retry.
-        adding = [m for m in add.members if m in self.users] if add else []
+        held = self.created_with.get(group.source_id, frozenset())
+        adding = [m for m in add.members if m in self.users and m not in held] if add else []
         dropping = [m for m in remove.members if m in self.users] if remove else []
         await self.target.change_members(
             link.target_id,

@@ -365,6 +365,9 @@ class TargetConfig(Strict):
     rate_limit: Annotated[float, Field(gt=0)] | None = None
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     max_retries: Annotated[int, Field(ge=0, le=20)] = 6
+    # All the retries one record's requests may take in a cycle (target.http): a 500 the
+    # target repeats for one record is not retried max_retries times per request.
+    retries_per_record: Annotated[int, Field(ge=0, le=100)] = 3
     retry_max_seconds: Annotated[float, Field(gt=0)] = 120.0
     membership_chunk_size: Annotated[int, Field(ge=1, le=1000)] = 100
     page_size: Annotated[int, Field(ge=1, le=1000)] = 100

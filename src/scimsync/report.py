@@ -201,8 +201,9 @@ def print_directory_check(console: Console, check: DirectoryCheck) -> None:
 def print_target_check(console: Console, check: TargetCheck) -> None:
     console.print(f"target      {check.url}: the API key works", markup=False)
     console.print(f"  {check.features}; {check.users} users visible", markup=False)
-    if check.key_expiry:
-        console.print(f"  warning: {check.key_expiry}", markup=False)
+    for warning in (check.key_expiry, *check.schema_warnings):
+        if warning:
+            console.print(f"  warning: {warning}", markup=False)
 
 
 def print_status(console: Console, store: Store, key_expiry: str | None = None) -> None:

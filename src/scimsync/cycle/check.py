@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 
@@ -12,6 +13,7 @@ from scimsync.guard import unverified_address
 from scimsync.mapping import Finding, compile_rules
 from scimsync.model import MappingFailure
 from scimsync.target import open_target
+from scimsync.target.schema import ServerSchema
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ class TargetCheck:
     features: str
     users: int
     key_expiry: str | None = None  # token_expiry_warning's
+    # What the target's /Schemas say against the mapping (schema_warnings).
+    schema_warnings: tuple[str, ...] = ()
 
 
 TOKEN_WARNING_DAYS = 30
@@ -94,6 +98,21 @@ def check_directory(config: Config) -> DirectoryCheck:
 CHECK_TIMEOUT_SECONDS = 5.0
 
 
+def schema_warnings(schema: ServerSchema, mapped: Collection[str]) -> tuple[str, ...]:
+    """One line per attribute the target requires of a user and the mapping leaves empty
+    (its creates would be refused), and per mapped attribute it does not define."""
+    required = [
+        f"the target requires {name} of a user (its /Schemas); `mapping` does not fill it"
+        for name in schema.unfilled_user_attributes(mapped)
+    ]
+    undefined = [
+        f"mapping: {key} is not in the target's User schema (its /Schemas): it may be dropped "
+        "or refused"
+        for key in schema.undefined_user_attributes(mapped)
+    ]
+    return (*required, *undefined)
+
+
 async def check_target(config: Config) -> TargetCheck:
     """One attempt per request with a short timeout: `check` answers, it does not persevere."""
     quick = config.target.model_copy(
@@ -106,10 +125,17 @@ async def check_target(config: Config) -> TargetCheck:
             listed += 1
             break
         total = getattr(target, "last_total_results", None)
+        schema = await target.server_schema()
     features = ", ".join(
         f"{name} {'yes' if (spc.get(name) or {}).get('supported') else 'no'}"
         for name in ("patch", "bulk", "filter")
     )
     shown = redact_url(config.target.url)
     users = total if isinstance(total, int) else listed
-    return TargetCheck(shown, features, users, token_expiry_warning(config.target, date.today()))
+    return TargetCheck(
+        shown,
+        features,
+        users,
+        token_expiry_warning(config.target, date.today()),
+        schema_warnings(schema, config.rules),
+    )

@@ -7,7 +7,9 @@ import json
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,10 @@ _NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
 _UNUSABLE = (httpx2.HTTPError, httpx2.InvalidURL, httpx2.StreamError, httpx2.CookieConflict)
 
 
+# The record whose operation is sending (ScimHttp.retries_for): its retries share a budget.
+_RECORD: ContextVar[Hashable | None] = ContextVar("scimsync_record", default=None)
+
+
 @dataclass(frozen=True)
 class Answer:
     """A response read whole, within the caps."""
@@ -58,6 +64,9 @@ class ScimHttp:
     ) -> None:
         self.url = redact_url(config.url)  # for messages: never the credentials a URL holds
         self.max_retries = config.max_retries
+        self.retries_per_record = config.retries_per_record
+        # Retries left, by record, for this client's life: one cycle (cycle.run).
+        self._retries_left: dict[Hashable, int] = {}
         self.retry_max_seconds = config.retry_max_seconds
         self.timeout = config.timeout  # each attempt's deadline, from sending to the last byte
         self.max_response_bytes = config.max_response_bytes
@@ -86,6 +95,29 @@ class ScimHttp:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    @contextmanager
+    def retries_for(self, record: Hashable) -> Iterator[None]:
+        """Requests sent inside share `record`'s retry budget (target.retries_per_record):
+        a record the target keeps refusing with a 5xx costs a few retries a cycle, not
+        target.max_retries for each of its requests. A 429 spends none: it is the
+        target's pace, not the record's fault."""
+        token = _RECORD.set(record)
+        try:
+            yield
+        finally:
+            _RECORD.reset(token)
+
+    def _spend_retry(self) -> bool:
+        """False once the sending record's budget is spent; True outside a record."""
+        record = _RECORD.get()
+        if record is None:
+            return True
+        left = self._retries_left.get(record, self.retries_per_record)
+        if left <= 0:
+            return False
+        self._retries_left[record] = left - 1
+        return True
 
     async def send(
         self,
@@ -143,8 +175,13 @@ class ScimHttp:
             hint = retry_after(response.headers.get("Retry-After")) if response else None
             delay = hint if hint is not None else request_backoff(attempt)
             attempt += 1
-            if attempt > self.max_retries or waited + delay > self.retry_max_seconds:
-                raise self._give_up(what, response, failure, maybe_applied)
+            paced = response is not None and response.status == 429
+            if (
+                attempt > self.max_retries
+                or waited + delay > self.retry_max_seconds
+                or (not paced and not self._spend_retry())
+            ):
+                raise self._give_up(what, response, failure, maybe_applied, attempt)
             waited += delay
             if failure is not None and not isinstance(failure, _NOT_SENT):
                 maybe_applied = True
@@ -227,6 +264,7 @@ class ScimHttp:
         response: Answer | None,
         failure: Exception | None,
         maybe_applied: bool,
+        attempts: int,
     ) -> Exception:
         if response is not None:
             error = error_from_body(
@@ -244,7 +282,6 @@ class ScimHttp:
         reason = type(failure).__name__
         if isinstance(failure, TimeoutError):
             reason = f"no complete answer within {self.timeout:g} s (target.timeout)"
-        attempts = self.max_retries + 1
         plural = "s" if attempts > 1 else ""
         cause = f"{what}: {reason} after {attempts} attempt{plural}"
         return TargetUnreachable(self.url, cause)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Hashable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +32,8 @@ class Target(Protocol):
     the target package's errors only: a RecordError fails one record, a CycleError (an
     unreachable target, a refused key, a broken listing) the cycle. `find_*` return only
     an object whose key equals the one asked for, or None; `iter_*` list every object,
-    page by page. Only what the cycle and the executor call: the implementations have more
+    page by page. Requests inside `retries_for(record)` share that record's retry budget
+    for the cycle. Only what the cycle and the executor call: the implementations have more
     (the service provider's configuration for `check`, single-sided member changes).
     """
 
@@ -59,3 +61,4 @@ class Target(Protocol):
         self, group_id: str, *, add: Collection[str] = (), remove: Collection[str] = ()
     ) -> None: ...
     async def delete_group(self, id: str) -> None: ...
+    def retries_for(self, record: Hashable) -> AbstractContextManager[None]: ...

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Hashable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from scimsync import log
@@ -28,6 +29,7 @@ from scimsync.target.errors import (
 )
 from scimsync.target.http import ScimHttp
 from scimsync.target.remote import RemoteGroup, RemoteUser
+from scimsync.target.schema import ServerSchema, parse_schemas
 
 CONFIG_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
 MAX_PAGE = 100  # Atlassian pages hold at most 100 (atlassian-scim-api.md section 5)
@@ -90,6 +92,10 @@ def _resources(body: Any, request: str) -> list[Any]:
     return rows
 
 
+def _key(attribute: str, value: str) -> str:
+    return value if attribute in CASE_EXACT else value.casefold()
+
+
 def _matches(row: dict[str, Any], attribute: str, value: str) -> bool:
     held = row.get(attribute)
     if not isinstance(held, str):
@@ -130,7 +136,15 @@ class ScimTarget:
         self.last_total_results: int | None = None
         self._spc: dict[str, Any] | None = None
         self._spc_lock = asyncio.Lock()
+        self._schema: ServerSchema | None = None
+        self._schema_lock = asyncio.Lock()
         self._remove_form: RemoveForm = "filter"
+        # Without filter support: key -> id, from one listing a cycle (a target lives one).
+        self._keys: dict[tuple[str, str], dict[str, str]] = {}
+        self._keys_lock = asyncio.Lock()
+
+    def retries_for(self, record: Hashable) -> AbstractContextManager[None]:
+        return self.http.retries_for(record)
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -139,8 +153,11 @@ class ScimTarget:
             if self._spc is None:
                 try:
                     body = await self.http.send("GET", "ServiceProviderConfig")
-                except NotFound:
-                    body = None  # RFC 7644 requires it, yet some targets omit it
+                except (NotFound, InvalidResponse) as exc:
+                    # RFC 7644 requires it, yet some targets omit it or serve junk: the
+                    # RFC's common case is assumed (PATCH and filters work).
+                    logger.warning("no usable ServiceProviderConfig", error=str(exc))
+                    body = None
                 self._spc = body if isinstance(body, dict) else {}
             return self._spc
 
@@ -170,7 +187,25 @@ class ScimTarget:
             )
         async with self._spc_lock:
             self._spc = spc
+        async with self._schema_lock:
+            self._schema = parse_schemas(listed)
         return spc
+
+    async def server_schema(self) -> ServerSchema:
+        """The target's /Schemas, read once; an empty one (send everything) when it
+        serves none: RFC 7644 4 requires the endpoint, yet some targets omit it."""
+        async with self._schema_lock:
+            if self._schema is None:
+                try:
+                    listed = await self.http.send("GET", "Schemas")
+                except (NotFound, InvalidResponse):
+                    listed = None
+                except ScimError as exc:
+                    if exc.status in (401, 403) or exc.status >= 500:
+                        raise
+                    listed = None  # another 4xx: the endpoint is not served
+                self._schema = parse_schemas(listed)
+            return self._schema
 
     async def _discovery(self, path: str) -> Any:
         try:
@@ -188,6 +223,13 @@ class ScimTarget:
         # Without a ServiceProviderConfig we assume the RFC's common case: PATCH works.
         return not isinstance(patch, dict) or patch.get("supported") is not False
 
+    async def filter_supported(self) -> bool:
+        """RFC 7644 5: `filter.supported`. A target that says false may ignore `filter=`
+        and answer everyone; lookups then match against a listing instead."""
+        spc = await self.service_provider_config()
+        advertised = spc.get("filter")
+        return not isinstance(advertised, dict) or advertised.get("supported") is not False
+
     # --- reading -----------------------------------------------------------------------
 
     async def _first(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
@@ -197,6 +239,8 @@ class ScimTarget:
         one of them would link (and later update or disable) the wrong account.
         """
         request = f"GET /{resource}"
+        if not await self.filter_supported():
+            return await self._listed(resource, attribute, value, request)
         body = await self.http.send(
             "GET",
             resource,
@@ -214,6 +258,36 @@ class ScimTarget:
         # Case sensitivity of Atlassian's userName filter is unconfirmed: prefer exact.
         exact = [r for r in matching if r.get(attribute) == value]
         return exact[0] if exact else matching[0] if matching else None
+
+    async def _listed(
+        self, resource: str, attribute: str, value: str, request: str
+    ) -> dict[str, Any] | None:
+        """`_first` by listing: the cycle's first lookup of `attribute` lists `resource`
+        (paged) into a key -> id index; each lookup then reads its one object fresh."""
+        async with self._keys_lock:
+            index = self._keys.get((resource, attribute))
+            if index is None:
+                index = {}
+                async for row in self._pages(resource):
+                    held = row.get(attribute)
+                    if isinstance(held, str):
+                        index.setdefault(_key(attribute, held), row["id"])
+                self._keys[(resource, attribute)] = index
+        id = index.get(_key(attribute, value))
+        if id is None:
+            return None
+        try:
+            row = _resource(await self.http.send("GET", f"{resource}/{id}"), resource[:-1], request)
+        except NotFound:  # deleted since the listing
+            return None
+        return row if _matches(row, attribute, value) else None
+
+    def _indexed(self, resource: str, row: dict[str, Any]) -> None:
+        """A created object in the lookup indexes already read this cycle."""
+        for (listed, attribute), index in self._keys.items():
+            held = row.get(attribute)
+            if listed == resource and isinstance(held, str):
+                index[_key(attribute, held)] = row["id"]
 
     async def find_user(self, user_name: str) -> RemoteUser | None:
         found = await self._first("Users", "userName", user_name)
@@ -317,11 +391,12 @@ class ScimTarget:
 
     async def create_user(self, values: ScimValues, active: bool) -> RemoteUser:
         self.check_create(values)
+        schema = await self.server_schema()
         try:
             created = await self.http.send(
                 "POST",
                 "Users",
-                body=payload.to_user_resource(values, active),
+                body=schema.prune_user(payload.to_user_resource(values, active)),
                 landed=lambda: self._first("Users", "userName", str(values["userName"])),
             )
         except Uniqueness as exc:
@@ -333,6 +408,7 @@ class ScimTarget:
                 raise
             logger.info("create answered 409 after a retry: adopted", user=existing.user_name)
             return existing
+        self._indexed("Users", _resource(created, "User", "POST /Users"))
         return user_from(created, "POST /Users")
 
     async def update_user(
@@ -345,7 +421,13 @@ class ScimTarget:
             current: ScimValues | None = None
             if any(k.startswith("phoneNumbers.") for k in (*writes, *clears)):
                 current = (await self.get_user(id)).values
-            ops = payload.patch_operations(writes, clears, current)
+            schema = await self.server_schema()
+            ops = [
+                {**op, "value": schema.prune_value(op["path"], op["value"])}
+                if "value" in op
+                else op
+                for op in payload.patch_operations(writes, clears, current)
+            ]
             await self.http.send("PATCH", f"Users/{id}", body=payload.patch_body(ops))
             return
         await self._put_user(id, writes, clears, None)
@@ -379,7 +461,8 @@ class ScimTarget:
         now_active = current.get("active", True) is not False if active is None else active
         body = {k: v for k, v in current.items() if k not in payload.MANAGED_KEYS and k != "meta"}
         body.update(payload.to_user_resource(flat, now_active))
-        await self.http.send("PUT", f"Users/{id}", body=body)
+        schema = await self.server_schema()
+        await self.http.send("PUT", f"Users/{id}", body=schema.prune_user(body))
 
     async def delete_user(self, id: str) -> None:
         with contextlib.suppress(NotFound):  # already gone: what we wanted
@@ -392,14 +475,18 @@ class ScimTarget:
     ) -> RemoteGroup:
         wanted = list(dict.fromkeys(member_ids))
         first = wanted[: self.chunk_size]
+        body = payload.to_group_resource(display_name, first)
+        if (await self.server_schema()).group_requires_members():
+            body.setdefault("members", [])  # RFC 7643 4.2 makes it optional; this target not
         try:
-            body = await self.http.send(
+            answer = await self.http.send(
                 "POST",
                 "Groups",
-                body=payload.to_group_resource(display_name, first),
+                body=body,
                 landed=lambda: self._first("Groups", "displayName", display_name),
             )
-            group = group_from(body, "POST /Groups")
+            group = group_from(answer, "POST /Groups")
+            self._indexed("Groups", answer)
         except Uniqueness as exc:
             if not exc.after_retry:
                 raise
@@ -484,19 +571,37 @@ class ScimTarget:
             try:
                 await self._patch_group(group_id, adding + by_filter)
                 return
+            except ServerError as exc:
+                if exc.status != 500:
+                    raise
+                # Some targets fail on a filtered path with a 500 (their bug, not the
+                # request's): the value list is tried once, and kept only if it works.
+                logger.info("member removal by value filter failed; trying a value list once")
+                await self._patch_group(group_id, adding + _value_list(remove), cause=exc)
+                self._remove_form = "value_list"
+                return
             except ScimError as exc:
                 if exc.status != 400 or exc.scim_type not in ("invalidPath", "invalidFilter"):
                     raise
                 logger.info("member removal by value filter refused; using a value list")
                 self._remove_form = "value_list"
-        by_list: list[payload.PatchOperation] = []
-        if remove:
-            by_list = [{"op": "remove", "path": "members", "value": [{"value": m} for m in remove]}]
-        await self._patch_group(group_id, adding + by_list)
+        await self._patch_group(group_id, adding + _value_list(remove))
 
-    async def _patch_group(self, group_id: str, operations: list[payload.PatchOperation]) -> None:
+    async def _patch_group(
+        self,
+        group_id: str,
+        operations: list[payload.PatchOperation],
+        *,
+        cause: ServerError | None = None,
+    ) -> None:
+        """`cause`: the failure this request is a fallback for; raised if it fails too."""
         body = payload.patch_body(operations)
-        await self.http.send("PATCH", f"Groups/{group_id}", params=NO_MEMBERS, body=body)
+        try:
+            await self.http.send("PATCH", f"Groups/{group_id}", params=NO_MEMBERS, body=body)
+        except ScimError:
+            if cause is None:
+                raise
+            raise cause from None
 
     async def _replace_members(
         self, group_id: str, *, add: Collection[str], drop: Collection[str]
@@ -508,6 +613,13 @@ class ScimTarget:
     async def delete_group(self, id: str) -> None:
         with contextlib.suppress(NotFound):
             await self.http.send("DELETE", f"Groups/{id}")
+
+
+def _value_list(remove: list[str]) -> list[payload.PatchOperation]:
+    """Members out by a value list: RFC 7644 3.5.2.2's alternative to a value filter."""
+    if not remove:
+        return []
+    return [{"op": "remove", "path": "members", "value": [{"value": m} for m in remove]}]
 
 
 def _with_growth(total: int, page_size: int) -> int:
