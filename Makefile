@@ -39,4 +39,4 @@ lock:
 	@scripts/lock $(LOCK_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache mutants build/mutate
+	rm -rf $(VENV) .venv-canaille .mypy_cache .pytest_cache .ruff_cache mutants build/mutate

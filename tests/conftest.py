@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.postgres",
     "tests.fixtures.scim2",
+    "tests.fixtures.canaille",
     "tests.fixtures.channels",
     "tests.fixtures.hostile",
 ]

@@ -154,6 +154,13 @@ def test_the_schema_parser_reads_case_blind_and_ignores_junk() -> None:
                         {"name": "userName", "required": True},
                         {"name": "Emails", "subAttributes": [{"name": "Value"}, {"nope": 1}]},
                         {"name": "id", "required": True, "mutability": "readOnly"},
+                        {
+                            "name": "name",
+                            "subAttributes": [
+                                {"name": "formatted", "required": True, "mutability": "readOnly"},
+                                {"name": "familyName", "required": True},
+                            ],
+                        },
                     ],
                 },
             ]
@@ -162,7 +169,11 @@ def test_the_schema_parser_reads_case_blind_and_ignores_junk() -> None:
     assert schema.prune_user(
         {"emails": [{"value": "a@b", "type": "work", "primary": True}], "title": "x"}
     ) == {"emails": [{"value": "a@b"}], "title": "x"}
-    assert schema.unfilled_user_attributes(["emails.work"]) == ["userName"]  # not id: readOnly
+    # Not id, nor name.formatted: readOnly. The filled name's familyName: required.
+    assert schema.unfilled_user_attributes(["emails.work", "name.givenName"]) == [
+        "userName",
+        "name.familyName",
+    ]
     assert parse_schemas(None).prune_user({"emails": [{"type": "w"}]}) == {
         "emails": [{"type": "w"}]
     }

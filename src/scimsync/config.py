@@ -370,7 +370,9 @@ class TargetConfig(Strict):
     retries_per_record: Annotated[int, Field(ge=0, le=100)] = 3
     retry_max_seconds: Annotated[float, Field(gt=0)] = 120.0
     membership_chunk_size: Annotated[int, Field(ge=1, le=1000)] = 100
-    page_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    # 0: no `count` is sent and the server's own pages are taken (RFC 7644 3.4.2.4 makes
+    # it optional, and some servers fail on it).
+    page_size: Annotated[int, Field(ge=0, le=1000)] = 100
     # A body's cap, raw and decoded: a 100,000-member group's page is about 19 MiB.
     max_response_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     max_listing: Annotated[int, Field(ge=1)] = 1_000_000  # Atlassian's most users

@@ -327,9 +327,10 @@ class ScimTarget:
         listed = 0
         previous: set[str] = set()
         while True:
-            body = await self.http.send(
-                "GET", resource, params={"startIndex": start, "count": self.page_size}
-            )
+            params: dict[str, str | int] = {"startIndex": start}
+            if self.page_size:
+                params["count"] = self.page_size
+            body = await self.http.send("GET", resource, params=params)
             rows = _resources(body, request)
             total = body.get("totalResults")
             if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
