@@ -269,8 +269,11 @@ def test_check_makes_one_attempt_at_a_server_that_drops_connections(cli: Cli) ->
         cli.settings["target"]["url"] = f"http://127.0.0.1:{listener.getsockname()[1]}/scim"
         result = cli("check")
     finally:
+        # close() alone leaves accept() blocked in the thread (Linux): shutdown wakes it.
+        listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         thread.join(timeout=10)
+        assert not thread.is_alive()
     assert result.returncode == 4, result.stdout + result.stderr
     one_line_error(result)
     assert len(accepted) == 1
