@@ -11,6 +11,7 @@ import pytest
 
 from scimsync.config import SourceConfig
 from scimsync.directory import LdapDirectory
+from scimsync.directory.changes import WatermarkLost
 from scimsync.directory.reader import Mechanism
 from scimsync.sandbox.ds389 import Ds389
 from tests.fixtures.slapd import Tree
@@ -169,3 +170,20 @@ def test_a_member_deleted_from_the_scope_group_is_still_found_gone(
     change = big_scope.next()
     assert change.gone_users == {gone}
     assert big_scope.next().empty
+
+
+def test_a_syncrepl_watermark_on_a_server_without_sync_is_lost_then_polling_takes_over(
+    ds389_plain: Ds389,
+) -> None:
+    """The watermark's word that the server had syncprov is checked by the refresh itself:
+    a server without it (here 389-ds as installed, no Content Sync) refuses the control,
+    the watermark is lost, and the full reconciliation's position is by polling."""
+    org = populated(Tree(ds389_plain, "nosync"))
+    config = org.config(directory="openldap", guid_attribute="entryUUID")
+    cookie = "rid=000,csn=20260101000000.000000Z#000000#000#000000"
+    with LdapDirectory(config, ATTRS) as first:
+        tag = first.position().split(":")[1]  # this scope's, so only the cookie is at fault
+    with LdapDirectory(config, ATTRS) as directory:  # a new cycle's, as the engine opens
+        with pytest.raises(WatermarkLost, match="does not offer syncrepl"):
+            directory.changes(f"syncrepl:{tag}:{cookie}", set)
+        assert directory.position().startswith("timestamp:")

@@ -10,6 +10,7 @@ from typing import Any
 import ldap
 import pytest
 
+from scimsync.config import SourceConfig
 from scimsync.directory import ChangeSet, DirectoryError, LdapDirectory, WatermarkLost
 from scimsync.directory.changes import take_census
 from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
@@ -69,14 +70,19 @@ def populated(t: Tree) -> Tree:
     return t
 
 
-def watch(tree: Tree, mechanism: Mechanism | None, **overrides: Any) -> Iterator[Watcher]:
-    """None: the mechanism the directory flavour chooses."""
+def watched(tree: Tree, **overrides: Any) -> SourceConfig:
+    """The source `watch` reads: users in department 42, groups nested."""
     settings: dict[str, Any] = {
         "users": {"filter": "(departmentNumber=42)"},
         "groups": {"filter": "(objectClass=groupOfNames)", "nested": True},
     }
     settings.update(overrides)
-    with LdapDirectory(tree.config(**settings), ATTRS, change_mechanism=mechanism) as directory:
+    return tree.config(**settings)
+
+
+def watch(tree: Tree, mechanism: Mechanism | None, **overrides: Any) -> Iterator[Watcher]:
+    """None: the mechanism the directory flavour chooses."""
+    with LdapDirectory(watched(tree, **overrides), ATTRS, change_mechanism=mechanism) as directory:
         watcher = Watcher(directory)
         watcher.start()
         yield watcher
@@ -584,3 +590,16 @@ def test_ad_timestamp_polling_starts_from_the_dc_s_current_time(samba_ad: AdSeed
     after = current_time()
     stamp = mark.rsplit(":", 1)[1].partition("|")[0]
     assert before + "Z" <= stamp <= after + "Z"
+
+
+def test_a_quiet_syncrepl_cycle_of_a_new_process_is_one_search(
+    org: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cycle of `scimsync sync` is a new directory connection: the watermark says the
+    server has syncprov, so no root DSE read is needed to know it (README, flavours)."""
+    [mark] = [watcher.mark for watcher in watch(org, None)]
+    assert mark.startswith("syncrepl:")
+    with LdapDirectory(watched(org), ATTRS) as fresh:
+        counter = SearchCounter(fresh, monkeypatch)
+        assert fresh.changes(mark, set).empty
+    assert counter.count == 1

@@ -19,7 +19,7 @@ from typing import Protocol
 from ldap.controls import LDAPControl
 
 from scimsync.directory.connection import Connection
-from scimsync.directory.errors import DirectoryError
+from scimsync.directory.errors import DirectoryError, SyncUnavailable
 from scimsync.directory.values import RawEntry, get, guid_text, normalize_dn, sid_rid, within
 from scimsync.model import SourceGroup, SourceUser
 
@@ -154,7 +154,10 @@ class SyncreplTracker(_Watching):
     def delta(self, state: str) -> Delta:
         if not _COOKIE.fullmatch(state):
             raise WatermarkLost(f"syncrepl cookie {state[:60]!r} is not an OpenLDAP cookie")
-        got = self._conn.sync_refresh(self._base, "(objectClass=*)", ["objectClass"], state)
+        try:
+            got = self._conn.sync_refresh(self._base, "(objectClass=*)", ["objectClass"], state)
+        except SyncUnavailable as exc:  # syncprov went since the cookie was taken
+            raise WatermarkLost(str(exc)) from None
         if got.truncated:
             raise WatermarkLost(
                 f"more entries changed under {self._base} than the server's size limit "

@@ -24,6 +24,7 @@ from scimsync.directory.errors import (
     DirectoryError,
     DirectoryUnreachable,
     NoSuchEntry,
+    SyncUnavailable,
 )
 from scimsync.directory.values import RawEntry
 
@@ -213,6 +214,10 @@ class Connection:
         except ldap.SIZELIMIT_EXCEEDED:
             out.truncated = True
             return out
+        except ldap.UNAVAILABLE_CRITICAL_EXTENSION:
+            raise SyncUnavailable(
+                f"LDAP server {self.url} does not offer syncrepl ({doing}): no syncprov"
+            ) from None
         except ldap.LDAPError as exc:
             self._fail(exc, doing)
 

@@ -19,3 +19,7 @@ class DirectoryAuthError(DirectoryError):
 
 class NoSuchEntry(DirectoryError):  # noqa: N818 - says what was found, as NO_SUCH_OBJECT does
     """An entry the configuration names (base_dn, a group_dn) does not exist."""
+
+
+class SyncUnavailable(DirectoryError):  # noqa: N818 - says what the server lacks
+    """The server refused the syncrepl control (RFC 4533): it has no syncprov (any more)."""

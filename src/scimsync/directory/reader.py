@@ -246,7 +246,9 @@ class LdapDirectory:
         without it, groups leaving scope through the container group, or deleted under
         timestamp polling, wait for the next full reconciliation.
         Raises WatermarkLost when the caller must run a full reconciliation instead."""
-        tracker = self._change_tracker()
+        # A syncrepl watermark says the server had syncprov: its word saves a root DSE read,
+        # and a server that lost it since refuses the refresh (WatermarkLost).
+        tracker = self._change_tracker(claimed=watermark.partition(":")[0])
         state, tally = self._unstamp(tracker, watermark)
         # The census and the scope's recomputation both ask: read the store once a cycle.
         known_users = cache(known_users)
@@ -255,7 +257,11 @@ class LdapDirectory:
         if tracker.polls:
             # Before the poll: an entry that goes after the census changes the next one.
             census = self._census({*known_users(), *(known_groups() if known_groups else ())})
-        delta = tracker.delta(state)
+        try:
+            delta = tracker.delta(state)
+        except WatermarkLost:
+            self._tracker = None  # the full reconciliation asks the server afresh
+            raise
         mark = self._stamp(tracker, delta.state, census)
         # A poll cannot see deletions; the census can: when nothing left base_dn since the
         # last one and every record we hold is still there, the poll's changes are all.
@@ -445,7 +451,8 @@ class LdapDirectory:
         self._user_guids.update(found)
         return found
 
-    def _change_tracker(self) -> Tracker:
+    def _change_tracker(self, claimed: str | None = None) -> Tracker:
+        """The mechanism of this directory; `claimed`: the one a watermark was taken by."""
         if self._tracker is not None:
             return self._tracker
         config = self._config
@@ -456,7 +463,7 @@ class LdapDirectory:
             elif (
                 config.directory is Flavour.OPENLDAP
                 and self._guid_attr.lower() == "entryuuid"  # syncrepl names entries by it
-                and supports_syncrepl(self._conn)
+                and (claimed == SyncreplTracker.name or supports_syncrepl(self._conn))
             ):
                 mechanism = "syncrepl"
             else:

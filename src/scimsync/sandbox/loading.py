@@ -13,10 +13,15 @@ Entries = Iterable[tuple[str, Mapping[str, Sequence[bytes]]]]
 
 
 class Loadable:
-    """A server with `url`, `admin_dn` and `admin_password`, which tests fill with entries."""
+    """A server with `url`, `admin_dn` and `admin_password`, which tests fill with entries
+    under `base_dn` and read as `bind_dn` with `password` in the `directory` flavour."""
 
     admin_dn: str
     admin_password: str
+    base_dn: str
+    bind_dn: str
+    password: str
+    directory: str
 
     @property
     def url(self) -> str:
