@@ -7,6 +7,7 @@ import sys
 
 BENCHES = (
     ("reading the directory", ["-m", "bench.read_directory"]),
+    ("a quiet cycle's searches on 389-ds and slapd", ["-m", "bench.quiet_cycles"]),
     ("SCIM client throughput", ["bench/target_throughput.py", "--server", "emulator"]),
     ("whole cycles at scale", ["-m", "bench.sync_scale", *sys.argv[1:]]),
     ("a change's way to the target under `scimsync run`", ["-m", "bench.propagation"]),

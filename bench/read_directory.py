@@ -10,12 +10,13 @@ import time
 
 from scimsync.config import SourceConfig
 from scimsync.directory import LdapDirectory
+from scimsync.sandbox.loading import Loadable
 from scimsync.sandbox.slapd import Slapd
 
 ATTRS = ("uid", "mail", "givenName", "sn", "cn", "title")
 
 
-def populate(server: Slapd, users: int, groups: int) -> str:
+def populate(server: Loadable, users: int, groups: int) -> str:
     base = f"ou=bench,{server.base_dn}"
     people = f"ou=people,{base}"
 

@@ -12,7 +12,7 @@ import pytest
 from scimsync.config import TargetConfig
 from scimsync.cycle.check import check_target
 from scimsync.emulator import RunningEmulator
-from scimsync.target import open_target
+from scimsync.target import RemoteUser, ScimTarget, open_target
 from scimsync.target.errors import ServerError
 from scimsync.target.schema import parse_schemas
 from tests.fixtures.slapd import Tree
@@ -32,6 +32,10 @@ def generic(emulator: RunningEmulator, **settings: Any) -> TargetConfig:
 
 async def no_sleep(seconds: float) -> None:
     return None
+
+
+async def made_user(target: ScimTarget, user_name: str) -> RemoteUser:
+    return await target.create_user({"userName": user_name, "emails.work": user_name}, True)
 
 
 def requests(emulator: RunningEmulator, key: str) -> int:
@@ -63,12 +67,7 @@ def test_without_filtering_an_existing_account_is_found_by_listing(channel: Chan
 async def test_lookups_without_filtering_list_once_a_cycle(emulator: RunningEmulator) -> None:
     emulator.configure(filter="ignored")
     async with open_target(generic(emulator, page_size=10)) as target:
-        made = [
-            await target.create_user(
-                {"userName": f"u{i}@x.test", "emails.work": f"u{i}@x.test"}, True
-            )
-            for i in range(25)
-        ]
+        made = [await made_user(target, f"u{i}@x.test") for i in range(25)]
         emulator.reset_stats()
         assert (await target.find_user("U7@x.test")) is not None  # userName is caseExact false
         assert (await target.find_user("u24@x.test")).id == made[24].id  # type: ignore[union-attr]
@@ -86,7 +85,7 @@ async def test_lookups_without_filtering_list_once_a_cycle(emulator: RunningEmul
 @pytest.mark.anyio
 async def test_with_filtering_lookups_send_the_filter(emulator: RunningEmulator) -> None:
     async with open_target(generic(emulator)) as target:
-        await target.create_user({"userName": "f@x.test", "emails.work": "f@x.test"}, True)
+        await made_user(target, "f@x.test")
         emulator.reset_stats()
         assert await target.find_user("f@x.test") is not None
     assert requests(emulator, "GET Users") == 1
@@ -188,14 +187,7 @@ async def test_a_500_on_a_member_filter_tries_the_value_list_once_and_keeps_it(
 ) -> None:
     emulator.configure(member_filter="failing")
     async with open_target(generic(emulator, retries_per_record=1), sleep=no_sleep) as target:
-        ids = [
-            (
-                await target.create_user(
-                    {"userName": f"r{i}@x.test", "emails.work": f"r{i}@x.test"}, True
-                )
-            ).id
-            for i in range(3)
-        ]
+        ids = [(await made_user(target, f"r{i}@x.test")).id for i in range(3)]
         group = await target.create_group("removals", ids)
         emulator.reset_stats()
         with target.retries_for(("group", "removals")):
@@ -215,7 +207,7 @@ async def test_when_the_value_list_fails_too_the_first_failure_is_raised(
 ) -> None:
     emulator.configure(member_filter="failing")
     async with open_target(generic(emulator, max_retries=0), sleep=no_sleep) as target:
-        user = await target.create_user({"userName": "v@x.test", "emails.work": "v@x.test"}, True)
+        user = await made_user(target, "v@x.test")
         group = await target.create_group("gone-soon", [user.id])
         await target.delete_group(group.id)  # the value list's PATCH meets a 404
         with pytest.raises(ServerError) as caught:
@@ -229,7 +221,7 @@ async def test_when_the_value_list_fails_too_the_first_failure_is_raised(
 @pytest.mark.anyio
 async def test_a_records_requests_share_one_retry_budget(emulator: RunningEmulator) -> None:
     async with open_target(generic(emulator, retries_per_record=2), sleep=no_sleep) as target:
-        user = await target.create_user({"userName": "b@x.test", "emails.work": "b@x.test"}, True)
+        user = await made_user(target, "b@x.test")
         emulator.configure(fault_rate=1.0, fault_methods="writes", seed=2)
         emulator.reset_stats()
         with target.retries_for(("user", "b")):
@@ -250,7 +242,7 @@ async def test_a_records_requests_share_one_retry_budget(emulator: RunningEmulat
 async def test_429s_spend_no_record_budget(emulator: RunningEmulator) -> None:
     async with open_target(generic(emulator, retries_per_record=0)) as target:
         emulator.configure(rate=1)  # one request a second: the second meets a 429
-        user = await target.create_user({"userName": "p@x.test", "emails.work": "p@x.test"}, True)
+        user = await made_user(target, "p@x.test")
         with target.retries_for(("user", "p")):
             await target.set_active(user.id, False)  # waits out the 429, and is sent
     assert emulator.stats()["by_status"].get("429", 0) >= 1
