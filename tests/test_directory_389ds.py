@@ -12,8 +12,9 @@ import pytest
 from scimsync.config import SourceConfig
 from scimsync.directory import LdapDirectory
 from scimsync.directory.changes import WatermarkLost
+from scimsync.directory.errors import DirectoryError
 from scimsync.directory.reader import Mechanism
-from scimsync.sandbox.ds389 import Ds389
+from scimsync.sandbox.ds389 import READER_DN, Ds389
 from tests.fixtures.slapd import Tree
 from tests.harness import SearchCounter, eventually
 from tests.test_directory_changes import (  # noqa: F401 - collected again, on 389-ds
@@ -187,3 +188,29 @@ def test_a_syncrepl_watermark_on_a_server_without_sync_is_lost_then_polling_take
         with pytest.raises(WatermarkLost, match="does not offer syncrepl"):
             directory.changes(f"syncrepl:{tag}:{cookie}", set)
         assert directory.position().startswith("timestamp:")
+
+
+def test_a_look_through_limit_below_the_directory_is_one_line_naming_the_fix(
+    ds389_tree: Tree,
+) -> None:
+    """389-ds examines at most 5,000 entries a search, paged or not, unless the bind
+    account says otherwise: the error says which setting (found at 10,000 users)."""
+    ds389_tree.add_users(120)
+    admin = ds389_tree.server.admin()
+    limit = [(ldap.MOD_REPLACE, "nsPagedLookThroughLimit", [b"100"])]
+    admin.modify_s(READER_DN, limit)
+    try:
+        with (
+            pytest.raises(DirectoryError) as caught,
+            LdapDirectory(ds389_tree.config(), ATTRS) as directory,
+        ):
+            directory.read()
+    finally:
+        admin.modify_s(READER_DN, [(ldap.MOD_REPLACE, "nsPagedLookThroughLimit", [b"-1"])])
+        admin.unbind_s()
+    message = str(caught.value)
+    assert "Administrative limit exceeded" in message and "\n" not in message
+    assert message.endswith(
+        f"the server lets {READER_DN} examine fewer entries than this search needs "
+        "(389-ds: nsPagedLookThroughLimit: -1 on that entry)"
+    )

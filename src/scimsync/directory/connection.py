@@ -308,6 +308,16 @@ class Connection:
             return DirectoryError(
                 self._scrub(f"LDAP {doing} on {self.url} failed: the base DN does not exist")
             )
+        if isinstance(exc, ldap.ADMINLIMIT_EXCEEDED):
+            # Not the size limit, which paging gets past: how many entries one search may
+            # examine. 389-ds's default is 5,000, paged or not.
+            return DirectoryError(
+                self._scrub(
+                    f"LDAP {doing} on {self.url} failed: {detail}: the server lets "
+                    f"{self.config.bind_dn or 'anonymous'} examine fewer entries than this "
+                    "search needs (389-ds: nsPagedLookThroughLimit: -1 on that entry)"
+                )
+            )
         return DirectoryError(self._scrub(f"LDAP {doing} on {self.url} failed: {detail}"))
 
     def _uses_tls(self) -> bool:

@@ -95,6 +95,9 @@ class Ds389(Lifecycle, Loadable):
                         "userPassword": [READER_PASSWORD.encode()],
                         "nsSizeLimit": [str(SIZE_LIMIT).encode()],
                         "nsPagedSizeLimit": [b"-1"],
+                        # 389-ds examines at most 5,000 entries a search unless told:
+                        # a bind account for directories larger than that needs this.
+                        "nsPagedLookThroughLimit": [b"-1"],
                     },
                 )
             ]
