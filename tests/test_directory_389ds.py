@@ -40,12 +40,13 @@ from tests.test_directory_changes import (  # noqa: F401 - collected again, on 3
     uids,
     w,
     watch,
+    watched,
 )
 
 
 @pytest.fixture
 def mechanism() -> Mechanism:
-    return "timestamp"  # what the 389ds flavour uses
+    return "entryusn"  # what the 389ds flavour uses with the USN plugin
 
 
 @pytest.fixture
@@ -120,12 +121,15 @@ def test_openldap_flavour_on_389ds_with_content_sync_polls_instead_of_losing_its
 
 
 def test_check_warns_of_389ds_without_its_usn_plugin(ds389: Ds389, ds389_plain: Ds389) -> None:
-    """Without entryusn a second edit within a second waits: `check` says how to fix it."""
+    """With the USN plugin changes are polled by entryusn; without it by timestamp, where a
+    second edit within a second waits: `check` says how to fix it."""
     for server, warned in ((ds389, False), (ds389_plain, True)):
         tree = Tree(server, f"w{warned}")
         with LdapDirectory(tree.config(), ATTRS) as directory:
             how, warning = directory.change_detection()
-        assert how.startswith("modifyTimestamp polling")
+            mark = directory.position()
+        assert how.startswith("modifyTimestamp polling" if warned else "entryusn (389-ds")
+        assert mark.startswith("timestamp:" if warned else "entryusn:")
         if warned:
             assert warning is not None
             assert "no USN plugin" in warning and "plugin usn enable" in warning
@@ -214,3 +218,18 @@ def test_a_look_through_limit_below_the_directory_is_one_line_naming_the_fix(
         f"the server lets {READER_DN} examine fewer entries than this search needs "
         "(389-ds: nsPagedLookThroughLimit: -1 on that entry)"
     )
+
+
+def test_a_quiet_entryusn_cycle_reads_the_root_dse_and_the_census_only(
+    org: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many entries were written in the last second (a bulk load): the USN window
+    is empty, so nothing is polled again, unlike timestamps' overlap."""
+    org.add_users(30)
+    [mark] = [watcher.mark for watcher in watch(org, None)]
+    assert mark.startswith("entryusn:")
+    with LdapDirectory(watched(org), ATTRS) as fresh:
+        counter = SearchCounter(fresh, monkeypatch)
+        change = fresh.changes(mark, set)
+    assert change.empty
+    assert counter.count == 2  # lastusn, and the census's one page

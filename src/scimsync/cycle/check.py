@@ -125,7 +125,7 @@ async def check_target(config: Config) -> TargetCheck:
             listed += 1
             break
         total = getattr(target, "last_total_results", None)
-        schema = await target.server_schema()
+        schema = target.discovered_schema
     features = ", ".join(
         f"{name} {'yes' if (spc.get(name) or {}).get('supported') else 'no'}"
         for name in ("patch", "bulk", "filter")

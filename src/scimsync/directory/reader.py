@@ -18,12 +18,14 @@ from scimsync.directory.changes import (
     Changed,
     ChangeSet,
     Delta,
+    EntryUsnTracker,
     SyncreplTracker,
     TimestampTracker,
     Tracker,
     UsnTracker,
     WatermarkLost,
     empty_change_set,
+    last_usn,
     supports_syncrepl,
     take_census,
 )
@@ -61,7 +63,7 @@ def _any_of_classes(classes: Iterable[str]) -> str:
 GROUP_FILTER = _any_of_classes(GROUP_CLASSES)
 GROUP_CLASS_NAMES = frozenset(c.lower() for c in GROUP_CLASSES)
 
-Mechanism = Literal["syncrepl", "usn", "timestamp"]
+Mechanism = Literal["syncrepl", "usn", "entryusn", "timestamp"]
 CENSUS = "census="  # in a watermark, before the tracker's state: the last census's tally
 
 
@@ -214,6 +216,8 @@ class LdapDirectory:
             )
         if isinstance(tracker, SyncreplTracker):
             return "syncrepl (RFC 4533) with a cookie; deletions reported by the server", None
+        if isinstance(tracker, EntryUsnTracker):
+            return "entryusn (389-ds's USN plugin); deletions by a GUID scan of base_dn", None
         polling = "modifyTimestamp polling; deletions by a GUID scan of base_dn every cycle"
         dse = self._conn.root_dse(["vendorName", "lastusn"])
         vendor = b" ".join(get(dse, "vendorName") or ()).decode("utf-8", "replace")
@@ -466,6 +470,10 @@ class LdapDirectory:
                 and (claimed == SyncreplTracker.name or supports_syncrepl(self._conn))
             ):
                 mechanism = "syncrepl"
+            elif config.directory is Flavour.DS389 and (
+                claimed == EntryUsnTracker.name or last_usn(self._conn) is not None
+            ):
+                mechanism = "entryusn"
             else:
                 mechanism = "timestamp"
         base = config.base_dn
@@ -474,6 +482,8 @@ class LdapDirectory:
             tracker = SyncreplTracker(self._conn, base, GROUP_CLASS_NAMES)
         elif mechanism == "usn":
             tracker = UsnTracker(self._conn, base, GROUP_CLASS_NAMES)
+        elif mechanism == "entryusn":
+            tracker = EntryUsnTracker(self._conn, base, self._guid_attr, GROUP_CLASS_NAMES)
         else:
             tracker = TimestampTracker(self._conn, base, self._guid_attr, GROUP_CLASS_NAMES)
         self._tracker = tracker

@@ -137,6 +137,7 @@ class ScimTarget:
         self._spc: dict[str, Any] | None = None
         self._spc_lock = asyncio.Lock()
         self._schema: ServerSchema | None = None
+        self.discovered_schema = ServerSchema()
         self._schema_lock = asyncio.Lock()
         self._remove_form: RemoveForm = "filter"
         # Without filter support: key -> id, from one listing a cycle (a target lives one).
@@ -187,8 +188,9 @@ class ScimTarget:
             )
         async with self._spc_lock:
             self._spc = spc
+        self.discovered_schema = parse_schemas(listed)  # what `check` judges the mapping by
         async with self._schema_lock:
-            self._schema = parse_schemas(listed)
+            self._schema = self.discovered_schema
         return spc
 
     async def server_schema(self) -> ServerSchema:
