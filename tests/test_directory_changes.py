@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ldap
 import pytest
 
 from scimsync.config import SourceConfig
 from scimsync.directory import ChangeSet, DirectoryError, LdapDirectory, WatermarkLost
-from scimsync.directory.changes import take_census
+from scimsync.directory.changes import SYNC_CONTROL_OID, supports_syncrepl, take_census
+from scimsync.directory.connection import Connection
 from scimsync.directory.reader import LOOKUP_OR_SCAN, Mechanism
 from tests.fixtures.samba import GROUPS, NORMAL_NO_PASSWORD, PEOPLE, AdSeed, _group, _user
 from tests.fixtures.slapd import Tree
@@ -603,3 +604,32 @@ def test_a_quiet_syncrepl_cycle_of_a_new_process_is_one_search(
         counter = SearchCounter(fresh, monkeypatch)
         assert fresh.changes(mark, set).empty
     assert counter.count == 1
+
+
+class RootDse:
+    """A root DSE as a server answers it: supports_syncrepl's one input."""
+
+    def __init__(self, entry: dict[str, list[bytes]]) -> None:
+        self.entry = entry
+
+    def root_dse(self, attrs: Any) -> dict[str, list[bytes]]:
+        return self.entry
+
+
+OPENLDAP_DSE = [b"top", b"OpenLDAProotDSE"]
+SYNC_OID = SYNC_CONTROL_OID.encode()
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"objectClass": OPENLDAP_DSE, "supportedControl": [b"1.2.3", SYNC_OID]}, True),
+        # slapd without syncprov: other controls, one of them not ASCII
+        ({"objectClass": OPENLDAP_DSE, "supportedControl": [b"1.2.3", b"\xff"]}, False),
+        ({"objectClass": [b"top"], "supportedControl": [SYNC_OID]}, False),  # 389-ds
+    ],
+)
+def test_syncrepl_needs_openldap_and_its_control(
+    entry: dict[str, list[bytes]], expected: bool
+) -> None:
+    assert supports_syncrepl(cast(Connection, RootDse(entry))) is expected

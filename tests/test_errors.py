@@ -16,6 +16,7 @@ from scimsync.directory import (
     NoSuchEntry,
     WatermarkLost,
 )
+from scimsync.directory.errors import SyncUnavailable
 from scimsync.emulator.errors import EmulatorError
 from scimsync.errors import (
     ConfigurationError,
@@ -42,6 +43,7 @@ TREE: dict[type[ScimsyncError], tuple[type[ScimsyncError], ExitCode]] = {
     DirectoryAuthError: (CYCLE, ExitCode.UNREACHABLE),
     NoSuchEntry: (CYCLE, ExitCode.UNREACHABLE),
     WatermarkLost: (CYCLE, ExitCode.UNREACHABLE),
+    SyncUnavailable: (CYCLE, ExitCode.UNREACHABLE),  # the tracker makes it a WatermarkLost
     target.TargetUnreachable: (CYCLE, ExitCode.UNREACHABLE),
     target.Unauthorized: (CYCLE, ExitCode.UNREACHABLE),
     target.BrokenListing: (CYCLE, ExitCode.UNREACHABLE),

@@ -190,14 +190,9 @@ class SyncreplTracker(_Watching):
                 delta.changed.setdefault(ndn, Changed(dn, guid_text("entryUUID", values[0]), True))
 
 
-class TimestampTracker(_Watching):
-    """modifyTimestamp/createTimestamp polling with a short overlap; entries seen in the
-    overlap are remembered in the watermark by GUID and version (entryCSN on OpenLDAP,
-    uSNChanged on AD, else the timestamp) so they are not re-reported. Caveat, only where
-    the server has neither: a second edit of an entry within the second of our poll waits
-    for its next edit or the full reconciliation (timestamps have one-second resolution)."""
+class _Polling(_Watching):
+    """A tracker that searches for changed entries and names them by the GUID attribute."""
 
-    name = "timestamp"
     polls = True
 
     def __init__(
@@ -205,6 +200,16 @@ class TimestampTracker(_Watching):
     ) -> None:
         super().__init__(conn, base, group_classes)
         self._guid_attr = guid_attr
+
+
+class TimestampTracker(_Polling):
+    """modifyTimestamp/createTimestamp polling with a short overlap; entries seen in the
+    overlap are remembered in the watermark by GUID and version (entryCSN on OpenLDAP,
+    uSNChanged on AD, else the timestamp) so they are not re-reported. Caveat, only where
+    the server has neither: a second edit of an entry within the second of our poll waits
+    for its next edit or the full reconciliation (timestamps have one-second resolution)."""
+
+    name = "timestamp"
 
     def position(self) -> str:
         return self._poll(self._server_now(), set()).state
@@ -283,7 +288,7 @@ class TimestampTracker(_Watching):
         return newest
 
 
-class EntryUsnTracker(_Watching):
+class EntryUsnTracker(_Polling):
     """389 Directory Server with its USN plugin: every write gives the entry the backend's
     next `entryusn`, and the root DSE's `lastusn;BACKEND` is the highest so far. A poll by
     USN window is exact (no overlap, nothing re-read), and a quiet cycle reads only the
@@ -292,13 +297,6 @@ class EntryUsnTracker(_Watching):
     timestamp instead (last_usn gives None)."""
 
     name = "entryusn"
-    polls = True
-
-    def __init__(
-        self, conn: Connection, base: str, guid_attr: str, group_classes: frozenset[str]
-    ) -> None:
-        super().__init__(conn, base, group_classes)
-        self._guid_attr = guid_attr
 
     def position(self) -> str:
         return str(self._highest())
