@@ -98,11 +98,7 @@ def _key(attribute: str, value: str) -> str:
 
 def _matches(row: dict[str, Any], attribute: str, value: str) -> bool:
     held = row.get(attribute)
-    if not isinstance(held, str):
-        return False
-    if attribute in CASE_EXACT:
-        return held == value
-    return held.casefold() == value.casefold()
+    return isinstance(held, str) and _key(attribute, held) == _key(attribute, value)
 
 
 def user_from(resource: Any, request: str = "") -> RemoteUser:
@@ -580,7 +576,10 @@ class ScimTarget:
                 # Some targets fail on a filtered path with a 500 (their bug, not the
                 # request's): the value list is tried once, and kept only if it works.
                 logger.info("member removal by value filter failed; trying a value list once")
-                await self._patch_group(group_id, adding + _value_list(remove), cause=exc)
+                try:
+                    await self._patch_group(group_id, adding + _value_list(remove))
+                except ScimError:
+                    raise exc from None  # the first failure is the record's
                 self._remove_form = "value_list"
                 return
             except ScimError as exc:
@@ -590,21 +589,9 @@ class ScimTarget:
                 self._remove_form = "value_list"
         await self._patch_group(group_id, adding + _value_list(remove))
 
-    async def _patch_group(
-        self,
-        group_id: str,
-        operations: list[payload.PatchOperation],
-        *,
-        cause: ServerError | None = None,
-    ) -> None:
-        """`cause`: the failure this request is a fallback for; raised if it fails too."""
+    async def _patch_group(self, group_id: str, operations: list[payload.PatchOperation]) -> None:
         body = payload.patch_body(operations)
-        try:
-            await self.http.send("PATCH", f"Groups/{group_id}", params=NO_MEMBERS, body=body)
-        except ScimError:
-            if cause is None:
-                raise
-            raise cause from None
+        await self.http.send("PATCH", f"Groups/{group_id}", params=NO_MEMBERS, body=body)
 
     async def _replace_members(
         self, group_id: str, *, add: Collection[str], drop: Collection[str]
